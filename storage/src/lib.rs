@@ -1,0 +1,374 @@
+//! One RocksDB per node, shared by every Raft group on it.
+//!
+//! This crate knows keys, bytes and durability, not workflows or Raft: the `raft` crate encodes
+//! its entries and state-machine rows with [`codec`] and stores them here. Three column families
+//! hold the data, each keyed by group first so that a group's rows form one contiguous range:
+//!
+//! - `log`:   `group (u64 BE) ‖ index (u64 BE)` -> encoded log entry
+//! - `raft`:  `group (u64 BE) ‖ name`           -> vote, committed, last purged
+//! - `state`: `group (u64 BE) ‖ table ‖ key`    -> state-machine rows
+//!
+//! Durability comes from one WAL fsync per batch of writers (group commit, see [`Syncer`]):
+//! appends and votes are written to RocksDB at once (so they can be read back immediately, as
+//! openraft requires) and acknowledged only after a later `fsync` of the WAL has covered them.
+
+pub mod codec;
+mod error;
+mod syncer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+
+pub use error::StorageError;
+pub use syncer::{SyncStats, Syncer};
+
+const CF_LOG: &str = "log";
+const CF_RAFT: &str = "raft";
+const CF_STATE: &str = "state";
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The node's RocksDB with its group-commit syncer.
+pub struct Store {
+    db: Arc<DB>,
+    syncer: Syncer,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `path`.
+    pub fn open(path: &Path) -> Result<Arc<Store>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_max_background_jobs(2);
+        // Bound open files and memtable memory for a node with many groups.
+        opts.set_max_open_files(512);
+        opts.set_write_buffer_size(32 << 20);
+        let db = DB::open_cf(&opts, path, [CF_LOG, CF_RAFT, CF_STATE])?;
+        let db = Arc::new(db);
+        let syncer = Syncer::start(db.clone());
+        Ok(Arc::new(Store { db, syncer }))
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} was created at open"))
+    }
+
+    /// The group-commit syncer: hand it a callback to run once everything written so far is
+    /// on disk.
+    pub fn syncer(&self) -> &Syncer {
+        &self.syncer
+    }
+
+    /// Writes `batch` without waiting for the disk; durability comes from the syncer.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Writes `batch` and fsyncs the WAL before returning (rare, large operations only).
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    // ---- log ----------------------------------------------------------------------------
+
+    pub fn put_log(&self, batch: &mut WriteBatch, group: u64, index: u64, value: &[u8]) {
+        batch.put_cf(self.cf(CF_LOG), log_key(group, index), value);
+    }
+
+    /// Entries of `group` with `start <= index < end`, in index order.
+    pub fn log_range(&self, group: u64, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(log_key(group, end).to_vec());
+        let it = self.db.iterator_cf_opt(
+            self.cf(CF_LOG),
+            ro,
+            IteratorMode::From(&log_key(group, start), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            out.push((key_index(&k)?, v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last entry of `group`'s log, if any.
+    pub fn last_log(&self, group: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(log_key(group, 0).to_vec());
+        ro.set_iterate_upper_bound(group_upper_bound(group));
+        let mut it = self.db.iterator_cf_opt(self.cf(CF_LOG), ro, IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((key_index(&k)?, v.into_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes entries of `group` with `index >= from`.
+    pub fn delete_log_from(&self, batch: &mut WriteBatch, group: u64, from: u64) {
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            log_key(group, from).to_vec(),
+            group_upper_bound(group),
+        );
+    }
+
+    /// Deletes entries of `group` with `index <= upto`.
+    pub fn delete_log_upto(&self, batch: &mut WriteBatch, group: u64, upto: u64) {
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            log_key(group, 0),
+            log_key(group, upto.saturating_add(1)),
+        );
+    }
+
+    // ---- raft metadata ------------------------------------------------------------------
+
+    pub fn put_raft_meta(&self, batch: &mut WriteBatch, group: u64, name: &str, value: &[u8]) {
+        batch.put_cf(self.cf(CF_RAFT), meta_key(group, name), value);
+    }
+
+    pub fn get_raft_meta(&self, group: u64, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_RAFT), meta_key(group, name))?)
+    }
+
+    // ---- state-machine rows -------------------------------------------------------------
+
+    pub fn put_state(&self, batch: &mut WriteBatch, group: u64, key: &[u8], value: &[u8]) {
+        batch.put_cf(self.cf(CF_STATE), state_key(group, key), value);
+    }
+
+    pub fn get_state(&self, group: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_STATE), state_key(group, key))?)
+    }
+
+    /// Rows of `group` whose key starts with `prefix` and sorts after `after` (when given), at
+    /// most `limit`. Keys are returned without the group prefix.
+    pub fn scan_state(
+        &self,
+        group: u64,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let full_prefix = state_key(group, prefix);
+        let mut ro = ReadOptions::default();
+        if let Some(upper) = prefix_upper_bound(&full_prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let start = match after {
+            Some(a) => {
+                let mut k = state_key(group, a);
+                k.push(0); // the smallest key strictly after `a`
+                k
+            }
+            None => full_prefix.clone(),
+        };
+        let it = self.db.iterator_cf_opt(
+            self.cf(CF_STATE),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            out.push((k[8..].to_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every state row of `group`, read from one consistent point in time while writers go on.
+    pub fn export_group_state(&self, group: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let snap = self.db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(group_upper_bound(group));
+        let it = self.db.iterator_cf_opt(
+            self.cf(CF_STATE),
+            ro,
+            IteratorMode::From(&group.to_be_bytes(), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            out.push((k[8..].to_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces every state row of `group` with `rows`, atomically and durably.
+    pub fn replace_group_state(&self, group: u64, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_STATE),
+            group.to_be_bytes().to_vec(),
+            group_upper_bound(group),
+        );
+        for (k, v) in rows {
+            self.put_state(&mut batch, group, k, v);
+        }
+        self.write_synced(batch)
+    }
+}
+
+fn log_key(group: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn key_index(k: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = k
+        .get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("log key of {} bytes", k.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn meta_key(group: u64, name: &str) -> Vec<u8> {
+    let mut k = group.to_be_bytes().to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn state_key(group: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The first key after every key of `group`.
+fn group_upper_bound(group: u64) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if one exists.
+fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut up = prefix.to_vec();
+    while let Some(last) = up.pop() {
+        if last < 0xff {
+            up.push(last + 1);
+            return Some(up);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn log_ranges_stay_within_their_group() {
+        let (_d, s) = open();
+        let mut b = WriteBatch::default();
+        for g in [1u64, 2, 3] {
+            for i in 1..=5u64 {
+                s.put_log(&mut b, g, i, format!("{g}-{i}").as_bytes());
+            }
+        }
+        s.write(b).unwrap();
+        let got = s.log_range(2, 0, 100).unwrap();
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], (1, b"2-1".to_vec()));
+        assert_eq!(s.last_log(2).unwrap(), Some((5, b"2-5".to_vec())));
+        assert_eq!(s.last_log(9).unwrap(), None);
+
+        let mut b = WriteBatch::default();
+        s.delete_log_from(&mut b, 2, 4);
+        s.delete_log_upto(&mut b, 2, 1);
+        s.write(b).unwrap();
+        let idx: Vec<u64> = s.log_range(2, 0, 100).unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(idx, vec![2, 3]);
+        assert_eq!(s.log_range(1, 0, 100).unwrap().len(), 5);
+        assert_eq!(s.log_range(3, 0, 100).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn state_scan_pages_by_prefix() {
+        let (_d, s) = open();
+        let mut b = WriteBatch::default();
+        for k in ["w/a", "w/b", "w/c", "x/a"] {
+            s.put_state(&mut b, 7, k.as_bytes(), b"v");
+        }
+        s.put_state(&mut b, 8, b"w/z", b"v");
+        s.write(b).unwrap();
+        let page = s.scan_state(7, b"w/", None, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[1].0, b"w/b".to_vec());
+        let rest = s.scan_state(7, b"w/", Some(b"w/b"), 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0, b"w/c".to_vec());
+    }
+
+    #[test]
+    fn replacing_group_state_leaves_other_groups() {
+        let (_d, s) = open();
+        let mut b = WriteBatch::default();
+        s.put_state(&mut b, 1, b"a", b"1");
+        s.put_state(&mut b, 2, b"a", b"2");
+        s.write(b).unwrap();
+        s.replace_group_state(1, &[(b"b".to_vec(), b"3".to_vec())])
+            .unwrap();
+        assert_eq!(
+            s.export_group_state(1).unwrap(),
+            vec![(b"b".to_vec(), b"3".to_vec())]
+        );
+        assert_eq!(s.get_state(2, b"a").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            s.put_log(&mut b, 1, 1, b"e");
+            s.put_raft_meta(&mut b, 1, "vote", b"v");
+            s.write(b).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.syncer().sync(1, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+            assert!(rx.recv().unwrap());
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_log(1).unwrap(), Some((1, b"e".to_vec())));
+        assert_eq!(s.get_raft_meta(1, "vote").unwrap(), Some(b"v".to_vec()));
+    }
+}
+
+pub use rocksdb::WriteBatch as Batch;
