@@ -1,0 +1,41 @@
+# raftflow: `make cluster` starts a local three-node cluster, `make test` runs every test.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+export RAFTFLOW_BIN := $(CARGO_TARGET_DIR)/release/raftflow
+export CLUSTER_DIR := $(CURDIR)/.cluster
+export RAFTFLOW_GROUPS ?= 8
+# One profile for the binary, unit tests and cluster tests, so RocksDB is built once.
+CARGO_PROFILE := --release
+
+.PHONY: deps build cluster cluster-stop cluster-status test lint fmt bench
+
+deps:
+	@scripts/deps.sh build
+
+build: deps
+	cargo build $(CARGO_PROFILE) --bin raftflow
+
+cluster: build
+	@scripts/cluster.sh start
+
+cluster-stop:
+	@scripts/cluster.sh stop
+
+cluster-status:
+	@scripts/cluster.sh status
+
+test: deps
+	@scripts/deps.sh test
+	cargo build $(CARGO_PROFILE) --all-targets
+	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy $(CARGO_PROFILE) --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+# Drives the running `make cluster` with 32 closed-loop clients doing transitions.
+bench: build
+	$(RAFTFLOW_BIN) bench --clients $${CLIENTS:-32} --duration-s $${DURATION_S:-10}

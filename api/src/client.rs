@@ -1,0 +1,151 @@
+//! A typed client for the HTTP API, for Rust programs, tests and the bench command.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::types::*;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with the API's error shape.
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Option<Value>,
+    },
+    /// No answer: connection refused, reset or timed out. A write may or may not have applied.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            ClientError::Transport(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// A client of one node (any node serves every request).
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `addr` is `host:port` or a `http://` URL.
+    pub fn new(addr: &str, timeout: Duration) -> Client {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .expect("http client builds");
+        Client { base, http }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> ClientResult<(u16, T)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if (200..300).contains(&status) {
+            let v = serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Transport(format!("bad response body: {e}")))?;
+            return Ok((status, v));
+        }
+        let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let e = &err["error"];
+        Err(ClientError::Api {
+            status,
+            code: e["code"].as_str().unwrap_or("unknown").to_string(),
+            message: e["message"].as_str().unwrap_or_default().to_string(),
+            details: e.get("details").cloned(),
+        })
+    }
+
+    /// PUT a definition; the status is 201 for a new version, 200 for an unchanged one.
+    pub async fn put_definition(&self, name: &str, def: &Value) -> ClientResult<(u16, DefinitionStored)> {
+        self.call(Method::PUT, &format!("/v1/definitions/{name}"), Some(def)).await
+    }
+
+    /// Starts a workflow; the status is 201 when created, 200 for an identical retry.
+    pub async fn create_workflow(&self, req: &CreateWorkflow) -> ClientResult<(u16, WorkflowView)> {
+        self.call(Method::POST, "/v1/workflows", Some(req)).await
+    }
+
+    pub async fn send_event(&self, id: &str, req: &SendEvent) -> ClientResult<WorkflowView> {
+        self.call(Method::POST, &format!("/v1/workflows/{id}/events"), Some(req))
+            .await
+            .map(|r| r.1)
+    }
+
+    pub async fn cancel(&self, id: &str, req: &CancelWorkflow) -> ClientResult<WorkflowView> {
+        self.call(Method::POST, &format!("/v1/workflows/{id}/cancel"), Some(req))
+            .await
+            .map(|r| r.1)
+    }
+
+    /// Reads a workflow, linearizably unless `local`.
+    pub async fn get_workflow(&self, id: &str, local: bool) -> ClientResult<WorkflowView> {
+        let q = if local { "?consistency=local" } else { "" };
+        self.call::<(), _>(Method::GET, &format!("/v1/workflows/{id}{q}"), None)
+            .await
+            .map(|r| r.1)
+    }
+
+    pub async fn history(&self, id: &str) -> ClientResult<HistoryView> {
+        self.call::<(), _>(Method::GET, &format!("/v1/workflows/{id}/history"), None)
+            .await
+            .map(|r| r.1)
+    }
+
+    pub async fn cluster(&self) -> ClientResult<ClusterView> {
+        self.call::<(), _>(Method::GET, "/v1/cluster", None).await.map(|r| r.1)
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        self.call::<(), Value>(Method::GET, "/readyz", None).await.is_ok()
+    }
+}

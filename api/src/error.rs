@@ -1,0 +1,137 @@
+//! The API's one error type: `{"error": {"code", "message", "details"}}` with a stable code.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use raftflow_raft::{Error as RaftError, Refusal};
+
+/// Seconds a client should wait before retrying a 429 or 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn invalid_definition(problems: Vec<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_definition",
+            format!("definition has {} problem(s)", problems.len()),
+        );
+        e.details = Some(json!({ "problems": problems }));
+        e
+    }
+
+    pub fn invalid_transition(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition", message)
+    }
+
+    pub fn overloaded(limit: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            format!("node is serving its limit of {limit} requests; retry"),
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let message = r.to_string();
+        match r {
+            Refusal::WorkflowNotFound { .. } => ApiError::not_found(message),
+            Refusal::WorkflowExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "workflow_exists", message)
+            }
+            Refusal::RevisionMismatch { current, .. } => {
+                let mut e = ApiError::new(StatusCode::CONFLICT, "revision_mismatch", message);
+                e.details = Some(json!({ "current_revision": current }));
+                e
+            }
+            Refusal::EventNotAllowed { .. } | Refusal::Finished { .. } | Refusal::EngineEvent { .. } => {
+                ApiError::invalid_transition(message)
+            }
+        }
+    }
+}
+
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NotLeader { leader: None } => {
+                ApiError::unavailable("the group has no leader right now")
+            }
+            RaftError::NotLeader { leader: Some((id, _)) } => {
+                ApiError::unavailable(format!("node {id} leads the group; retry"))
+            }
+            RaftError::Unavailable(m) => ApiError::unavailable(m),
+            RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = self.details {
+            body["details"] = d;
+        }
+        let mut resp = (self.status, axum::Json(json!({ "error": body }))).into_response();
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

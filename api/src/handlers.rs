@@ -1,0 +1,798 @@
+//! Route handlers. Each finds the group that owns the request, serves it when this node leads
+//! that group, and otherwise forwards it once to the leader's client address.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, OriginalUri, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use raftflow_raft::{
+    tables, Command, DefinitionVersion, Error as RaftError, NodeAddr, Outcome, META_GROUP,
+};
+use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, QueryParams};
+use crate::types::*;
+use crate::AppState;
+
+/// Marks a request one node forwarded to another; such a request is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-raftflow-forwarded";
+/// Most history rows one read returns.
+const MAX_HISTORY_ROWS: usize = 100_000;
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+/// A list page scans at most this many rows per requested row, so a filter that matches
+/// little still answers quickly (with a page token to go on).
+const LIST_SCAN_FACTOR: usize = 10;
+/// How long a create waits for this node's replica of the meta group to show a definition.
+const DEFINITION_WAIT: Duration = Duration::from_millis(1000);
+
+/// Where a request came from and where it points, for forwarding.
+pub struct Hop {
+    forwarded: bool,
+    method: Method,
+    path_and_query: String,
+}
+
+impl FromRequestParts<AppState> for Hop {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map(|u| u.0.clone())
+            .unwrap_or_else(|| parts.uri.clone());
+        Ok(Hop {
+            forwarded: parts.headers.contains_key(FORWARDED_HEADER),
+            method: parts.method.clone(),
+            path_and_query: uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        })
+    }
+}
+
+/// A failure of local work: an API error, or a Raft error that may mean "ask the leader".
+pub enum Failure {
+    Api(ApiError),
+    Raft(RaftError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl From<RaftError> for Failure {
+    fn from(e: RaftError) -> Self {
+        Failure::Raft(e)
+    }
+}
+
+/// Runs `local` when this node leads `group`; otherwise, or when leadership moved while
+/// `local` ran, forwards the request (with `body`) to the leader once.
+async fn on_leader<F, Fut>(
+    state: &AppState,
+    hop: &Hop,
+    group: u64,
+    body: Option<Vec<u8>>,
+    local: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Response, Failure>>,
+{
+    let node = &state.node;
+    match node.leader_of(group) {
+        Some((id, _)) if id == node.id() => {}
+        Some((_, addr)) if !hop.forwarded => return forward(state, &addr, hop, body).await,
+        _ => {
+            return Err(ApiError::unavailable(format!(
+                "group {group} has no leader reachable from node {}",
+                node.id()
+            )))
+        }
+    }
+    match local().await {
+        Ok(r) => Ok(r),
+        Err(Failure::Api(e)) => Err(e),
+        Err(Failure::Raft(RaftError::NotLeader { leader: Some((id, addr)) }))
+            if !hop.forwarded && id != node.id() =>
+        {
+            forward(state, &addr, hop, body).await
+        }
+        Err(Failure::Raft(e)) => Err(e.into()),
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    leader: &NodeAddr,
+    hop: &Hop,
+    body: Option<Vec<u8>>,
+) -> ApiResult<Response> {
+    let url = format!("http://{}{}", leader.client, hop.path_and_query);
+    let mut req = state
+        .http
+        .request(hop.method.clone(), &url)
+        .header(FORWARDED_HEADER, state.node.id().to_string())
+        .timeout(state.config.forward_timeout);
+    if let Some(b) = body {
+        req = req.header(header::CONTENT_TYPE, "application/json").body(b);
+    }
+    let resp = req.send().await.map_err(|e| {
+        ApiError::unavailable(format!("forwarding to the leader at {} failed: {e}", leader.client))
+    })?;
+    let status = resp.status();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let bytes = resp.bytes().await.map_err(|e| {
+        ApiError::unavailable(format!("reading the leader's answer failed: {e}"))
+    })?;
+    let mut out = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ra) = retry_after {
+        out.headers_mut().insert(header::RETRY_AFTER, ra);
+    }
+    Ok(out)
+}
+
+/// Free bytes on the filesystem holding `path`, if the OS tells.
+fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outcome, Failure> {
+    if let Some(free) = available_disk_bytes(&state.config.data_dir) {
+        if free < state.config.min_free_disk_bytes {
+            return Err(ApiError::storage_full(format!(
+                "the data disk has {free} bytes free, below the {} bytes writes need",
+                state.config.min_free_disk_bytes
+            ))
+            .into());
+        }
+    }
+    match tokio::time::timeout(state.config.write_timeout, state.node.propose(group, command)).await
+    {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "group {group} did not commit the write within {} ms; it may still apply",
+            state.config.write_timeout.as_millis()
+        ))
+        .into()),
+    }
+}
+
+async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
+    match tokio::time::timeout(state.config.write_timeout, state.node.read_barrier(group)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::unavailable(format!("group {group} has no quorum right now")).into()),
+    }
+}
+
+fn storage<T>(r: Result<T, raftflow_raft::Error>) -> Result<T, Failure> {
+    r.map_err(Failure::Raft)
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "workflow id {id:?} must match [A-Za-z0-9_.:-]{{1,128}}"
+        )))
+    }
+}
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} {name:?} must match [A-Za-z0-9_.-]{{1,64}}"
+        )))
+    }
+}
+
+fn check_request_id(request_id: &Option<String>) -> ApiResult<()> {
+    match request_id {
+        Some(r) if !is_valid_id(r) => Err(ApiError::bad_request(format!(
+            "request_id {r:?} must match [A-Za-z0-9_.:-]{{1,128}}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn object_text(what: &str, v: Option<Value>) -> ApiResult<Option<String>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => Ok(Some(v.to_string())),
+        Some(_) => Err(ApiError::bad_request(format!("{what} must be a JSON object"))),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    /// `linearizable` (default) or `local`.
+    pub consistency: Option<String>,
+}
+
+impl ReadParams {
+    fn local(&self) -> ApiResult<bool> {
+        match self.consistency.as_deref() {
+            None | Some("linearizable") => Ok(false),
+            Some("local") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "consistency must be `linearizable` or `local`, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Serves a read from this node's replica directly (`local`) or after the leader's read index.
+async fn read<F>(state: &AppState, hop: &Hop, group: u64, params: &ReadParams, read: F) -> ApiResult<Response>
+where
+    F: FnOnce() -> Result<Response, Failure>,
+{
+    if params.local()? {
+        return match read() {
+            Ok(r) => Ok(r),
+            Err(Failure::Api(e)) => Err(e),
+            Err(Failure::Raft(e)) => Err(e.into()),
+        };
+    }
+    on_leader(state, hop, group, None, || async move {
+        read_barrier(state, group).await?;
+        read()
+    })
+    .await
+}
+
+// ---- definitions ---------------------------------------------------------------------------
+
+/// Store a definition as a new version (201), or return the latest version when the content
+/// equals it (200).
+#[utoipa::path(put, path = "/v1/definitions/{name}", request_body = Object,
+    params(("name" = String, Path, description = "definition name")),
+    responses((status = 201, body = DefinitionStored), (status = 200, body = DefinitionStored),
+        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_definition(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(name): Path<String>,
+    JsonBody(mut body): JsonBody<Value>,
+) -> ApiResult<Response> {
+    check_name("definition name", &name)?;
+    let obj = body
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("a definition must be a JSON object"))?;
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), Value::String(name.clone()));
+        }
+        Some(Value::String(n)) if *n == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "body name {other} differs from the path name {name:?}"
+            )))
+        }
+    }
+    let def: Definition = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid definition: {e}")))?;
+    let problems = def.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_definition(problems));
+    }
+    let json = serde_json::to_string(&def).map_err(|e| ApiError::internal(e.to_string()))?;
+    let forward_body = Some(json.clone().into_bytes());
+    on_leader(&state, &hop, META_GROUP, forward_body, || async {
+        match propose(&state, META_GROUP, Command::PutDefinition { name, json }).await? {
+            Outcome::Definition { stored, created } => {
+                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                Ok(json_response(
+                    status,
+                    &DefinitionStored {
+                        name: stored.name,
+                        version: stored.version,
+                        created_at: rfc3339(stored.created_at_ms),
+                    },
+                ))
+            }
+            other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+        }
+    })
+    .await
+}
+
+fn definition_view(stored: DefinitionVersion) -> ApiResult<DefinitionView> {
+    let def: Value =
+        serde_json::from_str(&stored.json).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(DefinitionView {
+        name: stored.name,
+        version: stored.version,
+        created_at: rfc3339(stored.created_at_ms),
+        initial: def["initial"].as_str().unwrap_or_default().to_string(),
+        states: def["states"].clone(),
+    })
+}
+
+/// The latest version of a definition.
+#[utoipa::path(get, path = "/v1/definitions/{name}",
+    params(("name" = String, Path, description = "definition name")),
+    responses((status = 200, body = DefinitionView), (status = 404, body = ErrorBody)))]
+pub async fn get_definition(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(name): Path<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> ApiResult<Response> {
+    check_name("definition name", &name)?;
+    read(&state, &hop, META_GROUP, &params, || {
+        let store = state.node.store();
+        let latest = storage(tables::read_latest_version(store, META_GROUP, &name).map_err(Into::into))?
+            .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
+        let stored = storage(tables::read_definition(store, META_GROUP, &name, latest).map_err(Into::into))?
+            .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
+        Ok(json_response(StatusCode::OK, &definition_view(stored)?))
+    })
+    .await
+}
+
+/// One version of a definition.
+#[utoipa::path(get, path = "/v1/definitions/{name}/versions/{version}",
+    params(("name" = String, Path, description = "definition name"), ("version" = u32, Path, description = "version, from 1")),
+    responses((status = 200, body = DefinitionView), (status = 404, body = ErrorBody)))]
+pub async fn get_definition_version(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path((name, version)): Path<(String, String)>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> ApiResult<Response> {
+    check_name("definition name", &name)?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("version {version:?} is not a positive integer")))?;
+    read(&state, &hop, META_GROUP, &params, || {
+        let stored = storage(tables::read_definition(state.node.store(), META_GROUP, &name, version).map_err(Into::into))?
+            .ok_or_else(|| ApiError::not_found(format!("definition {name:?} has no version {version}")))?;
+        Ok(json_response(StatusCode::OK, &definition_view(stored)?))
+    })
+    .await
+}
+
+/// Every definition with its latest version.
+#[utoipa::path(get, path = "/v1/definitions", responses((status = 200, body = DefinitionList)))]
+pub async fn list_definitions(
+    State(state): State<AppState>,
+    hop: Hop,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> ApiResult<Response> {
+    read(&state, &hop, META_GROUP, &params, || {
+        let list = storage(tables::list_definitions(state.node.store(), META_GROUP).map_err(Into::into))?;
+        let definitions = list
+            .into_iter()
+            .map(|(name, latest_version)| DefinitionSummary { name, latest_version })
+            .collect();
+        Ok(json_response(StatusCode::OK, &DefinitionList { definitions }))
+    })
+    .await
+}
+
+// ---- workflows -----------------------------------------------------------------------------
+
+/// Finds the definition version a create pins, from this node's replica of the meta group.
+/// A definition acknowledged a moment ago may still be on its way here, so a miss waits
+/// briefly for the replica to catch up before it becomes a 404.
+async fn resolve_definition(
+    state: &AppState,
+    name: &str,
+    version: Option<u32>,
+) -> Result<DefinitionVersion, Failure> {
+    let store = state.node.store();
+    let deadline = tokio::time::Instant::now() + DEFINITION_WAIT;
+    loop {
+        let v = match version {
+            Some(v) => Some(v),
+            None => tables::read_latest_version(store, META_GROUP, name).map_err(RaftError::from)?,
+        };
+        if let Some(v) = v {
+            if let Some(d) = tables::read_definition(store, META_GROUP, name, v).map_err(RaftError::from)? {
+                return Ok(d);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let what = match version {
+                Some(v) => format!("definition {name:?} has no version {v}"),
+                None => format!("definition {name:?} not found"),
+            };
+            return Err(ApiError::not_found(what).into());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Start a workflow; an identical retry returns it as it is now (200).
+#[utoipa::path(post, path = "/v1/workflows", request_body = CreateWorkflow,
+    responses((status = 201, body = WorkflowView), (status = 200, body = WorkflowView),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_workflow(
+    State(state): State<AppState>,
+    hop: Hop,
+    JsonBody(mut req): JsonBody<CreateWorkflow>,
+) -> ApiResult<Response> {
+    let id = req
+        .id
+        .get_or_insert_with(|| format!("wf-{}", uuid::Uuid::new_v4().simple()))
+        .clone();
+    check_id(&id)?;
+    check_name("definition name", &req.definition)?;
+    if req.version == Some(0) {
+        return Err(ApiError::bad_request("version starts at 1"));
+    }
+    let context = object_text("context", req.context.clone())?.unwrap_or_else(|| "{}".into());
+    // Identifies the request: the same id with the same request is a retry, not a conflict.
+    let fingerprint = serde_json::json!({
+        "definition": req.definition,
+        "version": req.version,
+        "context": serde_json::from_str::<Value>(&context).unwrap_or_default(),
+    })
+    .to_string();
+    let group = state.node.group_of(&id);
+    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+    on_leader(&state, &hop, group, Some(body), || async {
+        let def = resolve_definition(&state, &req.definition, req.version).await?;
+        let command = Command::CreateWorkflow {
+            id,
+            definition: def.name,
+            version: def.version,
+            definition_json: def.json,
+            context_json: context,
+            fingerprint,
+        };
+        workflow_outcome(propose(&state, group, command).await?, group)
+    })
+    .await
+}
+
+fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
+    match outcome {
+        Outcome::Workflow { workflow, created } => {
+            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(status, &WorkflowView::new(workflow, group)))
+        }
+        Outcome::Refused(r) => Err(ApiError::from(r).into()),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+    }
+}
+
+/// Send an event; the workflow after the transition.
+#[utoipa::path(post, path = "/v1/workflows/{id}/events", request_body = SendEvent,
+    params(("id" = String, Path, description = "workflow id")),
+    responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn send_event(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<SendEvent>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    check_name("event name", &req.event)?;
+    check_request_id(&req.request_id)?;
+    if req.event.starts_with("task.") || req.event.starts_with("timer.") {
+        return Err(ApiError::invalid_transition(format!(
+            "event {:?} is emitted by the engine only",
+            req.event
+        )));
+    }
+    let payload_json = object_text("payload", req.payload.clone())?;
+    let group = state.node.group_of(&id);
+    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+    on_leader(&state, &hop, group, Some(body), || async {
+        let command = Command::Event {
+            id,
+            event: req.event,
+            payload_json,
+            expected_revision: req.expected_revision,
+            request_id: req.request_id,
+        };
+        workflow_outcome(propose(&state, group, command).await?, group)
+    })
+    .await
+}
+
+/// Cancel a running workflow.
+#[utoipa::path(post, path = "/v1/workflows/{id}/cancel", request_body = CancelWorkflow,
+    params(("id" = String, Path, description = "workflow id")),
+    responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn cancel_workflow(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CancelWorkflow>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    check_request_id(&req.request_id)?;
+    let group = state.node.group_of(&id);
+    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+    on_leader(&state, &hop, group, Some(body), || async {
+        let command = Command::Cancel {
+            id,
+            reason: req.reason,
+            request_id: req.request_id,
+        };
+        workflow_outcome(propose(&state, group, command).await?, group)
+    })
+    .await
+}
+
+/// A workflow. Linearizable unless `consistency=local`.
+#[utoipa::path(get, path = "/v1/workflows/{id}",
+    params(("id" = String, Path, description = "workflow id"),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `local`")),
+    responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody)))]
+pub async fn get_workflow(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    let group = state.node.group_of(&id);
+    read(&state, &hop, group, &params, || {
+        let rec = storage(tables::read_workflow(state.node.store(), group, &id).map_err(Into::into))?
+            .ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
+        Ok(json_response(StatusCode::OK, &WorkflowView::new(rec.workflow, group)))
+    })
+    .await
+}
+
+/// A workflow's history, oldest first.
+#[utoipa::path(get, path = "/v1/workflows/{id}/history",
+    params(("id" = String, Path, description = "workflow id"),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `local`")),
+    responses((status = 200, body = HistoryView), (status = 404, body = ErrorBody)))]
+pub async fn get_history(
+    State(state): State<AppState>,
+    hop: Hop,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    let group = state.node.group_of(&id);
+    read(&state, &hop, group, &params, || {
+        let store = state.node.store();
+        if storage(tables::read_workflow(store, group, &id).map_err(Into::into))?.is_none() {
+            return Err(ApiError::not_found(format!("workflow {id:?} not found")).into());
+        }
+        let rows = storage(tables::read_history(store, group, &id, MAX_HISTORY_ROWS).map_err(Into::into))?;
+        let events = rows.into_iter().map(HistoryEvent::from).collect();
+        Ok(json_response(StatusCode::OK, &HistoryView { events }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    pub definition: Option<String>,
+    pub status: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub page_token: Option<String>,
+}
+
+/// `{group}/{last id}`, hex-encoded so clients treat it as opaque.
+fn encode_token(group: u64, after: &str) -> String {
+    format!("{group}/{after}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_token(token: &str) -> ApiResult<(u64, Option<String>)> {
+    let bad = || ApiError::bad_request("invalid page_token");
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (g, after) = text.split_once('/').ok_or_else(bad)?;
+    let group = g.parse().map_err(|_| bad())?;
+    Ok((group, (!after.is_empty()).then(|| after.to_string())))
+}
+
+/// Workflows of every group, filtered, in (group, id) order. Each group is read from this
+/// node's replica, which may trail the leader by a moment; read one workflow for a
+/// linearizable answer.
+#[utoipa::path(get, path = "/v1/workflows",
+    params(("definition" = Option<String>, Query, description = "definition name"),
+        ("status" = Option<String>, Query, description = "running | succeeded | failed | cancelled"),
+        ("state" = Option<String>, Query, description = "current state"),
+        ("limit" = Option<usize>, Query, description = "page size, default 100, max 1000"),
+        ("page_token" = Option<String>, Query, description = "from the previous page")),
+    responses((status = 200, body = WorkflowList), (status = 400, body = ErrorBody)))]
+pub async fn list_workflows(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<ListParams>,
+) -> ApiResult<Response> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!("limit must be 1..={MAX_LIST_LIMIT}")));
+    }
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("status {s:?} is not running, succeeded, failed or cancelled"))
+        })?),
+    };
+    let groups: Vec<u64> = state.node.data_groups().collect();
+    let (mut group, mut after) = match &params.page_token {
+        Some(t) => decode_token(t)?,
+        None => (groups[0], None),
+    };
+    if !groups.contains(&group) {
+        return Err(ApiError::bad_request("invalid page_token"));
+    }
+    let store = state.node.store();
+    let mut out = Vec::new();
+    let mut budget = limit * LIST_SCAN_FACTOR;
+    let max_group = *groups.last().expect("at least one group");
+    loop {
+        let chunk = tables::scan_workflows(store, group, after.as_deref(), budget.min(limit * 2))
+            .map_err(|e| ApiError::from(RaftError::from(e)))?;
+        let exhausted = chunk.len() < budget.min(limit * 2);
+        for rec in chunk {
+            budget -= 1;
+            after = Some(rec.workflow.id.clone());
+            let wf = rec.workflow;
+            let keep = params.definition.as_ref().is_none_or(|d| *d == wf.definition)
+                && status.is_none_or(|s| s == wf.status)
+                && params.state.as_ref().is_none_or(|s| *s == wf.state);
+            if keep {
+                out.push(WorkflowView::new(wf, group));
+                if out.len() == limit {
+                    let token = encode_token(group, after.as_deref().unwrap_or(""));
+                    return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: Some(token) }));
+                }
+            }
+        }
+        if exhausted {
+            if group == max_group {
+                return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: None }));
+            }
+            group += 1;
+            after = None;
+        }
+        if budget == 0 {
+            let token = encode_token(group, after.as_deref().unwrap_or(""));
+            return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: Some(token) }));
+        }
+    }
+}
+
+// ---- cluster and operations ----------------------------------------------------------------
+
+/// Nodes, groups with their leaders, and how workflows map to groups.
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterView)))]
+pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
+    let node = &state.node;
+    let mut nodes = Vec::new();
+    let probes = node.members().iter().map(|(id, addr)| {
+        let http = state.http.clone();
+        let me = *id == node.id();
+        let url = format!("http://{}/healthz", addr.client);
+        async move {
+            me || http
+                .get(url)
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        }
+    });
+    let reachable = futures::future::join_all(probes).await;
+    for ((id, addr), reachable) in node.members().iter().zip(reachable) {
+        nodes.push(NodeView {
+            id: *id,
+            client_addr: addr.client.clone(),
+            peer_addr: addr.peer.clone(),
+            reachable,
+        });
+    }
+    let groups = node
+        .group_status()
+        .into_iter()
+        .map(|g| GroupView {
+            kind: if g.id == META_GROUP { "meta" } else { "data" }.to_string(),
+            id: g.id,
+            leader: g.leader,
+            term: g.term,
+            voters: g.voters,
+            last_applied: g.last_applied,
+            last_log_index: g.last_log_index,
+            committed: g.committed,
+            snapshot: g.snapshot,
+            purged: g.purged,
+            role: g.role.to_string(),
+        })
+        .collect();
+    let slots_per_group: serde_json::Map<String, Value> = node
+        .slots()
+        .slots_per_group()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((i + 1).to_string(), Value::from(*n)))
+        .collect();
+    let view = ClusterView {
+        node_id: node.id(),
+        nodes,
+        groups,
+        placement: PlacementView {
+            slots: raftflow_raft::ring::SLOTS,
+            hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group by rendezvous hashing".into(),
+            slots_per_group: Value::Object(slots_per_group),
+        },
+    };
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// 200 once every group on this node has a leader, else 503.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Response> {
+    if state.node.all_groups_have_leader() {
+        Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})))
+    } else {
+        Err(ApiError::unavailable("not every group has a leader yet"))
+    }
+}
+
+/// Unknown paths get the API's error shape.
+pub async fn not_found(uri: OriginalUri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.0.path()))
+}
+
+pub fn text_response(content_type: &'static str, body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

@@ -1,0 +1,163 @@
+//! The HTTP API of `API.md`: axum routes, request and response types, forwarding to group
+//! leaders, metrics, the OpenAPI document, and a typed client.
+//!
+//! Any node answers any request. A handler maps the request to its Raft group, serves it if
+//! this node leads the group, and otherwise forwards it once to the leader's client address.
+
+pub mod client;
+mod error;
+mod extract;
+mod handlers;
+mod metrics;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use utoipa::OpenApi;
+
+use raftflow_raft::RaftNode;
+
+pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use handlers::FORWARDED_HEADER;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a write or read barrier may wait for its group before answering 503.
+    pub write_timeout: Duration,
+    /// How long a forwarded request may take on the leader.
+    pub forward_timeout: Duration,
+    /// Requests served at once; more are shed with 429 `overloaded`.
+    pub max_inflight_requests: usize,
+    /// Writes are refused with 507 `storage_full` while the data disk has less free space.
+    pub min_free_disk_bytes: u64,
+    /// The node's data directory (for the free-space check).
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(5),
+            forward_timeout: Duration::from_secs(10),
+            max_inflight_requests: 4096,
+            min_free_disk_bytes: 64 << 20,
+            data_dir: std::path::PathBuf::from("."),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<RaftNode>,
+    pub config: Arc<ApiConfig>,
+    http: reqwest::Client,
+    metrics: Arc<metrics::HttpMetrics>,
+    inflight: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(node: Arc<RaftNode>, config: ApiConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .expect("http client builds");
+        AppState {
+            node,
+            inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
+            config: Arc::new(config),
+            http,
+            metrics: Arc::default(),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "raftflow", description = "A durable workflow engine on Raft. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}` with a stable code."),
+    paths(
+        handlers::put_definition, handlers::get_definition, handlers::get_definition_version,
+        handlers::list_definitions, handlers::create_workflow, handlers::get_workflow,
+        handlers::send_event, handlers::cancel_workflow, handlers::get_history,
+        handlers::list_workflows, handlers::cluster, handlers::healthz, handlers::readyz,
+    ),
+    components(schemas(
+        types::CreateWorkflow, types::SendEvent, types::CancelWorkflow, types::WorkflowView,
+        types::HistoryEvent, types::HistoryView, types::WorkflowList, types::DefinitionStored,
+        types::DefinitionSummary, types::DefinitionList, types::DefinitionView, types::ErrorBody,
+        types::ErrorDetail, types::ClusterView, types::NodeView, types::GroupView,
+        types::PlacementView,
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Response {
+    handlers::text_response(
+        "application/json",
+        ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()),
+    )
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    handlers::text_response("text/plain; version=0.0.4", metrics::render(&state))
+}
+
+/// Sheds requests beyond `max_inflight_requests` with 429, so an overloaded node answers
+/// quickly instead of queueing without bound. Health, readiness and metrics are never shed.
+async fn shed_load(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    match state.inflight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::overloaded(state.config.max_inflight_requests).into_response(),
+    }
+}
+
+/// The API's router over `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/definitions", get(handlers::list_definitions))
+        .route(
+            "/v1/definitions/{name}",
+            put(handlers::put_definition).get(handlers::get_definition),
+        )
+        .route(
+            "/v1/definitions/{name}/versions/{version}",
+            get(handlers::get_definition_version),
+        )
+        .route(
+            "/v1/workflows",
+            post(handlers::create_workflow).get(handlers::list_workflows),
+        )
+        .route("/v1/workflows/{id}", get(handlers::get_workflow))
+        .route("/v1/workflows/{id}/events", post(handlers::send_event))
+        .route("/v1/workflows/{id}/cancel", post(handlers::cancel_workflow))
+        .route("/v1/workflows/{id}/history", get(handlers::get_history))
+        .route("/v1/cluster", get(handlers::cluster))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi))
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed_load))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

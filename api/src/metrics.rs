@@ -1,0 +1,128 @@
+//! Prometheus text-format metrics: HTTP requests and latencies, proposals, read-index calls,
+//! WAL group commit, and each group's applied index, term and leader.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::AppState;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS_S.len()],
+    sum_s: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl HttpMetrics {
+    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((route.to_string(), method.to_string(), status))
+            .or_default() += 1;
+        let mut lat = self.latency.lock().expect("metrics lock");
+        let h = lat.entry(route.to_string()).or_default();
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum_s += seconds;
+        h.count += 1;
+    }
+}
+
+/// Middleware: counts every request by route template, method and status, and times it.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.record(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+pub fn render(state: &AppState) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# TYPE raftflow_http_requests_total counter");
+    for ((route, method, status), n) in state.metrics.requests.lock().expect("lock").iter() {
+        let _ = writeln!(
+            w,
+            "raftflow_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+        );
+    }
+    let _ = writeln!(w, "# TYPE raftflow_http_request_duration_seconds histogram");
+    for (route, h) in state.metrics.latency.lock().expect("lock").iter() {
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            let _ = writeln!(
+                w,
+                "raftflow_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            w,
+            "raftflow_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(w, "raftflow_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_s);
+        let _ = writeln!(w, "raftflow_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+    }
+    let node = &state.node;
+    let c = node.counters();
+    let counters = [
+        ("raftflow_proposals_total", "Commands proposed by this node.", c.proposals.load(Ordering::Relaxed)),
+        ("raftflow_proposals_failed_total", "Proposals that failed (not leader, no quorum).", c.proposals_failed.load(Ordering::Relaxed)),
+        ("raftflow_read_index_total", "Linearizable read barriers.", c.read_barriers.load(Ordering::Relaxed)),
+    ];
+    let sync = node.store().syncer().stats();
+    let wal = [
+        ("raftflow_wal_fsyncs_total", "WAL fsyncs (group commits).", sync.syncs.load(Ordering::Relaxed)),
+        ("raftflow_wal_sync_requests_total", "Appends and votes acknowledged by those fsyncs.", sync.requests.load(Ordering::Relaxed)),
+        ("raftflow_wal_synced_entries_total", "Log entries made durable; divide by fsyncs for entries per fsync.", sync.entries.load(Ordering::Relaxed)),
+    ];
+    for (name, help, v) in counters.iter().chain(wal.iter()) {
+        let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    let _ = writeln!(w, "# TYPE raftflow_group_applied_index gauge");
+    let _ = writeln!(w, "# TYPE raftflow_group_leader gauge");
+    let _ = writeln!(w, "# TYPE raftflow_group_is_leader gauge");
+    let _ = writeln!(w, "# TYPE raftflow_group_term gauge");
+    for g in node.group_status() {
+        let id = g.id;
+        let _ = writeln!(w, "raftflow_group_applied_index{{group=\"{id}\"}} {}", g.last_applied.unwrap_or(0));
+        let _ = writeln!(w, "raftflow_group_leader{{group=\"{id}\"}} {}", g.leader.unwrap_or(0));
+        let _ = writeln!(w, "raftflow_group_is_leader{{group=\"{id}\"}} {}", u8::from(g.leader == Some(node.id())));
+        let _ = writeln!(w, "raftflow_group_term{{group=\"{id}\"}} {}", g.term);
+    }
+    out
+}

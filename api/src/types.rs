@@ -1,0 +1,218 @@
+//! Request and response bodies of the HTTP API (see `API.md`), with their OpenAPI schemas.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use raftflow_workflow::{HistoryRow, Workflow};
+
+/// RFC 3339 UTC with millisecond precision.
+pub fn rfc3339(ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkflow {
+    /// `[A-Za-z0-9_.:-]{1,128}`; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub definition: String,
+    /// Pins a version; the latest version when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// A JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendEvent {
+    pub event: String,
+    /// A JSON object merged into the context at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// Compare-and-set: refused with 409 unless the workflow is at this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_revision: Option<u64>,
+    /// A repeated request id for the same workflow returns the first outcome and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// As for events: a repeated request id returns the first outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, Clone, PartialEq)]
+pub struct WorkflowView {
+    pub id: String,
+    pub definition: String,
+    pub version: u32,
+    pub state: String,
+    /// running | succeeded | failed | cancelled
+    pub status: String,
+    pub revision: u64,
+    #[schema(value_type = Object)]
+    pub context: Value,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The Raft group that owns the workflow.
+    pub group: u64,
+}
+
+impl WorkflowView {
+    pub fn new(wf: Workflow, group: u64) -> Self {
+        WorkflowView {
+            status: wf.status.as_str().to_string(),
+            context: Value::Object(wf.context),
+            created_at: rfc3339(wf.created_at_ms),
+            updated_at: rfc3339(wf.updated_at_ms),
+            id: wf.id,
+            definition: wf.definition,
+            version: wf.version,
+            state: wf.state,
+            revision: wf.revision,
+            group,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub revision: u64,
+    pub event: String,
+    pub from: Option<String>,
+    pub to: String,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    pub at: String,
+}
+
+impl From<HistoryRow> for HistoryEvent {
+    fn from(r: HistoryRow) -> Self {
+        HistoryEvent {
+            revision: r.revision,
+            event: r.event,
+            from: r.from,
+            to: r.to,
+            payload: r.payload.map(Value::Object),
+            at: rfc3339(r.at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    pub events: Vec<HistoryEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionStored {
+    pub name: String,
+    pub version: u32,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionSummary {
+    pub name: String,
+    pub latest_version: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionList {
+    pub definitions: Vec<DefinitionSummary>,
+}
+
+/// A stored definition version: the definition's fields plus `version` and `created_at`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionView {
+    pub name: String,
+    pub version: u32,
+    pub created_at: String,
+    pub initial: String,
+    #[schema(value_type = Object)]
+    pub states: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: clients switch on it.
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Option<Object>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub id: u64,
+    /// "meta" or "data"
+    pub kind: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    /// Last log index in this node's latest snapshot of the group.
+    pub snapshot: Option<u64>,
+    /// Last log index this node has purged from the group's log.
+    pub purged: Option<u64>,
+    /// This node's role in the group.
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlacementView {
+    pub slots: u32,
+    pub hash: String,
+    /// Slots owned by each data group, keyed by group id.
+    #[schema(value_type = Object)]
+    pub slots_per_group: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub node_id: u64,
+    pub nodes: Vec<NodeView>,
+    pub groups: Vec<GroupView>,
+    pub placement: PlacementView,
+}

@@ -1,0 +1,273 @@
+//! Black-box tests against real `raftflow` processes: a harness that starts a cluster on
+//! loopback ports, kills (-9), pauses and restarts nodes, and talks to them over HTTP only.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use raftflow_api::client::Client;
+use raftflow_api::types::ClusterView;
+
+/// The release binary under test: `RAFTFLOW_BIN`, else `raftflow` beside the test's `deps/`.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("RAFTFLOW_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("raftflow"))
+        .expect("target dir")
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub client: String,
+    pub peer: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real node processes with data in a temporary directory.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub groups: u64,
+    members: String,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes on 127.0.0.1 with `groups` data groups and extra `serve` flags.
+    pub fn start(n: u64, groups: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc {
+                id,
+                client: format!("127.0.0.1:{}", free_port("127.0.0.1")),
+                peer: format!("127.0.0.1:{}", free_port("127.0.0.1")),
+                data_dir: dir.path().join(format!("n{id}")),
+                log: dir.path().join(format!("n{id}.log")),
+                child: None,
+            })
+            .collect();
+        let members = nodes
+            .iter()
+            .map(|nd| format!("{}={}/{}", nd.id, nd.client, nd.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            groups,
+            members,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let bin = binary();
+        let members = self.members.clone();
+        let groups = self.groups.to_string();
+        let extra = self.extra.clone();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let child = Command::new(&bin)
+            .arg("serve")
+            .args(["--id", &id.to_string(), "--initial-cluster", &members, "--groups", &groups])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        node.child = Some(child);
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on the same data directory.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// SIGSTOP / SIGCONT a node.
+    pub fn pause(&self, id: u64, paused: bool) {
+        if let Some(pid) = self.node(id).pid() {
+            let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: signalling a child process we spawned and still own.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    pub fn client(&self, id: u64) -> Client {
+        Client::new(&self.node(id).client, Duration::from_secs(10))
+    }
+
+    /// A client with a short timeout, for probing.
+    pub fn probe(&self, id: u64) -> Client {
+        Client::new(&self.node(id).client, Duration::from_millis(1500))
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                all &= self.probe(n.id).ready().await;
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("cluster not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The cluster as the first answering running node sees it.
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            if let Ok(v) = self.probe(n.id).cluster().await {
+                return Ok(v);
+            }
+        }
+        bail!("no running node answers /v1/cluster")
+    }
+
+    /// The leader of `group` as seen from node `via`.
+    pub async fn leader_of(&self, via: u64, group: u64) -> Option<u64> {
+        let v = self.probe(via).cluster().await.ok()?;
+        v.groups.iter().find(|g| g.id == group)?.leader
+    }
+
+    /// Waits until `group` has a leader other than `not` that node `via` knows of.
+    pub async fn wait_new_leader(&self, via: u64, group: u64, not: u64, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader_of(via, group).await {
+                if l != not {
+                    return Ok(l);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("group {group} had no new leader after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        if std::thread::panicking() {
+            for id in &ids {
+                eprintln!("---- node {id} log (tail) ----\n{}", self.log_tail(*id, 30));
+            }
+        }
+        for id in ids {
+            self.pause(id, false);
+            self.kill9(id);
+        }
+    }
+}
+
+/// The `order` definition of API.md.
+pub fn order_definition() -> serde_json::Value {
+    serde_json::json!({
+        "name": "order",
+        "initial": "created",
+        "states": {
+            "created":   {"on": {"pay": "paid", "cancel": "cancelled"}},
+            "paid":      {"task": {"type": "ship"}, "on": {"task.completed": "shipped", "task.failed": "cancelled"}},
+            "shipped":   {"timer_ms": 60000, "on": {"timer.fired": "delivered"}},
+            "delivered": {"terminal": "succeeded"},
+            "cancelled": {"terminal": "cancelled"}
+        }
+    })
+}
+
+/// A definition whose workflows accept `tick` forever: good for counting transitions.
+pub fn counter_definition() -> serde_json::Value {
+    serde_json::json!({
+        "name": "counter",
+        "initial": "on",
+        "states": {
+            "on": {"on": {"tick": "on", "stop": "off"}},
+            "off": {"terminal": "succeeded"}
+        }
+    })
+}
+
+/// Retries `f` until it succeeds or `timeout` passes; returns the last error otherwise.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e).context(format!("still failing after {timeout:?}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The commands replicated through the Raft log and their outcomes.
+//!
+//! Commands carry everything apply needs, including the leader's timestamp and, for a create,
+//! the pinned definition: apply reads nothing but its own group's rows, so every replica
+//! computes the same result.
+
+use serde::{Deserialize, Serialize};
+
+use raftflow_workflow::{HistoryRow, Rejection, Status, Workflow};
+
+/// A command and the time the leader proposed it (ms since the Unix epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamped {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Meta group: store a definition as a new version unless it equals the latest one.
+    PutDefinition { name: String, json: String },
+    /// Data group: start a workflow.
+    CreateWorkflow {
+        id: String,
+        definition: String,
+        version: u32,
+        /// The pinned definition's JSON text.
+        definition_json: String,
+        /// The context as JSON object text.
+        context_json: String,
+        /// Identifies the request, so that a retry is told apart from a conflicting create.
+        fingerprint: String,
+    },
+    /// Data group: fire a client event.
+    Event {
+        id: String,
+        event: String,
+        payload_json: Option<String>,
+        expected_revision: Option<u64>,
+        request_id: Option<String>,
+    },
+    /// Data group: cancel a running workflow.
+    Cancel {
+        id: String,
+        reason: Option<String>,
+        request_id: Option<String>,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutDefinition { .. } => "put_definition",
+            Command::CreateWorkflow { .. } => "create_workflow",
+            Command::Event { .. } => "event",
+            Command::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// A stored definition version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionVersion {
+    pub name: String,
+    pub version: u32,
+    pub created_at_ms: u64,
+    /// The definition's JSON text.
+    pub json: String,
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("workflow {id:?} not found")]
+    WorkflowNotFound { id: String },
+    #[error("workflow {id:?} exists and was created by a different request")]
+    WorkflowExists { id: String },
+    #[error("event {event:?} is not allowed in state {state:?}")]
+    EventNotAllowed { state: String, event: String },
+    #[error("workflow has finished with status {}", status.as_str())]
+    Finished { status: Status },
+    #[error("event {event:?} is emitted by the engine only")]
+    EngineEvent { event: String },
+    #[error("expected revision {expected}, workflow is at {current}")]
+    RevisionMismatch { expected: u64, current: u64 },
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Refusal {
+        match r {
+            Rejection::EventNotAllowed { state, event } => Refusal::EventNotAllowed { state, event },
+            Rejection::Finished { status } => Refusal::Finished { status },
+            Rejection::EngineEvent { event } => Refusal::EngineEvent { event },
+            Rejection::RevisionMismatch { expected, current } => {
+                Refusal::RevisionMismatch { expected, current }
+            }
+        }
+    }
+}
+
+/// What applying a command produced; the response to the proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Blank and membership entries.
+    Nothing,
+    Definition {
+        stored: DefinitionVersion,
+        /// false when the content equalled the latest version, which is returned instead.
+        created: bool,
+    },
+    Workflow {
+        workflow: Workflow,
+        /// true for a create that made a new workflow (HTTP 201).
+        created: bool,
+    },
+    Refused(Refusal),
+}
+
+/// A history row and its workflow id (for reads).
+pub type History = Vec<HistoryRow>;
+
+impl std::fmt::Display for Stamped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.command.kind(), self.at_ms)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Nothing => write!(f, "nothing"),
+            Outcome::Definition { stored, created } => {
+                write!(f, "definition {} v{} created={created}", stored.name, stored.version)
+            }
+            Outcome::Workflow { workflow, created } => write!(
+                f,
+                "workflow {} rev {} created={created}",
+                workflow.id, workflow.revision
+            ),
+            Outcome::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Peer transport: one multiplexed TCP connection from this node to each peer, shared by every
+//! group (like etcd's peer URLs, separate from the client API).
+//!
+//! A frame is `len (u32 BE) ‖ codec(Envelope)`. Requests carry an id and a group; responses
+//! carry the id back, so many RPCs of many groups are in flight on one connection at once. The
+//! writer flushes only when its queue is empty, so a burst of RPCs leaves in few syscalls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use raftflow_storage::codec;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NodeAddr, Raft, SnapshotMeta, TypeConfig, Vote};
+
+/// Sent in every frame; a peer speaking another version is refused.
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted (snapshots travel in one frame).
+pub const MAX_FRAME_BYTES: usize = 512 << 20;
+/// Frames queued for one connection's writer before senders wait.
+const WRITE_QUEUE_FRAMES: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failed connect, calls fail fast for this long instead of each trying again.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    version: u16,
+    frame: Frame,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Frame {
+    Request { id: u64, group: u64, rpc: PeerRpc },
+    Response { id: u64, reply: Result<PeerReply, String> },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+enum PeerRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Whether the group exists here and has Raft state (used before bootstrapping a cluster).
+    Initialized,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+enum PeerReply {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Initialized(bool),
+}
+
+/// The groups this node runs, by id: where incoming peer RPCs go.
+#[derive(Default)]
+pub struct Registry {
+    groups: RwLock<BTreeMap<u64, Raft>>,
+}
+
+impl Registry {
+    pub fn insert(&self, group: u64, raft: Raft) {
+        self.groups.write().expect("registry lock").insert(group, raft);
+    }
+
+    pub fn get(&self, group: u64) -> Option<Raft> {
+        self.groups.read().expect("registry lock").get(&group).cloned()
+    }
+
+    pub fn all(&self) -> Vec<(u64, Raft)> {
+        self.groups
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect()
+    }
+}
+
+// ---- server --------------------------------------------------------------------------------
+
+/// Serves peer connections on `listener` until the task is dropped.
+pub async fn serve_peers(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, registry).await {
+                        tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, registry: Arc<Registry>) -> io::Result<()> {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_FRAMES);
+    let writer = tokio::spawn(write_frames(wr, rx));
+    let result = loop {
+        let env = match read_frame(&mut rd).await {
+            Ok(env) => env,
+            Err(e) => break Err(e),
+        };
+        if env.version != PEER_PROTOCOL_VERSION {
+            break Err(io::Error::other(format!(
+                "peer speaks protocol {}, this node {PEER_PROTOCOL_VERSION}",
+                env.version
+            )));
+        }
+        let Frame::Request { id, group, rpc } = env.frame else {
+            break Err(io::Error::other("peer sent a response on a server connection"));
+        };
+        let registry = registry.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = handle(&registry, group, rpc).await;
+            if let Ok(bytes) = encode_frame(Frame::Response { id, reply }) {
+                let _ = tx.send(bytes).await;
+            }
+        });
+    };
+    drop(tx);
+    writer.abort();
+    result
+}
+
+async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerReply, String> {
+    let Some(raft) = registry.get(group) else {
+        if matches!(rpc, PeerRpc::Initialized) {
+            return Ok(PeerReply::Initialized(false));
+        }
+        return Err(format!("group {group} is not served by this node"));
+    };
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    Ok(match rpc {
+        PeerRpc::Append(req) => PeerReply::Append(raft.append_entries(req).await.map_err(|e| s(&e))?),
+        PeerRpc::Vote(req) => PeerReply::Vote(raft.vote(req).await.map_err(|e| s(&e))?),
+        PeerRpc::PreVote(req) => PeerReply::Vote(raft.pre_vote(req).await.map_err(|e| s(&e))?),
+        PeerRpc::Snapshot { vote, meta, data } => {
+            let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+            PeerReply::Snapshot(raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e))?)
+        }
+        PeerRpc::TransferLeader(req) => {
+            PeerReply::TransferLeader(raft.handle_transfer_leader(req).await.map_err(|e| s(&e))?)
+        }
+        PeerRpc::Initialized => PeerReply::Initialized(raft.is_initialized().await.map_err(|e| s(&e))?),
+    })
+}
+
+// ---- framing -------------------------------------------------------------------------------
+
+fn encode_frame(frame: Frame) -> io::Result<Vec<u8>> {
+    let body = codec::encode(&Envelope {
+        version: PEER_PROTOCOL_VERSION,
+        frame,
+    })?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(io::Error::other(format!("frame of {} bytes is too large", body.len())));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Envelope> {
+    let len = rd.read_u32().await? as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::other(format!("frame of {len} bytes is too large")));
+    }
+    let mut buf = vec![0u8; len];
+    rd.read_exact(&mut buf).await?;
+    Ok(codec::decode(&buf)?)
+}
+
+async fn write_frames(wr: impl AsyncWriteExt + Unpin, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut wr = BufWriter::with_capacity(64 << 10, wr);
+    while let Some(frame) = rx.recv().await {
+        if wr.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Keep writing while more frames wait; flush when the queue runs dry.
+        while let Ok(frame) = rx.try_recv() {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---- client --------------------------------------------------------------------------------
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<PeerReply, String>>>>>;
+
+struct Live {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+}
+
+/// This node's connection to one peer, re-established on demand.
+struct PeerConn {
+    target: u64,
+    addr: String,
+    local_ip: Option<IpAddr>,
+    next_id: AtomicU64,
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+    last_failed_connect: Mutex<Option<Instant>>,
+}
+
+impl PeerConn {
+    async fn live(&self) -> io::Result<Arc<Live>> {
+        let mut guard = self.live.lock().await;
+        if let Some(live) = guard.as_ref() {
+            if !live.tx.is_closed() {
+                return Ok(live.clone());
+            }
+        }
+        if let Some(t) = *self.last_failed_connect.lock().expect("lock") {
+            if t.elapsed() < RECONNECT_BACKOFF {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, "peer recently unreachable"));
+            }
+        }
+        match self.connect().await {
+            Ok(live) => {
+                *guard = Some(live.clone());
+                Ok(live)
+            }
+            Err(e) => {
+                *self.last_failed_connect.lock().expect("lock") = Some(Instant::now());
+                *guard = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> io::Result<Arc<Live>> {
+        let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::other(format!("{} resolves to nothing", self.addr)))?;
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(ip) = self.local_ip {
+            // Fault tests cut links between 127.0.0.x addresses: traffic must leave from ours.
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let (mut rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+        let pending: Pending = Arc::default();
+        let live = Arc::new(Live { tx, pending: pending.clone() });
+        let writer = tokio::spawn(write_frames(wr, rx));
+        let target = self.target;
+        let weak = Arc::downgrade(&live);
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut rd).await {
+                    Ok(Envelope { frame: Frame::Response { id, reply }, .. }) => {
+                        if let Some(tx) = pending.lock().expect("lock").remove(&id) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::warn!(target_node = target, "peer sent a request on a client connection");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(target_node = target, error = %e, "peer connection lost");
+                        break;
+                    }
+                }
+            }
+            // Fail everything in flight; the next call reconnects.
+            writer.abort();
+            pending.lock().expect("lock").clear();
+            drop(weak);
+        });
+        Ok(live)
+    }
+
+    async fn call(&self, group: u64, rpc: PeerRpc, timeout: Duration) -> Result<PeerReply, CallError> {
+        let live = self.live().await.map_err(CallError::Unreachable)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(Frame::Request { id, group, rpc }).map_err(CallError::Network)?;
+        let (tx, rx) = oneshot::channel();
+        live.pending.lock().expect("lock").insert(id, tx);
+        let sent = async {
+            live.tx
+                .send(frame)
+                .await
+                .map_err(|_| CallError::Unreachable(io::Error::other("connection closed")))?;
+            match rx.await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(remote)) => Err(CallError::Remote(remote)),
+                Err(_) => Err(CallError::Unreachable(io::Error::other("connection lost"))),
+            }
+        };
+        let result = tokio::time::timeout(timeout, sent).await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                live.pending.lock().expect("lock").remove(&id);
+                Err(CallError::Network(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out")))
+            }
+        }
+    }
+}
+
+enum CallError {
+    Unreachable(io::Error),
+    Network(io::Error),
+    Remote(String),
+}
+
+impl CallError {
+    fn into_rpc(self) -> RPCError<TypeConfig> {
+        match self {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+            // A remote failure (group not there yet, node shutting down): back off and retry.
+            CallError::Remote(m) => RPCError::Unreachable(Unreachable::new(&io::Error::other(m))),
+        }
+    }
+
+    fn into_streaming(self) -> StreamingError<TypeConfig> {
+        match self {
+            CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => StreamingError::Network(NetworkError::new(&e)),
+            CallError::Remote(m) => StreamingError::Unreachable(Unreachable::new(&io::Error::other(m))),
+        }
+    }
+}
+
+/// Connections to every peer, shared by all groups of this node.
+pub struct PeerClients {
+    local_ip: Option<IpAddr>,
+    conns: Mutex<HashMap<u64, Arc<PeerConn>>>,
+}
+
+impl PeerClients {
+    pub fn new(local_ip: Option<IpAddr>) -> Arc<Self> {
+        Arc::new(PeerClients { local_ip, conns: Mutex::new(HashMap::new()) })
+    }
+
+    fn conn(&self, target: u64, addr: &str) -> Arc<PeerConn> {
+        let mut conns = self.conns.lock().expect("lock");
+        let conn = conns.entry(target).or_insert_with(|| self.new_conn(target, addr));
+        if conn.addr != addr {
+            *conn = self.new_conn(target, addr);
+        }
+        conn.clone()
+    }
+
+    fn new_conn(&self, target: u64, addr: &str) -> Arc<PeerConn> {
+        Arc::new(PeerConn {
+            target,
+            addr: addr.to_string(),
+            local_ip: self.local_ip,
+            next_id: AtomicU64::new(1),
+            live: tokio::sync::Mutex::new(None),
+            last_failed_connect: Mutex::new(None),
+        })
+    }
+
+    /// Asks `addr` whether it has Raft state for `group`.
+    pub async fn is_initialized(&self, target: u64, addr: &str, group: u64) -> io::Result<bool> {
+        match self.conn(target, addr).call(group, PeerRpc::Initialized, CONNECT_TIMEOUT * 2).await {
+            Ok(PeerReply::Initialized(b)) => Ok(b),
+            Ok(_) => Err(io::Error::other("unexpected reply")),
+            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
+            Err(CallError::Remote(m)) => Err(io::Error::other(m)),
+        }
+    }
+}
+
+/// openraft's network factory for one group.
+pub struct GroupNetwork {
+    pub group: u64,
+    pub clients: Arc<PeerClients>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerNetwork {
+        PeerNetwork { group: self.group, conn: self.clients.conn(target, &node.peer) }
+    }
+}
+
+/// One group's view of the connection to one peer.
+pub struct PeerNetwork {
+    group: u64,
+    conn: Arc<PeerConn>,
+}
+
+fn unexpected<T>() -> Result<T, CallError> {
+    Err(CallError::Remote("unexpected reply kind".into()))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.conn.call(self.group, PeerRpc::Append(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::Append(r)) => Ok(r),
+            Ok(_) => unexpected(),
+            Err(e) => Err(e),
+        }
+        .map_err(CallError::into_rpc)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.conn.call(self.group, PeerRpc::Vote(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::Vote(r)) => Ok(r),
+            Ok(_) => unexpected(),
+            Err(e) => Err(e),
+        }
+        .map_err(CallError::into_rpc)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.conn.call(self.group, PeerRpc::PreVote(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::Vote(r)) => Ok(r),
+            Ok(_) => unexpected(),
+            Err(e) => Err(e),
+        }
+        .map_err(CallError::into_rpc)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let rpc = PeerRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let call = self.conn.call(self.group, rpc, option.hard_ttl().max(Duration::from_secs(30)));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = call => match r {
+                Ok(PeerReply::Snapshot(r)) => Ok(r),
+                Ok(_) => Err(CallError::Remote("unexpected reply kind".into()).into_streaming()),
+                Err(e) => Err(e.into_streaming()),
+            },
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.conn.call(self.group, PeerRpc::TransferLeader(req), option.hard_ttl()).await {
+            Ok(PeerReply::TransferLeader(r)) => Ok(r),
+            Ok(_) => unexpected(),
+            Err(e) => Err(e),
+        }
+        .map_err(CallError::into_rpc)
+    }
+}

@@ -1,0 +1,371 @@
+//! openraft's `RaftStateMachine` for one group: applies workflow commands to the group's rows.
+//!
+//! Each `apply` call writes every row it changed, the history rows, dedup records and the
+//! applied log id in one RocksDB batch, and answers the proposers only after that write, so a
+//! response is never ahead of what a read on this node sees.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use raftflow_storage::{codec, Batch, Store};
+use raftflow_workflow::{self as workflow, Definition, EventOrigin, JsonObject};
+use serde::{Deserialize, Serialize};
+
+use super::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::command::{Command, DefinitionVersion, Outcome, Refusal, Stamped};
+use crate::tables::{self, WorkflowRecord};
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+/// What `a` holds: how far this group's rows have applied the log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+pub struct GroupStateMachine {
+    group: u64,
+    store: Arc<Store>,
+    applied: Applied,
+    /// Parsed pinned definitions: `(name, version)` -> definition. Versions are immutable.
+    definitions: HashMap<(String, u32), Arc<Definition>>,
+}
+
+impl GroupStateMachine {
+    pub fn open(group: u64, store: Arc<Store>) -> io::Result<Self> {
+        let applied = match store.get_state(group, tables::APPLIED)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => Applied::default(),
+        };
+        Ok(GroupStateMachine {
+            group,
+            store,
+            applied,
+            definitions: HashMap::new(),
+        })
+    }
+
+    fn definition(&mut self, tx: &Tx, name: &str, version: u32) -> Arc<Definition> {
+        let key = (name.to_string(), version);
+        if let Some(d) = self.definitions.get(&key) {
+            return d.clone();
+        }
+        let bytes = tx.get(&tables::pinned_key(name, version)).unwrap_or_else(|| {
+            panic!(
+                "group {}: definition {name} v{version} of a stored workflow is missing",
+                self.group
+            )
+        });
+        let json: String = codec::decode(&bytes).expect("pinned definition decodes");
+        let def: Definition = serde_json::from_str(&json).expect("pinned definition parses");
+        let def = Arc::new(def);
+        self.definitions.insert(key, def.clone());
+        def
+    }
+
+    fn execute(&mut self, tx: &mut Tx, stamped: &Stamped) -> Outcome {
+        let now = stamped.at_ms;
+        match &stamped.command {
+            Command::PutDefinition { name, json } => put_definition(tx, name, json, now),
+            Command::CreateWorkflow {
+                id,
+                definition,
+                version,
+                definition_json,
+                context_json,
+                fingerprint,
+            } => {
+                if let Some(rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) {
+                    return if &rec.fingerprint == fingerprint {
+                        Outcome::Workflow {
+                            workflow: rec.workflow,
+                            created: false,
+                        }
+                    } else {
+                        Outcome::Refused(Refusal::WorkflowExists { id: id.clone() })
+                    };
+                }
+                let pinned = tables::pinned_key(definition, *version);
+                if tx.get(&pinned).is_none() {
+                    tx.put_encoded(pinned, definition_json);
+                }
+                let def = self.definition(tx, definition, *version);
+                let context: JsonObject =
+                    serde_json::from_str(context_json).expect("leader sends an object context");
+                let (wf, row) = workflow::create(&def, *version, id, context, now);
+                tx.put_encoded(tables::history_key(id, row.revision), &row);
+                let rec = WorkflowRecord {
+                    workflow: wf.clone(),
+                    fingerprint: fingerprint.clone(),
+                };
+                tx.put_encoded(tables::workflow_key(id), &rec);
+                Outcome::Workflow {
+                    workflow: wf,
+                    created: true,
+                }
+            }
+            Command::Event {
+                id,
+                event,
+                payload_json,
+                expected_revision,
+                request_id,
+            } => self.transition(tx, id, request_id.as_deref(), |def, wf| {
+                let payload = payload_json
+                    .as_deref()
+                    .map(|p| serde_json::from_str(p).expect("leader sends an object payload"));
+                workflow::fire_event(
+                    def,
+                    wf,
+                    event,
+                    payload,
+                    *expected_revision,
+                    EventOrigin::Client,
+                    now,
+                )
+            }),
+            Command::Cancel {
+                id,
+                reason,
+                request_id,
+            } => self.transition(tx, id, request_id.as_deref(), |_, wf| {
+                workflow::cancel(wf, reason.clone(), now)
+            }),
+        }
+    }
+
+    /// Loads workflow `id`, answers a repeated `request_id` with its first outcome, else runs
+    /// `step` and stores the result.
+    fn transition(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        request_id: Option<&str>,
+        step: impl FnOnce(
+            &Definition,
+            &workflow::Workflow,
+        ) -> Result<(workflow::Workflow, workflow::HistoryRow), workflow::Rejection>,
+    ) -> Outcome {
+        let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
+            return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
+        };
+        let dedup = request_id.map(|r| tables::dedup_key(id, r));
+        if let Some(key) = &dedup {
+            if let Some(first) = tx.get_decoded::<Outcome>(key) {
+                return first;
+            }
+        }
+        let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
+        let outcome = match step(&def, &rec.workflow) {
+            Ok((next, row)) => {
+                assert_eq!(
+                    next.revision,
+                    rec.workflow.revision + 1,
+                    "group {}: workflow {id} revision must grow by exactly one",
+                    self.group
+                );
+                tx.put_encoded(tables::history_key(id, row.revision), &row);
+                rec.workflow = next;
+                tx.put_encoded(tables::workflow_key(id), &rec);
+                Outcome::Workflow {
+                    workflow: rec.workflow,
+                    created: false,
+                }
+            }
+            Err(rejection) => Outcome::Refused(rejection.into()),
+        };
+        if let Some(key) = dedup {
+            tx.put_encoded(key, &outcome);
+        }
+        outcome
+    }
+}
+
+fn put_definition(tx: &mut Tx, name: &str, json: &str, now: u64) -> Outcome {
+    let latest: Option<u32> = tx.get_decoded(&tables::latest_key(name));
+    if let Some(v) = latest {
+        let stored: DefinitionVersion = tx
+            .get_decoded(&tables::definition_key(name, v))
+            .expect("latest definition version is stored");
+        if stored.json == json {
+            return Outcome::Definition {
+                stored,
+                created: false,
+            };
+        }
+    }
+    let stored = DefinitionVersion {
+        name: name.to_string(),
+        version: latest.unwrap_or(0) + 1,
+        created_at_ms: now,
+        json: json.to_string(),
+    };
+    tx.put_encoded(tables::definition_key(name, stored.version), &stored);
+    tx.put_encoded(tables::latest_key(name), &stored.version);
+    Outcome::Definition {
+        stored,
+        created: true,
+    }
+}
+
+/// The writes of one `apply` call: a batch, and an overlay so later entries of the same call
+/// read what earlier ones wrote.
+struct Tx<'a> {
+    group: u64,
+    store: &'a Store,
+    batch: Batch,
+    overlay: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Tx<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Some(v.clone());
+        }
+        self.store
+            .get_state(self.group, key)
+            .unwrap_or_else(|e| panic!("group {}: state read failed: {e}", self.group))
+    }
+
+    fn get_decoded<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        self.get(key).map(|bytes| {
+            codec::decode(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "group {}: corrupt row {:?}: {e}",
+                    self.group,
+                    String::from_utf8_lossy(key)
+                )
+            })
+        })
+    }
+
+    fn put_encoded<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        let bytes = codec::encode(value).expect("state rows encode");
+        self.store.put_state(&mut self.batch, self.group, &key, &bytes);
+        self.overlay.insert(key, bytes);
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = GroupSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((
+            self.applied.last_applied.clone(),
+            self.applied.membership.clone(),
+        ))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let store = self.store.clone();
+        let mut tx = Tx {
+            group: self.group,
+            store: &store,
+            batch: Batch::default(),
+            overlay: HashMap::new(),
+        };
+        let mut replies = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            if let Some(prev) = &self.applied.last_applied {
+                // openraft applies in log order; a replayed or reordered entry would apply a
+                // transition twice.
+                assert!(
+                    entry.log_id.index > prev.index,
+                    "group {}: entry {} applied after {}",
+                    self.group,
+                    entry.log_id.index,
+                    prev.index
+                );
+            }
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => Outcome::Nothing,
+                EntryPayload::Normal(stamped) => self.execute(&mut tx, stamped),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership =
+                        StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    Outcome::Nothing
+                }
+            };
+            self.applied.last_applied = Some(entry.log_id.clone());
+            if let Some(r) = responder {
+                replies.push((r, outcome));
+            }
+        }
+        let applied = codec::encode(&self.applied)?;
+        store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
+        store.write(tx.batch)?;
+        for (responder, outcome) in replies {
+            responder.send(outcome);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        GroupSnapshotBuilder {
+            group: self.group,
+            store: self.store.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
+        self.store.replace_group_state(self.group, &rows)?;
+        let reopened = GroupStateMachine::open(self.group, self.store.clone())?;
+        if reopened.applied.last_applied != meta.last_log_id {
+            return Err(io::Error::other(format!(
+                "group {}: snapshot rows applied {:?} but meta says {:?}",
+                self.group, reopened.applied.last_applied, meta.last_log_id
+            )));
+        }
+        self.applied = reopened.applied;
+        self.definitions.clear();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        if self.applied.last_applied.is_none() {
+            return Ok(None);
+        }
+        // Built fresh from the rows: always at or after any purge point, never stored twice.
+        let mut builder = self.get_snapshot_builder().await;
+        Ok(Some(builder.build_snapshot().await?))
+    }
+}
+
+/// Builds a snapshot from a consistent RocksDB view while apply goes on.
+pub struct GroupSnapshotBuilder {
+    group: u64,
+    store: Arc<Store>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (group, store) = (self.group, self.store.clone());
+        let rows = tokio::task::spawn_blocking(move || store.export_group_state(group))
+            .await
+            .map_err(io::Error::other)??;
+        let applied: Applied = match rows.iter().find(|(k, _)| k.as_slice() == tables::APPLIED) {
+            Some((_, v)) => codec::decode(v)?,
+            None => Applied::default(),
+        };
+        let data = codec::encode(&rows)?;
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            },
+            snapshot: data,
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! Raft for raftflow: a metadata group and many data groups per node on openraft, the state
+//! machine that applies workflow commands, the peer transport, and placement of workflows on
+//! groups (the hash ring).
+//!
+//! openraft's types stay inside [`glue`]; the API layer uses [`RaftNode`], [`Command`] and
+//! [`Outcome`].
+
+pub mod command;
+mod glue;
+mod node;
+pub mod ring;
+pub mod tables;
+
+pub use command::{Command, DefinitionVersion, Outcome, Refusal};
+pub use glue::{
+    NodeAddr, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES,
+};
+pub use node::{GroupStatus, NodeConfig, RaftCounters, RaftNode, META_GROUP};
+pub use raftflow_storage::{Store, SyncStats};
+
+/// Errors of the raft layer; each maps to one API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node does not lead the group; `leader` is who does, if known.
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader { leader: Option<(u64, NodeAddr)> },
+    /// No leader or no quorum right now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Storage(#[from] raftflow_storage::StorageError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

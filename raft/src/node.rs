@@ -1,0 +1,393 @@
+//! A node: the store, the meta group and the data groups, the peer listener, bootstrap and
+//! leader balancing. The API layer talks to this type only; openraft stays behind `glue`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::ReadPolicy;
+use raftflow_storage::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::command::{Command, Outcome, Stamped};
+use crate::glue::log_store::GroupLogStore;
+use crate::glue::network::{serve_peers, GroupNetwork, PeerClients, Registry};
+use crate::glue::state_machine::GroupStateMachine;
+use crate::glue::{raft_config, NodeAddr, Raft, ServerState, Timing};
+use crate::ring::SlotTable;
+use crate::{Error, Result};
+
+/// The metadata group: membership, definitions. Data groups are `1..=groups`.
+pub const META_GROUP: u64 = 0;
+/// How often the balancer looks at leadership.
+const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// How often bootstrap asks peers whether the cluster already exists.
+const BOOTSTRAP_RETRY: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Address the peer listener binds.
+    pub peer_listen: String,
+    /// Every node of the cluster (this one included) with its addresses.
+    pub members: BTreeMap<u64, NodeAddr>,
+    /// Number of data groups.
+    pub groups: u64,
+    pub timing: Timing,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot.
+    pub log_kept_behind_snapshot: u64,
+    /// Bind outgoing peer connections to this source address.
+    pub bind_source_ip: Option<IpAddr>,
+}
+
+/// Leadership and progress of one group as this node sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupStatus {
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    /// Last log index covered by this node's latest snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index purged from this node's log.
+    pub purged: Option<u64>,
+    pub role: &'static str,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default, Debug)]
+pub struct RaftCounters {
+    pub proposals: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub read_barriers: AtomicU64,
+}
+
+pub struct RaftNode {
+    id: u64,
+    config: NodeConfig,
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    slots: SlotTable,
+    counters: RaftCounters,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RaftNode {
+    /// Opens the store, starts every group and the peer listener, and (on the lowest-id node
+    /// of a brand-new cluster) initialises the cluster.
+    pub async fn start(config: NodeConfig) -> Result<Arc<RaftNode>> {
+        if !config.members.contains_key(&config.id) {
+            return Err(Error::Config(format!(
+                "node {} is not in the member list {:?}",
+                config.id,
+                config.members.keys().collect::<Vec<_>>()
+            )));
+        }
+        if config.groups == 0 {
+            return Err(Error::Config("a cluster needs at least one data group".into()));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Config(format!("create {}: {e}", config.data_dir.display())))?;
+        let store = Store::open(&config.data_dir.join("db"))?;
+        let registry = Arc::new(Registry::default());
+        let clients = PeerClients::new(config.bind_source_ip);
+        for group in std::iter::once(META_GROUP).chain(1..=config.groups) {
+            let sm = GroupStateMachine::open(group, store.clone())?;
+            let log = GroupLogStore::new(group, store.clone());
+            let network = GroupNetwork {
+                group,
+                clients: clients.clone(),
+            };
+            let raft_cfg = raft_config(
+                group,
+                config.timing,
+                config.snapshot_every,
+                config.log_kept_behind_snapshot,
+            );
+            let raft = Raft::new(config.id, raft_cfg, network, log, sm)
+                .await
+                .map_err(|e| Error::Fatal(e.to_string()))?;
+            registry.insert(group, raft);
+        }
+        let listener = TcpListener::bind(&config.peer_listen)
+            .await
+            .map_err(|e| Error::Config(format!("bind peer address {}: {e}", config.peer_listen)))?;
+        let node = Arc::new(RaftNode {
+            id: config.id,
+            slots: SlotTable::new(config.groups),
+            config,
+            store,
+            registry: registry.clone(),
+            counters: RaftCounters::default(),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut tasks = vec![tokio::spawn(serve_peers(listener, registry))];
+        tasks.push(tokio::spawn(node.clone().bootstrap(clients)));
+        tasks.push(tokio::spawn(node.clone().balance_leaders()));
+        node.tasks.lock().expect("lock").extend(tasks);
+        Ok(node)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn members(&self) -> &BTreeMap<u64, NodeAddr> {
+        &self.config.members
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn counters(&self) -> &RaftCounters {
+        &self.counters
+    }
+
+    pub fn slots(&self) -> &SlotTable {
+        &self.slots
+    }
+
+    /// The data group that owns workflow `id`.
+    pub fn group_of(&self, id: &str) -> u64 {
+        self.slots.group_of(id)
+    }
+
+    pub fn data_groups(&self) -> impl Iterator<Item = u64> {
+        1..=self.config.groups
+    }
+
+    fn raft(&self, group: u64) -> Result<Raft> {
+        self.registry
+            .get(group)
+            .ok_or_else(|| Error::Config(format!("no group {group} on this node")))
+    }
+
+    /// The leader of `group` as this node knows it.
+    pub fn leader_of(&self, group: u64) -> Option<(u64, NodeAddr)> {
+        let raft = self.registry.get(group)?;
+        let leader = raft.metrics().borrow_watched().current_leader?;
+        let addr = self.config.members.get(&leader)?.clone();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self, group: u64) -> bool {
+        self.leader_of(group).map(|(id, _)| id) == Some(self.id)
+    }
+
+    /// Stamps `command` with this (leader's) clock, replicates it to a majority, applies it,
+    /// and returns its outcome.
+    pub async fn propose(&self, group: u64, command: Command) -> Result<Outcome> {
+        let raft = self.raft(group)?;
+        self.counters.proposals.fetch_add(1, Ordering::Relaxed);
+        let stamped = Stamped {
+            at_ms: now_ms(),
+            command,
+        };
+        match raft.client_write(stamped).await {
+            Ok(resp) => Ok(resp.data),
+            Err(e) => {
+                self.counters
+                    .proposals_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(self.write_error(e))
+            }
+        }
+    }
+
+    fn write_error(&self, e: RaftError<crate::glue::TypeConfig, ClientWriteError<crate::glue::TypeConfig>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                leader: f.leader_id.and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+            },
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+
+    /// Waits until this node, as leader of `group`, has confirmed its leadership with a quorum
+    /// and applied everything committed before the call (openraft's read index).
+    pub async fn read_barrier(&self, group: u64) -> Result<()> {
+        let raft = self.raft(group)?;
+        self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
+        match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                leader: f.leader_id.and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+            }),
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Every group's status as this node sees it: the meta group first.
+    pub fn group_status(&self) -> Vec<GroupStatus> {
+        self.registry
+            .all()
+            .into_iter()
+            .map(|(id, raft)| {
+                let m = raft.metrics().borrow_watched().clone();
+                GroupStatus {
+                    id,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                    last_applied: m.last_applied.as_ref().map(|l| l.index),
+                    last_log_index: m.last_log_index,
+                    committed: m.local_committed.as_ref().map(|l| l.index),
+                    snapshot: m.snapshot.as_ref().map(|l| l.index),
+                    purged: m.purged.as_ref().map(|l| l.index),
+                    role: match m.state {
+                        ServerState::Leader => "leader",
+                        ServerState::Follower => "follower",
+                        ServerState::Candidate => "candidate",
+                        ServerState::Learner => "learner",
+                        ServerState::Shutdown => "shutdown",
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every group on this node knows a leader.
+    pub fn all_groups_have_leader(&self) -> bool {
+        self.registry
+            .all()
+            .iter()
+            .all(|(_, raft)| raft.metrics().borrow_watched().current_leader.is_some())
+    }
+
+    /// Builds a snapshot of `group` now and purges the log behind it (operations, tests).
+    pub async fn snapshot_and_purge(&self, group: u64) -> Result<()> {
+        let raft = self.raft(group)?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let applied = raft.metrics().borrow_watched().last_applied.clone();
+        loop {
+            let snap = raft.metrics().borrow_watched().snapshot.clone();
+            if snap.is_some() && snap >= applied {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Unavailable("snapshot did not complete in 10 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(upto) = applied {
+            raft.trigger()
+                .purge_log(upto.index)
+                .await
+                .map_err(|e| Error::Fatal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every group and background task. Durable state is already on disk.
+    pub async fn shutdown(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+        for (group, raft) in self.registry.all() {
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(group, error = %e, "group shutdown failed");
+            }
+        }
+    }
+
+    /// On the lowest-id member of a cluster that does not exist yet, initialise every group
+    /// with all members as voters. A node never initialises while any peer reports Raft state,
+    /// so a node whose data directory was wiped rejoins instead of forking the cluster.
+    async fn bootstrap(self: Arc<Self>, clients: Arc<PeerClients>) {
+        let lowest = *self.config.members.keys().next().expect("members not empty");
+        if self.id != lowest {
+            return;
+        }
+        let Ok(meta) = self.raft(META_GROUP) else { return };
+        if meta.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        loop {
+            let mut all_fresh = true;
+            let mut all_answered = true;
+            for (id, addr) in &self.config.members {
+                if *id == self.id {
+                    continue;
+                }
+                match clients.is_initialized(*id, &addr.peer, META_GROUP).await {
+                    Ok(true) => all_fresh = false,
+                    Ok(false) => {}
+                    Err(_) => all_answered = false,
+                }
+            }
+            if !all_fresh {
+                tracing::info!("a peer already has cluster state; joining it instead of initialising");
+                return;
+            }
+            if all_answered {
+                break;
+            }
+            tokio::time::sleep(BOOTSTRAP_RETRY).await;
+        }
+        for (group, raft) in self.registry.all() {
+            match raft.initialize(self.config.members.clone()).await {
+                Ok(()) => tracing::info!(group, "initialised group"),
+                Err(e) => tracing::warn!(group, error = %e, "initialise failed"),
+            }
+        }
+    }
+
+    /// Moves leadership of each data group to its preferred node, so that every node leads
+    /// about G/N groups. A group's preferred node is member `(group - 1) mod N` in id order;
+    /// leadership moves only to a preferred node whose log has caught up.
+    async fn balance_leaders(self: Arc<Self>) {
+        let ids: Vec<u64> = self.config.members.keys().copied().collect();
+        let mut tick = tokio::time::interval(BALANCE_EVERY);
+        loop {
+            tick.tick().await;
+            for group in self.data_groups() {
+                let Some(raft) = self.registry.get(group) else { continue };
+                let preferred = ids[((group - 1) % ids.len() as u64) as usize];
+                if preferred == self.id {
+                    continue;
+                }
+                let caught_up = {
+                    let metrics = raft.metrics();
+                    let m = metrics.borrow_watched();
+                    if m.state != ServerState::Leader {
+                        continue;
+                    }
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&preferred).cloned().flatten())
+                        .map(|l| l.index);
+                    matched.is_some() && matched >= m.last_log_index
+                };
+                if caught_up {
+                    tracing::info!(group, to = preferred, "transferring leadership to the preferred node");
+                    let _ = raft.trigger().transfer_leader(preferred).await;
+                }
+            }
+        }
+    }
+}

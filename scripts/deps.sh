@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs (as root, with apt-get) or names the system packages raftflow needs to build, run
+# and test. Usage: scripts/deps.sh [build|cluster|test]
+set -euo pipefail
+need=()
+have_libclang() { ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; }
+have_libclang || need+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${1:-build}" = test ]; then
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing missing system packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "raftflow needs these Debian packages: ${need[*]}" >&2
+  echo "install them with: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,244 @@
+//! `raftflow serve` configuration: flags, environment variables (`RAFTFLOW_*`) or a TOML file,
+//! in that order of precedence, then defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+use raftflow_api::ApiConfig;
+use raftflow_raft::{NodeAddr, NodeConfig, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES};
+
+/// Flags of `raftflow serve`. Every flag also reads `RAFTFLOW_<NAME>` and the TOML key `<name>`
+/// (with underscores).
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "RAFTFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a member of --initial-cluster).
+    #[arg(long, env = "RAFTFLOW_ID")]
+    pub id: Option<u64>,
+    /// Every member as ID=CLIENT_ADDR/PEER_ADDR, comma-separated,
+    /// e.g. 1=127.0.0.1:7001/127.0.0.1:8001,2=...
+    #[arg(long, env = "RAFTFLOW_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Where the HTTP API listens (default: this node's client address in --initial-cluster).
+    #[arg(long, env = "RAFTFLOW_CLIENT_LISTEN")]
+    pub client_listen: Option<String>,
+    /// Where the peer listener binds (default: this node's peer address).
+    #[arg(long, env = "RAFTFLOW_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// Data directory (created if missing).
+    #[arg(long, env = "RAFTFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of data groups; fixed when the cluster is created [default: 8].
+    #[arg(long, env = "RAFTFLOW_GROUPS")]
+    pub groups: Option<u64>,
+    /// Leader heartbeat interval [default: 150].
+    #[arg(long, env = "RAFTFLOW_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Shortest election timeout [default: 750].
+    #[arg(long, env = "RAFTFLOW_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Longest election timeout [default: 1500].
+    #[arg(long, env = "RAFTFLOW_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Snapshot a group (and purge its log) every this many entries [default: 20000].
+    #[arg(long, env = "RAFTFLOW_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot [default: 5000].
+    #[arg(long, env = "RAFTFLOW_LOG_KEPT_BEHIND_SNAPSHOT")]
+    pub log_kept_behind_snapshot: Option<u64>,
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "RAFTFLOW_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How long a write may wait for its group before a 503 [default: 5000].
+    #[arg(long, env = "RAFTFLOW_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// `text` or `json` [default: text].
+    #[arg(long, env = "RAFTFLOW_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Requests served at once before shedding with 429 [default: 4096].
+    #[arg(long, env = "RAFTFLOW_MAX_INFLIGHT_REQUESTS")]
+    pub max_inflight_requests: Option<usize>,
+    /// Refuse writes with 507 below this much free disk [default: 67108864].
+    #[arg(long, env = "RAFTFLOW_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    initial_cluster: Option<String>,
+    client_listen: Option<String>,
+    peer_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    groups: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    log_kept_behind_snapshot: Option<u64>,
+    max_body_bytes: Option<usize>,
+    write_timeout_ms: Option<u64>,
+    log_format: Option<String>,
+    max_inflight_requests: Option<usize>,
+    min_free_disk_bytes: Option<u64>,
+}
+
+pub struct Config {
+    pub node: NodeConfig,
+    pub api: ApiConfig,
+    pub client_listen: String,
+    pub log_format: String,
+}
+
+/// Parses `1=127.0.0.1:7001/127.0.0.1:8001,2=...`.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, NodeAddr>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part
+            .split_once('=')
+            .with_context(|| format!("{part:?}: expected ID=CLIENT_ADDR/PEER_ADDR"))?;
+        let (client, peer) = addrs
+            .split_once('/')
+            .with_context(|| format!("{part:?}: expected ID=CLIENT_ADDR/PEER_ADDR"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("{part:?}: bad node id"))?;
+        for a in [client, peer] {
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("{part:?}: {a:?} is not an IP:PORT address"))?;
+        }
+        if out
+            .insert(id, NodeAddr { client: client.into(), peer: peer.into() })
+            .is_some()
+        {
+            bail!("node id {id} appears twice in the initial cluster");
+        }
+    }
+    if out.is_empty() {
+        bail!("the initial cluster is empty");
+    }
+    Ok(out)
+}
+
+pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let id = args.id.or(file.id).context("--id is required")?;
+    let cluster = args
+        .initial_cluster
+        .or(file.initial_cluster)
+        .context("--initial-cluster is required")?;
+    let members = parse_initial_cluster(&cluster)?;
+    let me = members
+        .get(&id)
+        .with_context(|| format!("node {id} is not in --initial-cluster"))?
+        .clone();
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .context("--data-dir is required")?;
+    let timing = Timing {
+        heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(Timing::default().heartbeat_ms),
+        election_min_ms: args
+            .election_min_ms
+            .or(file.election_min_ms)
+            .unwrap_or(Timing::default().election_min_ms),
+        election_max_ms: args
+            .election_max_ms
+            .or(file.election_max_ms)
+            .unwrap_or(Timing::default().election_max_ms),
+    };
+    if !(timing.heartbeat_ms < timing.election_min_ms && timing.election_min_ms < timing.election_max_ms) {
+        bail!("need heartbeat_ms < election_min_ms < election_max_ms, got {timing:?}");
+    }
+    let peer_ip = me.peer.parse::<SocketAddr>().map(|a| a.ip()).ok();
+    let node = NodeConfig {
+        id,
+        data_dir,
+        peer_listen: args.peer_listen.or(file.peer_listen).unwrap_or_else(|| me.peer.clone()),
+        members,
+        groups: args.groups.or(file.groups).unwrap_or(8),
+        timing,
+        snapshot_every: args
+            .snapshot_every
+            .or(file.snapshot_every)
+            .unwrap_or(SNAPSHOT_EVERY_ENTRIES),
+        log_kept_behind_snapshot: args
+            .log_kept_behind_snapshot
+            .or(file.log_kept_behind_snapshot)
+            .unwrap_or(LOG_KEPT_BEHIND_SNAPSHOT),
+        // Leave from our own address, so cutting 127.0.0.1 <-> 127.0.0.2 cuts exactly that link.
+        bind_source_ip: peer_ip.filter(|ip| !ip.is_unspecified()),
+    };
+    let defaults = ApiConfig::default();
+    let api = ApiConfig {
+        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(defaults.max_body_bytes),
+        write_timeout: args
+            .write_timeout_ms
+            .or(file.write_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.write_timeout),
+        forward_timeout: defaults.forward_timeout,
+        max_inflight_requests: args
+            .max_inflight_requests
+            .or(file.max_inflight_requests)
+            .unwrap_or(defaults.max_inflight_requests)
+            .max(1),
+        min_free_disk_bytes: args
+            .min_free_disk_bytes
+            .or(file.min_free_disk_bytes)
+            .unwrap_or(defaults.min_free_disk_bytes),
+        data_dir: node.data_dir.clone(),
+    };
+    Ok(Config {
+        client_listen: args.client_listen.or(file.client_listen).unwrap_or(me.client),
+        log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
+        node,
+        api,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let m = parse_initial_cluster("1=127.0.0.1:7001/127.0.0.1:8001, 2=127.0.0.2:7001/127.0.0.2:8001").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&2].peer, "127.0.0.2:8001");
+        assert!(parse_initial_cluster("1=localhost/x").is_err());
+        assert!(parse_initial_cluster("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "id = 2\ninitial_cluster = \"1=127.0.0.1:7001/127.0.0.1:8001,2=127.0.0.1:7002/127.0.0.1:8002\"\ndata_dir = \"/tmp/x\"\ngroups = 4\n",
+        )
+        .unwrap();
+        let cfg = resolve(ServeArgs { config: Some(path), groups: Some(6), ..Default::default() }).unwrap();
+        assert_eq!(cfg.node.id, 2);
+        assert_eq!(cfg.node.groups, 6);
+        assert_eq!(cfg.client_listen, "127.0.0.1:7002");
+        assert_eq!(cfg.node.peer_listen, "127.0.0.1:8002");
+        assert_eq!(cfg.node.timing.heartbeat_ms, Timing::default().heartbeat_ms);
+    }
+}
