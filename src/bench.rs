@@ -61,7 +61,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .put_definition("bench-pingpong", &pingpong())
         .await
         .context("defining the bench workflow")?;
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let stats = Arc::new(Stats::default());
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -71,17 +76,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (stats, measuring, stop) = (stats.clone(), measuring.clone(), stop.clone());
         let id = format!("bench-{run_id}-{c}");
         tasks.push(tokio::spawn(async move {
-            let create = CreateWorkflow { id: Some(id.clone()), definition: "bench-pingpong".into(), version: None, context: None };
+            let create = CreateWorkflow {
+                id: Some(id.clone()),
+                definition: "bench-pingpong".into(),
+                version: None,
+                context: None,
+            };
             let mut revision = match client.create_workflow(&create).await {
                 Ok((_, wf)) => wf.revision,
                 Err(e) => {
-                    *stats.errors.lock().unwrap().entry(format!("create: {e}")).or_default() += 1;
+                    *stats
+                        .errors
+                        .lock()
+                        .unwrap()
+                        .entry(format!("create: {e}"))
+                        .or_default() += 1;
                     return;
                 }
             };
             while !stop.load(Ordering::Relaxed) {
                 let event = if revision % 2 == 1 { "flip" } else { "flop" };
-                let req = SendEvent { event: event.into(), payload: None, expected_revision: Some(revision), request_id: None };
+                let req = SendEvent {
+                    event: event.into(),
+                    payload: None,
+                    expected_revision: Some(revision),
+                    request_id: None,
+                };
                 let start = Instant::now();
                 let result = client.send_event(&id, &req).await;
                 let us = start.elapsed().as_micros() as u64;
@@ -109,7 +129,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }));
     }
-    println!("bench: {} clients over {} nodes, warm-up {} s, measuring {} s", args.clients, nodes.len(), args.warmup_s, args.duration_s);
+    println!(
+        "bench: {} clients over {} nodes, warm-up {} s, measuring {} s",
+        args.clients,
+        nodes.len(),
+        args.warmup_s,
+        args.duration_s
+    );
     tokio::time::sleep(Duration::from_secs(args.warmup_s)).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -130,12 +156,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {
-        if lat.is_empty() { return 0.0; }
+        if lat.is_empty() {
+            return 0.0;
+        }
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i] as f64 / 1000.0
     };
-    println!("transitions: {ok} in {elapsed:.1} s = {:.0}/s", ok as f64 / elapsed);
-    println!("latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(0.50), pct(0.99), pct(0.999));
+    println!(
+        "transitions: {ok} in {elapsed:.1} s = {:.0}/s",
+        ok as f64 / elapsed
+    );
+    println!(
+        "latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
+        pct(0.50),
+        pct(0.99),
+        pct(0.999)
+    );
     let errors = stats.errors.lock().unwrap();
     if errors.is_empty() {
         println!("errors: none");

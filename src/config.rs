@@ -11,7 +11,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use raftflow_api::ApiConfig;
-use raftflow_raft::{NodeAddr, NodeConfig, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES};
+use raftflow_raft::{
+    NodeAddr, NodeConfig, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES,
+};
 
 /// Flags of `raftflow serve`. Every flag also reads `RAFTFLOW_<NAME>` and the TOML key `<name>`
 /// (with underscores).
@@ -109,13 +111,22 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, NodeAddr>>
         let (client, peer) = addrs
             .split_once('/')
             .with_context(|| format!("{part:?}: expected ID=CLIENT_ADDR/PEER_ADDR"))?;
-        let id: u64 = id.trim().parse().with_context(|| format!("{part:?}: bad node id"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("{part:?}: bad node id"))?;
         for a in [client, peer] {
             a.parse::<SocketAddr>()
                 .with_context(|| format!("{part:?}: {a:?} is not an IP:PORT address"))?;
         }
         if out
-            .insert(id, NodeAddr { client: client.into(), peer: peer.into() })
+            .insert(
+                id,
+                NodeAddr {
+                    client: client.into(),
+                    peer: peer.into(),
+                },
+            )
             .is_some()
         {
             bail!("node id {id} appears twice in the initial cluster");
@@ -151,7 +162,10 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         .or(file.data_dir)
         .context("--data-dir is required")?;
     let timing = Timing {
-        heartbeat_ms: args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(Timing::default().heartbeat_ms),
+        heartbeat_ms: args
+            .heartbeat_ms
+            .or(file.heartbeat_ms)
+            .unwrap_or(Timing::default().heartbeat_ms),
         election_min_ms: args
             .election_min_ms
             .or(file.election_min_ms)
@@ -161,14 +175,19 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.election_max_ms)
             .unwrap_or(Timing::default().election_max_ms),
     };
-    if !(timing.heartbeat_ms < timing.election_min_ms && timing.election_min_ms < timing.election_max_ms) {
+    if !(timing.heartbeat_ms < timing.election_min_ms
+        && timing.election_min_ms < timing.election_max_ms)
+    {
         bail!("need heartbeat_ms < election_min_ms < election_max_ms, got {timing:?}");
     }
     let peer_ip = me.peer.parse::<SocketAddr>().map(|a| a.ip()).ok();
     let node = NodeConfig {
         id,
         data_dir,
-        peer_listen: args.peer_listen.or(file.peer_listen).unwrap_or_else(|| me.peer.clone()),
+        peer_listen: args
+            .peer_listen
+            .or(file.peer_listen)
+            .unwrap_or_else(|| me.peer.clone()),
         members,
         groups: args.groups.or(file.groups).unwrap_or(8),
         timing,
@@ -185,7 +204,10 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     };
     let defaults = ApiConfig::default();
     let api = ApiConfig {
-        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(defaults.max_body_bytes),
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(defaults.max_body_bytes),
         write_timeout: args
             .write_timeout_ms
             .or(file.write_timeout_ms)
@@ -204,8 +226,14 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         data_dir: node.data_dir.clone(),
     };
     Ok(Config {
-        client_listen: args.client_listen.or(file.client_listen).unwrap_or(me.client),
-        log_format: args.log_format.or(file.log_format).unwrap_or_else(|| "text".into()),
+        client_listen: args
+            .client_listen
+            .or(file.client_listen)
+            .unwrap_or(me.client),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into()),
         node,
         api,
     })
@@ -217,11 +245,16 @@ mod tests {
 
     #[test]
     fn initial_cluster_parses_and_rejects_garbage() {
-        let m = parse_initial_cluster("1=127.0.0.1:7001/127.0.0.1:8001, 2=127.0.0.2:7001/127.0.0.2:8001").unwrap();
+        let m = parse_initial_cluster(
+            "1=127.0.0.1:7001/127.0.0.1:8001, 2=127.0.0.2:7001/127.0.0.2:8001",
+        )
+        .unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[&2].peer, "127.0.0.2:8001");
         assert!(parse_initial_cluster("1=localhost/x").is_err());
-        assert!(parse_initial_cluster("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4").is_err());
+        assert!(
+            parse_initial_cluster("1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4").is_err()
+        );
         assert!(parse_initial_cluster("").is_err());
     }
 
@@ -234,7 +267,12 @@ mod tests {
             "id = 2\ninitial_cluster = \"1=127.0.0.1:7001/127.0.0.1:8001,2=127.0.0.1:7002/127.0.0.1:8002\"\ndata_dir = \"/tmp/x\"\ngroups = 4\n",
         )
         .unwrap();
-        let cfg = resolve(ServeArgs { config: Some(path), groups: Some(6), ..Default::default() }).unwrap();
+        let cfg = resolve(ServeArgs {
+            config: Some(path),
+            groups: Some(6),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(cfg.node.id, 2);
         assert_eq!(cfg.node.groups, 6);
         assert_eq!(cfg.client_listen, "127.0.0.1:7002");

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "raftflow", version, about = "A durable workflow engine on Raft")]
+#[command(
+    name = "raftflow",
+    version,
+    about = "A durable workflow engine on Raft"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -44,19 +48,23 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(cfg))
         }
         Cmd::Status { node } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(status(&node))
         }
         Cmd::Bench(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(bench::run(args))
         }
     }
 }
 
 fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();
@@ -112,18 +120,40 @@ async fn shutdown_signal() {
 
 async fn status(node: &str) -> anyhow::Result<()> {
     let client = raftflow_api::client::Client::new(node, std::time::Duration::from_secs(3));
-    let c = client.cluster().await.with_context(|| format!("asking {node}"))?;
+    let c = client
+        .cluster()
+        .await
+        .with_context(|| format!("asking {node}"))?;
     println!("as seen by node {}:", c.node_id);
     for n in &c.nodes {
-        let r = if n.reachable { "reachable" } else { "UNREACHABLE" };
-        println!("  node {}  client {}  peer {}  {r}", n.id, n.client_addr, n.peer_addr);
+        let r = if n.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        };
+        println!(
+            "  node {}  client {}  peer {}  {r}",
+            n.id, n.client_addr, n.peer_addr
+        );
     }
-    println!("  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}", "group", "kind", "leader", "term", "last_applied", "voters");
+    println!(
+        "  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}",
+        "group", "kind", "leader", "term", "last_applied", "voters"
+    );
     for g in &c.groups {
-        let leader = g.leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-        let applied = g.last_applied.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        let leader = g
+            .leader
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into());
+        let applied = g
+            .last_applied
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into());
         let voters = format!("{:?}", g.voters);
-        println!("  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}", g.id, g.kind, leader, g.term, applied, voters);
+        println!(
+            "  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}",
+            g.id, g.kind, leader, g.term, applied, voters
+        );
     }
     let mut led = std::collections::BTreeMap::<u64, usize>::new();
     for g in c.groups.iter().filter(|g| g.kind == "data") {

@@ -105,8 +105,13 @@ impl Client {
     }
 
     /// PUT a definition; the status is 201 for a new version, 200 for an unchanged one.
-    pub async fn put_definition(&self, name: &str, def: &Value) -> ClientResult<(u16, DefinitionStored)> {
-        self.call(Method::PUT, &format!("/v1/definitions/{name}"), Some(def)).await
+    pub async fn put_definition(
+        &self,
+        name: &str,
+        def: &Value,
+    ) -> ClientResult<(u16, DefinitionStored)> {
+        self.call(Method::PUT, &format!("/v1/definitions/{name}"), Some(def))
+            .await
     }
 
     /// Starts a workflow; the status is 201 when created, 200 for an identical retry.
@@ -115,15 +120,23 @@ impl Client {
     }
 
     pub async fn send_event(&self, id: &str, req: &SendEvent) -> ClientResult<WorkflowView> {
-        self.call(Method::POST, &format!("/v1/workflows/{id}/events"), Some(req))
-            .await
-            .map(|r| r.1)
+        self.call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/events"),
+            Some(req),
+        )
+        .await
+        .map(|r| r.1)
     }
 
     pub async fn cancel(&self, id: &str, req: &CancelWorkflow) -> ClientResult<WorkflowView> {
-        self.call(Method::POST, &format!("/v1/workflows/{id}/cancel"), Some(req))
-            .await
-            .map(|r| r.1)
+        self.call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/cancel"),
+            Some(req),
+        )
+        .await
+        .map(|r| r.1)
     }
 
     /// Reads a workflow, linearizably unless `local`.
@@ -141,11 +154,15 @@ impl Client {
     }
 
     pub async fn cluster(&self) -> ClientResult<ClusterView> {
-        self.call::<(), _>(Method::GET, "/v1/cluster", None).await.map(|r| r.1)
+        self.call::<(), _>(Method::GET, "/v1/cluster", None)
+            .await
+            .map(|r| r.1)
     }
 
     /// Whether `/readyz` answers 200.
     pub async fn ready(&self) -> bool {
-        self.call::<(), Value>(Method::GET, "/readyz", None).await.is_ok()
+        self.call::<(), Value>(Method::GET, "/readyz", None)
+            .await
+            .is_ok()
     }
 }

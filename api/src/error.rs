@@ -54,7 +54,11 @@ impl ApiError {
     }
 
     pub fn invalid_transition(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_transition",
+            message,
+        )
     }
 
     pub fn overloaded(limit: usize) -> Self {
@@ -91,9 +95,9 @@ impl From<Refusal> for ApiError {
                 e.details = Some(json!({ "current_revision": current }));
                 e
             }
-            Refusal::EventNotAllowed { .. } | Refusal::Finished { .. } | Refusal::EngineEvent { .. } => {
-                ApiError::invalid_transition(message)
-            }
+            Refusal::EventNotAllowed { .. }
+            | Refusal::Finished { .. }
+            | Refusal::EngineEvent { .. } => ApiError::invalid_transition(message),
         }
     }
 }
@@ -104,9 +108,9 @@ impl From<RaftError> for ApiError {
             RaftError::NotLeader { leader: None } => {
                 ApiError::unavailable("the group has no leader right now")
             }
-            RaftError::NotLeader { leader: Some((id, _)) } => {
-                ApiError::unavailable(format!("node {id} leads the group; retry"))
-            }
+            RaftError::NotLeader {
+                leader: Some((id, _)),
+            } => ApiError::unavailable(format!("node {id} leads the group; retry")),
             RaftError::Unavailable(m) => ApiError::unavailable(m),
             RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
             other => ApiError::internal(other.to_string()),

@@ -106,11 +106,9 @@ where
     match local().await {
         Ok(r) => Ok(r),
         Err(Failure::Api(e)) => Err(e),
-        Err(Failure::Raft(RaftError::NotLeader { leader: Some((id, addr)) }))
-            if !hop.forwarded && id != node.id() =>
-        {
-            forward(state, &addr, hop, body).await
-        }
+        Err(Failure::Raft(RaftError::NotLeader {
+            leader: Some((id, addr)),
+        })) if !hop.forwarded && id != node.id() => forward(state, &addr, hop, body).await,
         Err(Failure::Raft(e)) => Err(e.into()),
     }
 }
@@ -131,14 +129,18 @@ async fn forward(
         req = req.header(header::CONTENT_TYPE, "application/json").body(b);
     }
     let resp = req.send().await.map_err(|e| {
-        ApiError::unavailable(format!("forwarding to the leader at {} failed: {e}", leader.client))
+        ApiError::unavailable(format!(
+            "forwarding to the leader at {} failed: {e}",
+            leader.client
+        ))
     })?;
     let status = resp.status();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = resp.bytes().await.map_err(|e| {
-        ApiError::unavailable(format!("reading the leader's answer failed: {e}"))
-    })?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading the leader's answer failed: {e}")))?;
     let mut out = (status, bytes).into_response();
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -161,7 +163,7 @@ fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    Some(st.f_bavail * st.f_frsize)
 }
 
 async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outcome, Failure> {
@@ -174,7 +176,11 @@ async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outco
             .into());
         }
     }
-    match tokio::time::timeout(state.config.write_timeout, state.node.propose(group, command)).await
+    match tokio::time::timeout(
+        state.config.write_timeout,
+        state.node.propose(group, command),
+    )
+    .await
     {
         Ok(r) => Ok(r?),
         Err(_) => Err(ApiError::unavailable(format!(
@@ -188,12 +194,10 @@ async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outco
 async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
     match tokio::time::timeout(state.config.write_timeout, state.node.read_barrier(group)).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(ApiError::unavailable(format!("group {group} has no quorum right now")).into()),
+        Err(_) => {
+            Err(ApiError::unavailable(format!("group {group} has no quorum right now")).into())
+        }
     }
-}
-
-fn storage<T>(r: Result<T, raftflow_raft::Error>) -> Result<T, Failure> {
-    r.map_err(Failure::Raft)
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
@@ -233,7 +237,9 @@ fn object_text(what: &str, v: Option<Value>) -> ApiResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v @ Value::Object(_)) => Ok(Some(v.to_string())),
-        Some(_) => Err(ApiError::bad_request(format!("{what} must be a JSON object"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{what} must be a JSON object"
+        ))),
     }
 }
 
@@ -257,7 +263,13 @@ impl ReadParams {
 }
 
 /// Serves a read from this node's replica directly (`local`) or after the leader's read index.
-async fn read<F>(state: &AppState, hop: &Hop, group: u64, params: &ReadParams, read: F) -> ApiResult<Response>
+async fn read<F>(
+    state: &AppState,
+    hop: &Hop,
+    group: u64,
+    params: &ReadParams,
+    read: F,
+) -> ApiResult<Response>
 where
     F: FnOnce() -> Result<Response, Failure>,
 {
@@ -315,7 +327,11 @@ pub async fn put_definition(
     on_leader(&state, &hop, META_GROUP, forward_body, || async {
         match propose(&state, META_GROUP, Command::PutDefinition { name, json }).await? {
             Outcome::Definition { stored, created } => {
-                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
                 Ok(json_response(
                     status,
                     &DefinitionStored {
@@ -356,9 +372,9 @@ pub async fn get_definition(
     check_name("definition name", &name)?;
     read(&state, &hop, META_GROUP, &params, || {
         let store = state.node.store();
-        let latest = storage(tables::read_latest_version(store, META_GROUP, &name).map_err(Into::into))?
+        let latest = tables::read_latest_version(store, META_GROUP, &name)?
             .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
-        let stored = storage(tables::read_definition(store, META_GROUP, &name, latest).map_err(Into::into))?
+        let stored = tables::read_definition(store, META_GROUP, &name, latest)?
             .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
         Ok(json_response(StatusCode::OK, &definition_view(stored)?))
     })
@@ -376,12 +392,14 @@ pub async fn get_definition_version(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_name("definition name", &name)?;
-    let version: u32 = version
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("version {version:?} is not a positive integer")))?;
+    let version: u32 = version.parse().map_err(|_| {
+        ApiError::bad_request(format!("version {version:?} is not a positive integer"))
+    })?;
     read(&state, &hop, META_GROUP, &params, || {
-        let stored = storage(tables::read_definition(state.node.store(), META_GROUP, &name, version).map_err(Into::into))?
-            .ok_or_else(|| ApiError::not_found(format!("definition {name:?} has no version {version}")))?;
+        let stored = tables::read_definition(state.node.store(), META_GROUP, &name, version)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("definition {name:?} has no version {version}"))
+            })?;
         Ok(json_response(StatusCode::OK, &definition_view(stored)?))
     })
     .await
@@ -395,12 +413,18 @@ pub async fn list_definitions(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     read(&state, &hop, META_GROUP, &params, || {
-        let list = storage(tables::list_definitions(state.node.store(), META_GROUP).map_err(Into::into))?;
+        let list = tables::list_definitions(state.node.store(), META_GROUP)?;
         let definitions = list
             .into_iter()
-            .map(|(name, latest_version)| DefinitionSummary { name, latest_version })
+            .map(|(name, latest_version)| DefinitionSummary {
+                name,
+                latest_version,
+            })
             .collect();
-        Ok(json_response(StatusCode::OK, &DefinitionList { definitions }))
+        Ok(json_response(
+            StatusCode::OK,
+            &DefinitionList { definitions },
+        ))
     })
     .await
 }
@@ -420,10 +444,10 @@ async fn resolve_definition(
     loop {
         let v = match version {
             Some(v) => Some(v),
-            None => tables::read_latest_version(store, META_GROUP, name).map_err(RaftError::from)?,
+            None => tables::read_latest_version(store, META_GROUP, name)?,
         };
         if let Some(v) = v {
-            if let Some(d) = tables::read_definition(store, META_GROUP, name, v).map_err(RaftError::from)? {
+            if let Some(d) = tables::read_definition(store, META_GROUP, name, v)? {
                 return Ok(d);
             }
         }
@@ -484,7 +508,11 @@ pub async fn create_workflow(
 fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
     match outcome {
         Outcome::Workflow { workflow, created } => {
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(status, &WorkflowView::new(workflow, group)))
         }
         Outcome::Refused(r) => Err(ApiError::from(r).into()),
@@ -567,9 +595,12 @@ pub async fn get_workflow(
     check_id(&id)?;
     let group = state.node.group_of(&id);
     read(&state, &hop, group, &params, || {
-        let rec = storage(tables::read_workflow(state.node.store(), group, &id).map_err(Into::into))?
+        let rec = tables::read_workflow(state.node.store(), group, &id)?
             .ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
-        Ok(json_response(StatusCode::OK, &WorkflowView::new(rec.workflow, group)))
+        Ok(json_response(
+            StatusCode::OK,
+            &WorkflowView::new(rec.workflow, group),
+        ))
     })
     .await
 }
@@ -589,10 +620,10 @@ pub async fn get_history(
     let group = state.node.group_of(&id);
     read(&state, &hop, group, &params, || {
         let store = state.node.store();
-        if storage(tables::read_workflow(store, group, &id).map_err(Into::into))?.is_none() {
+        if tables::read_workflow(store, group, &id)?.is_none() {
             return Err(ApiError::not_found(format!("workflow {id:?} not found")).into());
         }
-        let rows = storage(tables::read_history(store, group, &id, MAX_HISTORY_ROWS).map_err(Into::into))?;
+        let rows = tables::read_history(store, group, &id, MAX_HISTORY_ROWS)?;
         let events = rows.into_iter().map(HistoryEvent::from).collect();
         Ok(json_response(StatusCode::OK, &HistoryView { events }))
     })
@@ -619,7 +650,7 @@ fn encode_token(group: u64, after: &str) -> String {
 
 fn decode_token(token: &str) -> ApiResult<(u64, Option<String>)> {
     let bad = || ApiError::bad_request("invalid page_token");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())
@@ -649,12 +680,16 @@ pub async fn list_workflows(
 ) -> ApiResult<Response> {
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::bad_request(format!("limit must be 1..={MAX_LIST_LIMIT}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_LIST_LIMIT}"
+        )));
     }
     let status = match params.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!("status {s:?} is not running, succeeded, failed or cancelled"))
+            ApiError::bad_request(format!(
+                "status {s:?} is not running, succeeded, failed or cancelled"
+            ))
         })?),
     };
     let groups: Vec<u64> = state.node.data_groups().collect();
@@ -671,33 +706,54 @@ pub async fn list_workflows(
     let max_group = *groups.last().expect("at least one group");
     loop {
         let chunk = tables::scan_workflows(store, group, after.as_deref(), budget.min(limit * 2))
-            .map_err(|e| ApiError::from(RaftError::from(e)))?;
+            .map_err(ApiError::from)?;
         let exhausted = chunk.len() < budget.min(limit * 2);
         for rec in chunk {
             budget -= 1;
             after = Some(rec.workflow.id.clone());
             let wf = rec.workflow;
-            let keep = params.definition.as_ref().is_none_or(|d| *d == wf.definition)
+            let keep = params
+                .definition
+                .as_ref()
+                .is_none_or(|d| *d == wf.definition)
                 && status.is_none_or(|s| s == wf.status)
                 && params.state.as_ref().is_none_or(|s| *s == wf.state);
             if keep {
                 out.push(WorkflowView::new(wf, group));
                 if out.len() == limit {
                     let token = encode_token(group, after.as_deref().unwrap_or(""));
-                    return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: Some(token) }));
+                    return Ok(json_response(
+                        StatusCode::OK,
+                        &WorkflowList {
+                            workflows: out,
+                            next_page_token: Some(token),
+                        },
+                    ));
                 }
             }
         }
         if exhausted {
             if group == max_group {
-                return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: None }));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &WorkflowList {
+                        workflows: out,
+                        next_page_token: None,
+                    },
+                ));
             }
             group += 1;
             after = None;
         }
         if budget == 0 {
             let token = encode_token(group, after.as_deref().unwrap_or(""));
-            return Ok(json_response(StatusCode::OK, &WorkflowList { workflows: out, next_page_token: Some(token) }));
+            return Ok(json_response(
+                StatusCode::OK,
+                &WorkflowList {
+                    workflows: out,
+                    next_page_token: Some(token),
+                },
+            ));
         }
     }
 }
@@ -762,7 +818,8 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         groups,
         placement: PlacementView {
             slots: raftflow_raft::ring::SLOTS,
-            hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group by rendezvous hashing".into(),
+            hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group by rendezvous hashing"
+                .into(),
             slots_per_group: Value::Object(slots_per_group),
         },
     };
@@ -779,7 +836,10 @@ pub async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Response> {
     if state.node.all_groups_have_leader() {
-        Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})))
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready"}),
+        ))
     } else {
         Err(ApiError::unavailable("not every group has a leader yet"))
     }

@@ -83,18 +83,42 @@ impl AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "raftflow", description = "A durable workflow engine on Raft. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}` with a stable code."),
+    info(
+        title = "raftflow",
+        description = "A durable workflow engine on Raft. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}` with a stable code."
+    ),
     paths(
-        handlers::put_definition, handlers::get_definition, handlers::get_definition_version,
-        handlers::list_definitions, handlers::create_workflow, handlers::get_workflow,
-        handlers::send_event, handlers::cancel_workflow, handlers::get_history,
-        handlers::list_workflows, handlers::cluster, handlers::healthz, handlers::readyz,
+        handlers::put_definition,
+        handlers::get_definition,
+        handlers::get_definition_version,
+        handlers::list_definitions,
+        handlers::create_workflow,
+        handlers::get_workflow,
+        handlers::send_event,
+        handlers::cancel_workflow,
+        handlers::get_history,
+        handlers::list_workflows,
+        handlers::cluster,
+        handlers::healthz,
+        handlers::readyz,
     ),
     components(schemas(
-        types::CreateWorkflow, types::SendEvent, types::CancelWorkflow, types::WorkflowView,
-        types::HistoryEvent, types::HistoryView, types::WorkflowList, types::DefinitionStored,
-        types::DefinitionSummary, types::DefinitionList, types::DefinitionView, types::ErrorBody,
-        types::ErrorDetail, types::ClusterView, types::NodeView, types::GroupView,
+        types::CreateWorkflow,
+        types::SendEvent,
+        types::CancelWorkflow,
+        types::WorkflowView,
+        types::HistoryEvent,
+        types::HistoryView,
+        types::WorkflowList,
+        types::DefinitionStored,
+        types::DefinitionSummary,
+        types::DefinitionList,
+        types::DefinitionView,
+        types::ErrorBody,
+        types::ErrorDetail,
+        types::ClusterView,
+        types::NodeView,
+        types::GroupView,
         types::PlacementView,
     ))
 )]
@@ -156,8 +180,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi))
         .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), shed_load))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

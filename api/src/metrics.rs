@@ -94,21 +94,53 @@ pub fn render(state: &AppState) -> String {
             "raftflow_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
             h.count
         );
-        let _ = writeln!(w, "raftflow_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_s);
-        let _ = writeln!(w, "raftflow_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+        let _ = writeln!(
+            w,
+            "raftflow_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+            h.sum_s
+        );
+        let _ = writeln!(
+            w,
+            "raftflow_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+            h.count
+        );
     }
     let node = &state.node;
     let c = node.counters();
     let counters = [
-        ("raftflow_proposals_total", "Commands proposed by this node.", c.proposals.load(Ordering::Relaxed)),
-        ("raftflow_proposals_failed_total", "Proposals that failed (not leader, no quorum).", c.proposals_failed.load(Ordering::Relaxed)),
-        ("raftflow_read_index_total", "Linearizable read barriers.", c.read_barriers.load(Ordering::Relaxed)),
+        (
+            "raftflow_proposals_total",
+            "Commands proposed by this node.",
+            c.proposals.load(Ordering::Relaxed),
+        ),
+        (
+            "raftflow_proposals_failed_total",
+            "Proposals that failed (not leader, no quorum).",
+            c.proposals_failed.load(Ordering::Relaxed),
+        ),
+        (
+            "raftflow_read_index_total",
+            "Linearizable read barriers.",
+            c.read_barriers.load(Ordering::Relaxed),
+        ),
     ];
     let sync = node.store().syncer().stats();
     let wal = [
-        ("raftflow_wal_fsyncs_total", "WAL fsyncs (group commits).", sync.syncs.load(Ordering::Relaxed)),
-        ("raftflow_wal_sync_requests_total", "Appends and votes acknowledged by those fsyncs.", sync.requests.load(Ordering::Relaxed)),
-        ("raftflow_wal_synced_entries_total", "Log entries made durable; divide by fsyncs for entries per fsync.", sync.entries.load(Ordering::Relaxed)),
+        (
+            "raftflow_wal_fsyncs_total",
+            "WAL fsyncs (group commits).",
+            sync.syncs.load(Ordering::Relaxed),
+        ),
+        (
+            "raftflow_wal_sync_requests_total",
+            "Appends and votes acknowledged by those fsyncs.",
+            sync.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "raftflow_wal_synced_entries_total",
+            "Log entries made durable; divide by fsyncs for entries per fsync.",
+            sync.entries.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, v) in counters.iter().chain(wal.iter()) {
         let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -119,9 +151,21 @@ pub fn render(state: &AppState) -> String {
     let _ = writeln!(w, "# TYPE raftflow_group_term gauge");
     for g in node.group_status() {
         let id = g.id;
-        let _ = writeln!(w, "raftflow_group_applied_index{{group=\"{id}\"}} {}", g.last_applied.unwrap_or(0));
-        let _ = writeln!(w, "raftflow_group_leader{{group=\"{id}\"}} {}", g.leader.unwrap_or(0));
-        let _ = writeln!(w, "raftflow_group_is_leader{{group=\"{id}\"}} {}", u8::from(g.leader == Some(node.id())));
+        let _ = writeln!(
+            w,
+            "raftflow_group_applied_index{{group=\"{id}\"}} {}",
+            g.last_applied.unwrap_or(0)
+        );
+        let _ = writeln!(
+            w,
+            "raftflow_group_leader{{group=\"{id}\"}} {}",
+            g.leader.unwrap_or(0)
+        );
+        let _ = writeln!(
+            w,
+            "raftflow_group_is_leader{{group=\"{id}\"}} {}",
+            u8::from(g.leader == Some(node.id()))
+        );
         let _ = writeln!(w, "raftflow_group_term{{group=\"{id}\"}} {}", g.term);
     }
     out

@@ -111,7 +111,14 @@ impl Cluster {
             .expect("open node log");
         let child = Command::new(&bin)
             .arg("serve")
-            .args(["--id", &id.to_string(), "--initial-cluster", &members, "--groups", &groups])
+            .args([
+                "--id",
+                &id.to_string(),
+                "--initial-cluster",
+                &members,
+                "--groups",
+                &groups,
+            ])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&extra)
@@ -192,7 +199,13 @@ impl Cluster {
     }
 
     /// Waits until `group` has a leader other than `not` that node `via` knows of.
-    pub async fn wait_new_leader(&self, via: u64, group: u64, not: u64, timeout: Duration) -> anyhow::Result<u64> {
+    pub async fn wait_new_leader(
+        &self,
+        via: u64,
+        group: u64,
+        not: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self.leader_of(via, group).await {
@@ -266,7 +279,9 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => return Err(e).context(format!("still failing after {timeout:?}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context(format!("still failing after {timeout:?}"))
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

@@ -25,8 +25,17 @@ impl Answer {
 
     #[track_caller]
     fn expect(&self, status: u16, code: &str) {
-        assert_eq!((self.status, self.code()), (status, code), "body: {}", self.body);
-        assert!(self.body["error"]["message"].is_string(), "error without message: {}", self.body);
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "body: {}",
+            self.body
+        );
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "error without message: {}",
+            self.body
+        );
     }
 }
 
@@ -34,7 +43,10 @@ impl Http {
     fn new(addr: &str) -> Http {
         Http {
             base: format!("http://{addr}"),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -45,10 +57,17 @@ impl Http {
         }
         let resp = req.send().await.expect("node answers");
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
         let bytes = resp.bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, body, retry_after }
+        Answer {
+            status,
+            body,
+            retry_after,
+        }
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -56,11 +75,21 @@ impl Http {
     }
 
     async fn post(&self, path: &str, body: Value) -> Answer {
-        self.send(reqwest::Method::POST, path, Some(body.to_string().into_bytes())).await
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     async fn put(&self, path: &str, body: Value) -> Answer {
-        self.send(reqwest::Method::PUT, path, Some(body.to_string().into_bytes())).await
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 }
 
@@ -73,39 +102,102 @@ async fn client_errors_have_their_status_and_code() {
     h.put("/v1/definitions/counter", counter_definition()).await;
 
     // 400 bad_request: malformed JSON, wrong types, ids outside their alphabet.
-    let a = h.send(reqwest::Method::POST, "/v1/workflows", Some(b"{\"definition\": ".to_vec())).await;
+    let a = h
+        .send(
+            reqwest::Method::POST,
+            "/v1/workflows",
+            Some(b"{\"definition\": ".to_vec()),
+        )
+        .await;
     a.expect(400, "bad_request");
-    h.post("/v1/workflows", json!({"definition": 5})).await.expect(400, "bad_request");
-    h.post("/v1/workflows", json!({"definition": "order", "context": [1]})).await.expect(400, "bad_request");
-    h.post("/v1/workflows", json!({"id": "bad id!", "definition": "order"})).await.expect(400, "bad_request");
-    h.post("/v1/workflows", json!({"id": "x".repeat(129), "definition": "order"})).await.expect(400, "bad_request");
-    h.get("/v1/workflows/bad%20id").await.expect(400, "bad_request");
-    h.post("/v1/workflows/o-1/events", json!({"event": 7})).await.expect(400, "bad_request");
-    h.put("/v1/definitions/order", json!("not an object")).await.expect(400, "bad_request");
-    h.get("/v1/workflows?limit=0").await.expect(400, "bad_request");
-    h.get("/v1/workflows?status=sleeping").await.expect(400, "bad_request");
-    h.get("/v1/workflows/o-1?consistency=eventual").await.expect(400, "bad_request");
+    h.post("/v1/workflows", json!({"definition": 5}))
+        .await
+        .expect(400, "bad_request");
+    h.post(
+        "/v1/workflows",
+        json!({"definition": "order", "context": [1]}),
+    )
+    .await
+    .expect(400, "bad_request");
+    h.post(
+        "/v1/workflows",
+        json!({"id": "bad id!", "definition": "order"}),
+    )
+    .await
+    .expect(400, "bad_request");
+    h.post(
+        "/v1/workflows",
+        json!({"id": "x".repeat(129), "definition": "order"}),
+    )
+    .await
+    .expect(400, "bad_request");
+    h.get("/v1/workflows/bad%20id")
+        .await
+        .expect(400, "bad_request");
+    h.post("/v1/workflows/o-1/events", json!({"event": 7}))
+        .await
+        .expect(400, "bad_request");
+    h.put("/v1/definitions/order", json!("not an object"))
+        .await
+        .expect(400, "bad_request");
+    h.get("/v1/workflows?limit=0")
+        .await
+        .expect(400, "bad_request");
+    h.get("/v1/workflows?status=sleeping")
+        .await
+        .expect(400, "bad_request");
+    h.get("/v1/workflows/o-1?consistency=eventual")
+        .await
+        .expect(400, "bad_request");
 
     // 404 not_found: workflow, definition, version, route.
     h.get("/v1/workflows/nope").await.expect(404, "not_found");
-    h.get("/v1/workflows/nope/history").await.expect(404, "not_found");
-    h.post("/v1/workflows/nope/events", json!({"event": "pay"})).await.expect(404, "not_found");
-    h.post("/v1/workflows/nope/cancel", json!({})).await.expect(404, "not_found");
+    h.get("/v1/workflows/nope/history")
+        .await
+        .expect(404, "not_found");
+    h.post("/v1/workflows/nope/events", json!({"event": "pay"}))
+        .await
+        .expect(404, "not_found");
+    h.post("/v1/workflows/nope/cancel", json!({}))
+        .await
+        .expect(404, "not_found");
     h.get("/v1/definitions/nope").await.expect(404, "not_found");
-    h.get("/v1/definitions/order/versions/9").await.expect(404, "not_found");
-    h.post("/v1/workflows", json!({"definition": "nope"})).await.expect(404, "not_found");
-    h.post("/v1/workflows", json!({"definition": "order", "version": 9})).await.expect(404, "not_found");
+    h.get("/v1/definitions/order/versions/9")
+        .await
+        .expect(404, "not_found");
+    h.post("/v1/workflows", json!({"definition": "nope"}))
+        .await
+        .expect(404, "not_found");
+    h.post(
+        "/v1/workflows",
+        json!({"definition": "order", "version": 9}),
+    )
+    .await
+    .expect(404, "not_found");
     h.get("/v1/nothing-here").await.expect(404, "not_found");
 
     // 409 workflow_exists: the same id with a different request.
-    let a = h.post("/v1/workflows", json!({"id": "o-1", "definition": "order", "context": {"a": 1}})).await;
+    let a = h
+        .post(
+            "/v1/workflows",
+            json!({"id": "o-1", "definition": "order", "context": {"a": 1}}),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    h.post("/v1/workflows", json!({"id": "o-1", "definition": "order", "context": {"a": 2}}))
-        .await
-        .expect(409, "workflow_exists");
+    h.post(
+        "/v1/workflows",
+        json!({"id": "o-1", "definition": "order", "context": {"a": 2}}),
+    )
+    .await
+    .expect(409, "workflow_exists");
 
     // 409 revision_mismatch with the current revision.
-    let a = h.post("/v1/workflows/o-1/events", json!({"event": "pay", "expected_revision": 3})).await;
+    let a = h
+        .post(
+            "/v1/workflows/o-1/events",
+            json!({"event": "pay", "expected_revision": 3}),
+        )
+        .await;
     a.expect(409, "revision_mismatch");
     assert_eq!(a.body["error"]["details"]["current_revision"], 1);
 
@@ -113,21 +205,45 @@ async fn client_errors_have_their_status_and_code() {
     let bad = json!({"initial": "a", "states": {"a": {"on": {"go": "b"}}, "c": {}}});
     let a = h.put("/v1/definitions/broken", bad).await;
     a.expect(422, "invalid_definition");
-    let problems = a.body["error"]["details"]["problems"].as_array().expect("problems list");
+    let problems = a.body["error"]["details"]["problems"]
+        .as_array()
+        .expect("problems list");
     assert!(problems.len() >= 3, "{problems:?}");
 
     // 422 invalid_transition: not allowed here, engine-only events, finished workflows.
-    h.post("/v1/workflows/o-1/events", json!({"event": "ship"})).await.expect(422, "invalid_transition");
-    h.post("/v1/workflows/o-1/events", json!({"event": "task.completed"})).await.expect(422, "invalid_transition");
-    h.post("/v1/workflows/o-1/events", json!({"event": "timer.fired"})).await.expect(422, "invalid_transition");
-    let a = h.post("/v1/workflows/o-1/cancel", json!({"reason": "test"})).await;
-    assert_eq!((a.status, a.body["status"].as_str()), (200, Some("cancelled")), "{}", a.body);
-    h.post("/v1/workflows/o-1/cancel", json!({})).await.expect(422, "invalid_transition");
-    h.post("/v1/workflows/o-1/events", json!({"event": "pay"})).await.expect(422, "invalid_transition");
+    h.post("/v1/workflows/o-1/events", json!({"event": "ship"}))
+        .await
+        .expect(422, "invalid_transition");
+    h.post(
+        "/v1/workflows/o-1/events",
+        json!({"event": "task.completed"}),
+    )
+    .await
+    .expect(422, "invalid_transition");
+    h.post("/v1/workflows/o-1/events", json!({"event": "timer.fired"}))
+        .await
+        .expect(422, "invalid_transition");
+    let a = h
+        .post("/v1/workflows/o-1/cancel", json!({"reason": "test"}))
+        .await;
+    assert_eq!(
+        (a.status, a.body["status"].as_str()),
+        (200, Some("cancelled")),
+        "{}",
+        a.body
+    );
+    h.post("/v1/workflows/o-1/cancel", json!({}))
+        .await
+        .expect(422, "invalid_transition");
+    h.post("/v1/workflows/o-1/events", json!({"event": "pay"}))
+        .await
+        .expect(422, "invalid_transition");
 
     // 413 payload_too_large: a 2 MiB body.
     let big = json!({"definition": "order", "context": {"blob": "x".repeat(2 << 20)}});
-    h.post("/v1/workflows", big).await.expect(413, "payload_too_large");
+    h.post("/v1/workflows", big)
+        .await
+        .expect(413, "payload_too_large");
 
     // The node is still fine after all of that.
     assert_eq!(h.get("/healthz").await.status, 200);
@@ -140,13 +256,25 @@ async fn unavailable_without_quorum_says_when_to_retry() {
     let mut cluster = Cluster::start(3, 2, &["--write-timeout-ms", "1500"]);
     cluster.wait_ready(READY).await.unwrap();
     let h = Http::new(&cluster.node(1).client);
-    assert_eq!(h.put("/v1/definitions/counter", counter_definition()).await.status, 201);
-    let a = h.post("/v1/workflows", json!({"id": "q-1", "definition": "counter"})).await;
+    assert_eq!(
+        h.put("/v1/definitions/counter", counter_definition())
+            .await
+            .status,
+        201
+    );
+    let a = h
+        .post(
+            "/v1/workflows",
+            json!({"id": "q-1", "definition": "counter"}),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     cluster.kill9(2);
     cluster.kill9(3);
     // Whether node 1 still thinks it leads or knows no leader, no quorum means 503.
-    let a = h.post("/v1/workflows/q-1/events", json!({"event": "tick"})).await;
+    let a = h
+        .post("/v1/workflows/q-1/events", json!({"event": "tick"}))
+        .await;
     a.expect(503, "unavailable");
     assert_eq!(a.retry_after.as_deref(), Some("1"));
     let a = h.get("/v1/workflows/q-1").await;
@@ -161,8 +289,18 @@ async fn overloaded_node_sheds_with_429() {
     let cluster = Cluster::start(3, 1, &["--max-inflight-requests", "1"]);
     cluster.wait_ready(READY).await.unwrap();
     let h1 = Http::new(&cluster.node(1).client);
-    assert_eq!(h1.put("/v1/definitions/counter", counter_definition()).await.status, 201);
-    let a = h1.post("/v1/workflows", json!({"id": "s-1", "definition": "counter"})).await;
+    assert_eq!(
+        h1.put("/v1/definitions/counter", counter_definition())
+            .await
+            .status,
+        201
+    );
+    let a = h1
+        .post(
+            "/v1/workflows",
+            json!({"id": "s-1", "definition": "counter"}),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.body);
     // Hold node 1's only request slot: a request node 1 must forward to a paused leader.
     let leader = cluster.leader_of(1, 1).await.unwrap();
@@ -172,7 +310,11 @@ async fn overloaded_node_sheds_with_429() {
     let path = "/v1/workflows/s-1".to_string();
     let base = h.base.clone();
     let slow = tokio::spawn(async move {
-        let _ = reqwest::Client::new().get(format!("{base}{path}")).timeout(Duration::from_secs(15)).send().await;
+        let _ = reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = h.get("/v1/definitions").await;
@@ -189,7 +331,11 @@ async fn a_node_short_of_disk_refuses_writes_with_507() {
     let cluster = Cluster::start(1, 1, &["--min-free-disk-bytes", "1125899906842624"]);
     cluster.wait_ready(READY).await.unwrap();
     let h = Http::new(&cluster.node(1).client);
-    h.put("/v1/definitions/counter", counter_definition()).await.expect(507, "storage_full");
-    h.get("/v1/definitions/counter").await.expect(404, "not_found");
+    h.put("/v1/definitions/counter", counter_definition())
+        .await
+        .expect(507, "storage_full");
+    h.get("/v1/definitions/counter")
+        .await
+        .expect(404, "not_found");
     assert_eq!(h.get("/v1/definitions").await.status, 200);
 }

@@ -89,7 +89,9 @@ pub enum Refusal {
 impl From<Rejection> for Refusal {
     fn from(r: Rejection) -> Refusal {
         match r {
-            Rejection::EventNotAllowed { state, event } => Refusal::EventNotAllowed { state, event },
+            Rejection::EventNotAllowed { state, event } => {
+                Refusal::EventNotAllowed { state, event }
+            }
             Rejection::Finished { status } => Refusal::Finished { status },
             Rejection::EngineEvent { event } => Refusal::EngineEvent { event },
             Rejection::RevisionMismatch { expected, current } => {
@@ -131,7 +133,11 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Nothing => write!(f, "nothing"),
             Outcome::Definition { stored, created } => {
-                write!(f, "definition {} v{} created={created}", stored.name, stored.version)
+                write!(
+                    f,
+                    "definition {} v{} created={created}",
+                    stored.name, stored.version
+                )
             }
             Outcome::Workflow { workflow, created } => write!(
                 f,

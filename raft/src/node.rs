@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use raftflow_storage::Store;
 use tokio::net::TcpListener;
@@ -103,7 +103,9 @@ impl RaftNode {
             )));
         }
         if config.groups == 0 {
-            return Err(Error::Config("a cluster needs at least one data group".into()));
+            return Err(Error::Config(
+                "a cluster needs at least one data group".into(),
+            ));
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("create {}: {e}", config.data_dir.display())))?;
@@ -214,10 +216,15 @@ impl RaftNode {
         }
     }
 
-    fn write_error(&self, e: RaftError<crate::glue::TypeConfig, ClientWriteError<crate::glue::TypeConfig>>) -> Error {
+    fn write_error(
+        &self,
+        e: RaftError<crate::glue::TypeConfig, ClientWriteError<crate::glue::TypeConfig>>,
+    ) -> Error {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f.leader_id.and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+                leader: f
+                    .leader_id
+                    .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
             },
             other => Error::Unavailable(other.to_string()),
         }
@@ -230,9 +237,13 @@ impl RaftNode {
         self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
         match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                leader: f.leader_id.and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
-            }),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader {
+                    leader: f
+                        .leader_id
+                        .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+                })
+            }
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
     }
@@ -282,14 +293,16 @@ impl RaftNode {
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let applied = raft.metrics().borrow_watched().last_applied.clone();
+        let applied = raft.metrics().borrow_watched().last_applied;
         loop {
-            let snap = raft.metrics().borrow_watched().snapshot.clone();
+            let snap = raft.metrics().borrow_watched().snapshot;
             if snap.is_some() && snap >= applied {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(Error::Unavailable("snapshot did not complete in 10 s".into()));
+                return Err(Error::Unavailable(
+                    "snapshot did not complete in 10 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -318,11 +331,18 @@ impl RaftNode {
     /// with all members as voters. A node never initialises while any peer reports Raft state,
     /// so a node whose data directory was wiped rejoins instead of forking the cluster.
     async fn bootstrap(self: Arc<Self>, clients: Arc<PeerClients>) {
-        let lowest = *self.config.members.keys().next().expect("members not empty");
+        let lowest = *self
+            .config
+            .members
+            .keys()
+            .next()
+            .expect("members not empty");
         if self.id != lowest {
             return;
         }
-        let Ok(meta) = self.raft(META_GROUP) else { return };
+        let Ok(meta) = self.raft(META_GROUP) else {
+            return;
+        };
         if meta.is_initialized().await.unwrap_or(true) {
             return;
         }
@@ -340,7 +360,9 @@ impl RaftNode {
                 }
             }
             if !all_fresh {
-                tracing::info!("a peer already has cluster state; joining it instead of initialising");
+                tracing::info!(
+                    "a peer already has cluster state; joining it instead of initialising"
+                );
                 return;
             }
             if all_answered {
@@ -365,7 +387,9 @@ impl RaftNode {
         loop {
             tick.tick().await;
             for group in self.data_groups() {
-                let Some(raft) = self.registry.get(group) else { continue };
+                let Some(raft) = self.registry.get(group) else {
+                    continue;
+                };
                 let preferred = ids[((group - 1) % ids.len() as u64) as usize];
                 if preferred == self.id {
                     continue;
@@ -384,7 +408,11 @@ impl RaftNode {
                     matched.is_some() && matched >= m.last_log_index
                 };
                 if caught_up {
-                    tracing::info!(group, to = preferred, "transferring leadership to the preferred node");
+                    tracing::info!(
+                        group,
+                        to = preferred,
+                        "transferring leadership to the preferred node"
+                    );
                     let _ = raft.trigger().transfer_leader(preferred).await;
                 }
             }

@@ -107,7 +107,10 @@ mod tests {
     fn hash_is_stable_across_builds() {
         // Changing these values re-homes every workflow of every existing cluster.
         assert_eq!(stable_hash(b"order-17"), GOLDEN_ORDER_17);
-        assert_eq!(slot_of("order-17"), (GOLDEN_ORDER_17 % u64::from(SLOTS)) as u32);
+        assert_eq!(
+            slot_of("order-17"),
+            (GOLDEN_ORDER_17 % u64::from(SLOTS)) as u32
+        );
     }
 
     #[test]

@@ -112,7 +112,9 @@ impl Store {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(log_key(group, 0).to_vec());
         ro.set_iterate_upper_bound(group_upper_bound(group));
-        let mut it = self.db.iterator_cf_opt(self.cf(CF_LOG), ro, IteratorMode::End);
+        let mut it = self
+            .db
+            .iterator_cf_opt(self.cf(CF_LOG), ro, IteratorMode::End);
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -313,7 +315,12 @@ mod tests {
         s.delete_log_from(&mut b, 2, 4);
         s.delete_log_upto(&mut b, 2, 1);
         s.write(b).unwrap();
-        let idx: Vec<u64> = s.log_range(2, 0, 100).unwrap().iter().map(|e| e.0).collect();
+        let idx: Vec<u64> = s
+            .log_range(2, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(idx, vec![2, 3]);
         assert_eq!(s.log_range(1, 0, 100).unwrap().len(), 5);
         assert_eq!(s.log_range(3, 0, 100).unwrap().len(), 5);
@@ -362,7 +369,8 @@ mod tests {
             s.put_raft_meta(&mut b, 1, "vote", b"v");
             s.write(b).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
-            s.syncer().sync(1, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+            s.syncer()
+                .sync(1, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
             assert!(rx.recv().unwrap());
         }
         let s = Store::open(dir.path()).unwrap();

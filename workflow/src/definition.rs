@@ -138,15 +138,15 @@ impl Definition {
                     "state {name:?}: event {event:?} targets undefined state {target:?}"
                 ));
             }
-            if is_engine_event(event) && ![TASK_COMPLETED, TASK_FAILED, TIMER_FIRED].contains(&event.as_str()) {
+            if is_engine_event(event)
+                && ![TASK_COMPLETED, TASK_FAILED, TIMER_FIRED].contains(&event.as_str())
+            {
                 problems.push(format!(
                     "state {name:?}: {event:?} is not an engine event (task.completed, task.failed, timer.fired)"
                 ));
             }
             if (event == TASK_COMPLETED || event == TASK_FAILED) && state.task.is_none() {
-                problems.push(format!(
-                    "state {name:?}: handles {event:?} but has no task"
-                ));
+                problems.push(format!("state {name:?}: handles {event:?} but has no task"));
             }
             if event == TIMER_FIRED && state.timer_ms.is_none() {
                 problems.push(format!(
@@ -183,7 +183,9 @@ impl Definition {
                 ));
             }
             if task.max_attempts == Some(0) {
-                problems.push(format!("state {name:?}: task max_attempts must be at least 1"));
+                problems.push(format!(
+                    "state {name:?}: task max_attempts must be at least 1"
+                ));
             }
             if task.lease_ms == Some(0) {
                 problems.push(format!("state {name:?}: task lease_ms must be at least 1"));

@@ -8,12 +8,11 @@ mod definition;
 mod transition;
 
 pub use definition::{
-    is_valid_id, is_valid_name, Definition, StateDef, TaskSpec, Terminal, MAX_ID_LEN,
-    MAX_NAME_LEN,
+    is_valid_id, is_valid_name, Definition, StateDef, TaskSpec, Terminal, MAX_ID_LEN, MAX_NAME_LEN,
 };
 pub use transition::{
-    cancel, create, fire_event, EventOrigin, HistoryRow, Rejection, Status, Workflow,
-    CANCEL_EVENT, CREATED_EVENT,
+    cancel, create, fire_event, EventOrigin, HistoryRow, Rejection, Status, Workflow, CANCEL_EVENT,
+    CREATED_EVENT,
 };
 
 /// A JSON object: a workflow's context, an event payload.

@@ -334,7 +334,10 @@ mod tests {
                 status: Status::Cancelled
             })
         );
-        assert!(matches!(cancel(&wf, None, 4), Err(Rejection::Finished { .. })));
+        assert!(matches!(
+            cancel(&wf, None, 4),
+            Err(Rejection::Finished { .. })
+        ));
     }
 
     #[test]
@@ -343,11 +346,27 @@ mod tests {
         let (wf, _) = create(&def, 1, "o-1", JsonObject::new(), 1);
         let (wf, _) = fire_event(&def, &wf, "pay", None, None, EventOrigin::Client, 2).unwrap();
         assert!(matches!(
-            fire_event(&def, &wf, "task.completed", None, None, EventOrigin::Client, 3),
+            fire_event(
+                &def,
+                &wf,
+                "task.completed",
+                None,
+                None,
+                EventOrigin::Client,
+                3
+            ),
             Err(Rejection::EngineEvent { .. })
         ));
-        let (wf, _) =
-            fire_event(&def, &wf, "task.completed", None, None, EventOrigin::Engine, 3).unwrap();
+        let (wf, _) = fire_event(
+            &def,
+            &wf,
+            "task.completed",
+            None,
+            None,
+            EventOrigin::Engine,
+            3,
+        )
+        .unwrap();
         assert_eq!(wf.state, "shipped");
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use raftflow_storage::{codec, Store};
 use raftflow_storage::Batch as WriteBatch;
+use raftflow_storage::{codec, Store};
 
 use super::{Entry, LogId, TypeConfig, Vote};
 
@@ -95,7 +95,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             None => None,
         };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged_log_id.clone()),
+            last_log_id: last.or(last_purged_log_id),
             last_purged_log_id,
         })
     }
@@ -124,7 +124,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         Ok(self.get_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -100,7 +100,8 @@ mod conformance {
     impl StoreBuilder<TypeConfig, GroupLogStore, GroupStateMachine, tempfile::TempDir> for Builder {
         async fn build(
             &self,
-        ) -> Result<(tempfile::TempDir, GroupLogStore, GroupStateMachine), StorageError<TypeConfig>> {
+        ) -> Result<(tempfile::TempDir, GroupLogStore, GroupStateMachine), StorageError<TypeConfig>>
+        {
             let dir = tempfile::tempdir().expect("tempdir");
             let store = Store::open(dir.path()).expect("open store");
             // A neighbour group with its own rows proves ranges stay apart.

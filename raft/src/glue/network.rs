@@ -45,8 +45,15 @@ struct Envelope {
 
 #[derive(Serialize, Deserialize)]
 enum Frame {
-    Request { id: u64, group: u64, rpc: PeerRpc },
-    Response { id: u64, reply: Result<PeerReply, String> },
+    Request {
+        id: u64,
+        group: u64,
+        rpc: PeerRpc,
+    },
+    Response {
+        id: u64,
+        reply: Result<PeerReply, String>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,11 +90,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&self, group: u64, raft: Raft) {
-        self.groups.write().expect("registry lock").insert(group, raft);
+        self.groups
+            .write()
+            .expect("registry lock")
+            .insert(group, raft);
     }
 
     pub fn get(&self, group: u64) -> Option<Raft> {
-        self.groups.read().expect("registry lock").get(&group).cloned()
+        self.groups
+            .read()
+            .expect("registry lock")
+            .get(&group)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<(u64, Raft)> {
@@ -139,7 +153,9 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>) -> io::Res
             )));
         }
         let Frame::Request { id, group, rpc } = env.frame else {
-            break Err(io::Error::other("peer sent a response on a server connection"));
+            break Err(io::Error::other(
+                "peer sent a response on a server connection",
+            ));
         };
         let registry = registry.clone();
         let tx = tx.clone();
@@ -164,17 +180,28 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
     };
     let s = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match rpc {
-        PeerRpc::Append(req) => PeerReply::Append(raft.append_entries(req).await.map_err(|e| s(&e))?),
+        PeerRpc::Append(req) => {
+            PeerReply::Append(raft.append_entries(req).await.map_err(|e| s(&e))?)
+        }
         PeerRpc::Vote(req) => PeerReply::Vote(raft.vote(req).await.map_err(|e| s(&e))?),
         PeerRpc::PreVote(req) => PeerReply::Vote(raft.pre_vote(req).await.map_err(|e| s(&e))?),
         PeerRpc::Snapshot { vote, meta, data } => {
-            let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-            PeerReply::Snapshot(raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e))?)
+            let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta,
+                snapshot: data,
+            };
+            PeerReply::Snapshot(
+                raft.install_full_snapshot(vote, snapshot)
+                    .await
+                    .map_err(|e| s(&e))?,
+            )
         }
         PeerRpc::TransferLeader(req) => {
             PeerReply::TransferLeader(raft.handle_transfer_leader(req).await.map_err(|e| s(&e))?)
         }
-        PeerRpc::Initialized => PeerReply::Initialized(raft.is_initialized().await.map_err(|e| s(&e))?),
+        PeerRpc::Initialized => {
+            PeerReply::Initialized(raft.is_initialized().await.map_err(|e| s(&e))?)
+        }
     })
 }
 
@@ -186,7 +213,10 @@ fn encode_frame(frame: Frame) -> io::Result<Vec<u8>> {
         frame,
     })?;
     if body.len() > MAX_FRAME_BYTES {
-        return Err(io::Error::other(format!("frame of {} bytes is too large", body.len())));
+        return Err(io::Error::other(format!(
+            "frame of {} bytes is too large",
+            body.len()
+        )));
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -197,7 +227,9 @@ fn encode_frame(frame: Frame) -> io::Result<Vec<u8>> {
 async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Envelope> {
     let len = rd.read_u32().await? as usize;
     if len > MAX_FRAME_BYTES {
-        return Err(io::Error::other(format!("frame of {len} bytes is too large")));
+        return Err(io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
     }
     let mut buf = vec![0u8; len];
     rd.read_exact(&mut buf).await?;
@@ -251,7 +283,10 @@ impl PeerConn {
         }
         if let Some(t) = *self.last_failed_connect.lock().expect("lock") {
             if t.elapsed() < RECONNECT_BACKOFF {
-                return Err(io::Error::new(io::ErrorKind::NotConnected, "peer recently unreachable"));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "peer recently unreachable",
+                ));
             }
         }
         match self.connect().await {
@@ -272,7 +307,11 @@ impl PeerConn {
             .await?
             .next()
             .ok_or_else(|| io::Error::other(format!("{} resolves to nothing", self.addr)))?;
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(ip) = self.local_ip {
             // Fault tests cut links between 127.0.0.x addresses: traffic must leave from ours.
             socket.bind(SocketAddr::new(ip, 0))?;
@@ -284,20 +323,29 @@ impl PeerConn {
         let (mut rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
-        let live = Arc::new(Live { tx, pending: pending.clone() });
+        let live = Arc::new(Live {
+            tx,
+            pending: pending.clone(),
+        });
         let writer = tokio::spawn(write_frames(wr, rx));
         let target = self.target;
         let weak = Arc::downgrade(&live);
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut rd).await {
-                    Ok(Envelope { frame: Frame::Response { id, reply }, .. }) => {
+                    Ok(Envelope {
+                        frame: Frame::Response { id, reply },
+                        ..
+                    }) => {
                         if let Some(tx) = pending.lock().expect("lock").remove(&id) {
                             let _ = tx.send(reply);
                         }
                     }
                     Ok(_) => {
-                        tracing::warn!(target_node = target, "peer sent a request on a client connection");
+                        tracing::warn!(
+                            target_node = target,
+                            "peer sent a request on a client connection"
+                        );
                         break;
                     }
                     Err(e) => {
@@ -314,7 +362,12 @@ impl PeerConn {
         Ok(live)
     }
 
-    async fn call(&self, group: u64, rpc: PeerRpc, timeout: Duration) -> Result<PeerReply, CallError> {
+    async fn call(
+        &self,
+        group: u64,
+        rpc: PeerRpc,
+        timeout: Duration,
+    ) -> Result<PeerReply, CallError> {
         let live = self.live().await.map_err(CallError::Unreachable)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(Frame::Request { id, group, rpc }).map_err(CallError::Network)?;
@@ -336,7 +389,10 @@ impl PeerConn {
             Ok(r) => r,
             Err(_) => {
                 live.pending.lock().expect("lock").remove(&id);
-                Err(CallError::Network(io::Error::new(io::ErrorKind::TimedOut, "rpc timed out")))
+                Err(CallError::Network(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "rpc timed out",
+                )))
             }
         }
     }
@@ -362,7 +418,9 @@ impl CallError {
         match self {
             CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
             CallError::Network(e) => StreamingError::Network(NetworkError::new(&e)),
-            CallError::Remote(m) => StreamingError::Unreachable(Unreachable::new(&io::Error::other(m))),
+            CallError::Remote(m) => {
+                StreamingError::Unreachable(Unreachable::new(&io::Error::other(m)))
+            }
         }
     }
 }
@@ -375,12 +433,17 @@ pub struct PeerClients {
 
 impl PeerClients {
     pub fn new(local_ip: Option<IpAddr>) -> Arc<Self> {
-        Arc::new(PeerClients { local_ip, conns: Mutex::new(HashMap::new()) })
+        Arc::new(PeerClients {
+            local_ip,
+            conns: Mutex::new(HashMap::new()),
+        })
     }
 
     fn conn(&self, target: u64, addr: &str) -> Arc<PeerConn> {
         let mut conns = self.conns.lock().expect("lock");
-        let conn = conns.entry(target).or_insert_with(|| self.new_conn(target, addr));
+        let conn = conns
+            .entry(target)
+            .or_insert_with(|| self.new_conn(target, addr));
         if conn.addr != addr {
             *conn = self.new_conn(target, addr);
         }
@@ -400,7 +463,11 @@ impl PeerClients {
 
     /// Asks `addr` whether it has Raft state for `group`.
     pub async fn is_initialized(&self, target: u64, addr: &str, group: u64) -> io::Result<bool> {
-        match self.conn(target, addr).call(group, PeerRpc::Initialized, CONNECT_TIMEOUT * 2).await {
+        match self
+            .conn(target, addr)
+            .call(group, PeerRpc::Initialized, CONNECT_TIMEOUT * 2)
+            .await
+        {
             Ok(PeerReply::Initialized(b)) => Ok(b),
             Ok(_) => Err(io::Error::other("unexpected reply")),
             Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
@@ -419,7 +486,10 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerNetwork {
-        PeerNetwork { group: self.group, conn: self.clients.conn(target, &node.peer) }
+        PeerNetwork {
+            group: self.group,
+            conn: self.clients.conn(target, &node.peer),
+        }
     }
 }
 
@@ -441,7 +511,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(self.group, PeerRpc::Append(rpc), option.hard_ttl()).await {
+        match self
+            .conn
+            .call(self.group, PeerRpc::Append(rpc), option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::Append(r)) => Ok(r),
             Ok(_) => unexpected(),
             Err(e) => Err(e),
@@ -454,7 +528,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(self.group, PeerRpc::Vote(rpc), option.hard_ttl()).await {
+        match self
+            .conn
+            .call(self.group, PeerRpc::Vote(rpc), option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::Vote(r)) => Ok(r),
             Ok(_) => unexpected(),
             Err(e) => Err(e),
@@ -467,7 +545,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(self.group, PeerRpc::PreVote(rpc), option.hard_ttl()).await {
+        match self
+            .conn
+            .call(self.group, PeerRpc::PreVote(rpc), option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::Vote(r)) => Ok(r),
             Ok(_) => unexpected(),
             Err(e) => Err(e),
@@ -482,8 +564,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let rpc = PeerRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        let call = self.conn.call(self.group, rpc, option.hard_ttl().max(Duration::from_secs(30)));
+        let rpc = PeerRpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        let call = self.conn.call(
+            self.group,
+            rpc,
+            option.hard_ttl().max(Duration::from_secs(30)),
+        );
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = call => match r {
@@ -499,7 +589,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(self.group, PeerRpc::TransferLeader(req), option.hard_ttl()).await {
+        match self
+            .conn
+            .call(self.group, PeerRpc::TransferLeader(req), option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::TransferLeader(r)) => Ok(r),
             Ok(_) => unexpected(),
             Err(e) => Err(e),

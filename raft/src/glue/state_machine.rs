@@ -55,12 +55,14 @@ impl GroupStateMachine {
         if let Some(d) = self.definitions.get(&key) {
             return d.clone();
         }
-        let bytes = tx.get(&tables::pinned_key(name, version)).unwrap_or_else(|| {
-            panic!(
-                "group {}: definition {name} v{version} of a stored workflow is missing",
-                self.group
-            )
-        });
+        let bytes = tx
+            .get(&tables::pinned_key(name, version))
+            .unwrap_or_else(|| {
+                panic!(
+                    "group {}: definition {name} v{version} of a stored workflow is missing",
+                    self.group
+                )
+            });
         let json: String = codec::decode(&bytes).expect("pinned definition decodes");
         let def: Definition = serde_json::from_str(&json).expect("pinned definition parses");
         let def = Arc::new(def);
@@ -149,7 +151,8 @@ impl GroupStateMachine {
         step: impl FnOnce(
             &Definition,
             &workflow::Workflow,
-        ) -> Result<(workflow::Workflow, workflow::HistoryRow), workflow::Rejection>,
+        )
+            -> Result<(workflow::Workflow, workflow::HistoryRow), workflow::Rejection>,
     ) -> Outcome {
         let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
             return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
@@ -246,7 +249,8 @@ impl Tx<'_> {
 
     fn put_encoded<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
         let bytes = codec::encode(value).expect("state rows encode");
-        self.store.put_state(&mut self.batch, self.group, &key, &bytes);
+        self.store
+            .put_state(&mut self.batch, self.group, &key, &bytes);
         self.overlay.insert(key, bytes);
     }
 }
@@ -256,10 +260,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotBuilder = GroupSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((
-            self.applied.last_applied.clone(),
-            self.applied.membership.clone(),
-        ))
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -290,12 +291,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 EntryPayload::Blank => Outcome::Nothing,
                 EntryPayload::Normal(stamped) => self.execute(&mut tx, stamped),
                 EntryPayload::Membership(m) => {
-                    self.applied.membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Outcome::Nothing
                 }
             };
-            self.applied.last_applied = Some(entry.log_id.clone());
+            self.applied.last_applied = Some(entry.log_id);
             if let Some(r) = responder {
                 replies.push((r, outcome));
             }
@@ -316,7 +316,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
         self.store.replace_group_state(self.group, &rows)?;
         let reopened = GroupStateMachine::open(self.group, self.store.clone())?;
