@@ -16,7 +16,7 @@ pub fn rfc3339(ms: u64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// `[A-Za-z0-9_.:-]{1,128}`; generated when absent.
@@ -32,7 +32,7 @@ pub struct CreateWorkflow {
     pub context: Option<Value>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendEvent {
     pub event: String,
@@ -48,7 +48,7 @@ pub struct SendEvent {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelWorkflow {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -145,7 +145,12 @@ async fn killing_a_group_leader_elects_a_new_one_and_loses_no_acknowledged_write
     acked.insert(id.clone(), wf.revision);
 
     for (id, rev) in &acked {
-        let got = c.get_workflow(id, false).await.unwrap();
+        // Other groups the dead node led may still be electing: 503 until they have a leader.
+        let got = eventually(Duration::from_secs(10), || async {
+            Ok(c.get_workflow(id, false).await?)
+        })
+        .await
+        .unwrap();
         assert_eq!(
             got.revision, *rev,
             "workflow {id} lost an acknowledged transition"
@@ -388,4 +393,190 @@ async fn an_identical_create_is_a_retry_and_a_repeated_request_id_changes_nothin
     assert_eq!(e1.code(), Some("revision_mismatch"));
     let e2 = c.send_event("same", &cas).await.unwrap_err();
     assert!(matches!(e2, ClientError::Api { status: 409, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_over_every_group_with_filters() {
+    let cluster = Cluster::start(3, 4, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    let c = cluster.client(1);
+    define_counter(&c).await;
+    c.put_definition("order", &order_definition())
+        .await
+        .unwrap();
+    let mut groups = std::collections::BTreeSet::new();
+    for i in 0..25 {
+        let (_, wf) = c
+            .create_workflow(&create(&format!("l-{i:02}"), "counter"))
+            .await
+            .unwrap();
+        groups.insert(wf.group);
+    }
+    for i in 0..5 {
+        c.create_workflow(&create(&format!("o-{i}"), "order"))
+            .await
+            .unwrap();
+    }
+    let stop = SendEvent {
+        event: "stop".into(),
+        payload: None,
+        expected_revision: None,
+        request_id: None,
+    };
+    c.send_event("l-00", &stop).await.unwrap();
+    assert!(groups.len() > 1, "25 ids should land in several groups");
+
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", cluster.node(3).client);
+    let list = |query: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("{base}/v1/workflows?{query}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // Every workflow exactly once over pages of 7, eventually (lists read local replicas).
+    let all = eventually(Duration::from_secs(5), || async {
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..20 {
+            let q = match &token {
+                Some(t) => format!("limit=7&page_token={t}"),
+                None => "limit=7".into(),
+            };
+            let page = list(q).await;
+            for w in page["workflows"].as_array().unwrap() {
+                seen.push(w["id"].as_str().unwrap().to_string());
+            }
+            match page["next_page_token"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        anyhow::ensure!(seen.len() == 30, "saw {} workflows", seen.len());
+        Ok(seen)
+    })
+    .await
+    .unwrap();
+    let unique: std::collections::BTreeSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), 30, "a workflow was listed twice");
+
+    let orders = list("definition=order&limit=1000".into()).await;
+    assert_eq!(orders["workflows"].as_array().unwrap().len(), 5);
+    let done = list("status=succeeded".into()).await;
+    let ids: Vec<_> = done["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![serde_json::json!("l-00")]);
+    let created = list("state=created&definition=order".into()).await;
+    assert_eq!(created["workflows"].as_array().unwrap().len(), 5);
+
+    let defs: serde_json::Value = http
+        .get(format!("{base}/v1/definitions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        defs,
+        serde_json::json!({"definitions": [
+            {"name": "counter", "latest_version": 1},
+            {"name": "order", "latest_version": 1}
+        ]})
+    );
+    // A changed definition is a new version; the old one stays readable.
+    let mut changed = counter_definition();
+    changed["states"]["on"]["on"]["reset"] = serde_json::json!("on");
+    let (status, v2) = c.put_definition("counter", &changed).await.unwrap();
+    assert_eq!((status, v2.version), (201, 2));
+    let (status, again) = c.put_definition("counter", &changed).await.unwrap();
+    assert_eq!((status, again.version), (200, 2));
+    let v1: serde_json::Value = http
+        .get(format!("{base}/v1/definitions/counter/versions/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v1["version"], 1);
+    assert!(v1["states"]["on"]["on"].get("reset").is_none());
+    // Workflows stay pinned to the version they started with.
+    let old = c.get_workflow("l-01", false).await.unwrap();
+    assert_eq!(old.version, 1);
+    let reset = SendEvent {
+        event: "reset".into(),
+        ..stop.clone()
+    };
+    let err = c.send_event("l-01", &reset).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_transition"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_openapi_describe_the_node() {
+    let cluster = Cluster::start(3, 2, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    let c = cluster.client(1);
+    define_counter(&c).await;
+    c.create_workflow(&create("m-1", "counter")).await.unwrap();
+    for _ in 0..10 {
+        c.send_event("m-1", &tick(None)).await.unwrap();
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", cluster.node(1).client);
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    };
+    assert!(value("raftflow_wal_fsyncs_total") > 0.0);
+    // 11 client writes plus the groups' own entries, all made durable by those fsyncs.
+    assert!(value("raftflow_wal_synced_entries_total") >= 11.0);
+    assert!(value("raftflow_group_applied_index{group=\"0\"}") > 0.0);
+    assert!(text.contains("raftflow_group_leader{group=\"1\"}"));
+    assert!(text.contains("raftflow_http_requests_total{route=\"/v1/workflows/{id}/events\",method=\"POST\",status=\"200\"}"));
+    assert!(text.contains("raftflow_http_request_duration_seconds_bucket{route=\"/v1/workflows/{id}/events\",le=\"+Inf\"}"));
+    let proposals = value("raftflow_proposals_total");
+    assert!(proposals >= 1.0, "node 1 proposed {proposals}");
+
+    let doc: serde_json::Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/workflows",
+        "/v1/workflows/{id}/events",
+        "/v1/definitions/{name}",
+        "/v1/cluster",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(doc["components"]["schemas"].get("WorkflowView").is_some());
 }
