@@ -26,12 +26,12 @@ cluster-status:
 
 test: deps
 	@scripts/deps.sh test
-	cargo build $(CARGO_PROFILE) --all-targets
+	cargo build $(CARGO_PROFILE) --workspace --all-targets
 	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy $(CARGO_PROFILE) --all-targets -- -D warnings
+	cargo clippy $(CARGO_PROFILE) --workspace --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 
 pub use error::StorageError;
+pub use rocksdb::WriteBatch as Batch;
 pub use syncer::{SyncStats, Syncer};
 
 const CF_LOG: &str = "log";
@@ -378,5 +379,3 @@ mod tests {
         assert_eq!(s.get_raft_meta(1, "vote").unwrap(), Some(b"v".to_vec()));
     }
 }
-
-pub use rocksdb::WriteBatch as Batch;
