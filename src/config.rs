@@ -224,6 +224,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.min_free_disk_bytes)
             .unwrap_or(defaults.min_free_disk_bytes),
         data_dir: node.data_dir.clone(),
+        source_ip: node.bind_source_ip,
     };
     Ok(Config {
         client_listen: args

@@ -273,7 +273,8 @@ async fn read<F>(
 where
     F: FnOnce() -> Result<Response, Failure>,
 {
-    if params.local()? {
+    let stale_mutant = raftflow_raft::mutant::active() == raftflow_raft::mutant::Mutant::StaleRead;
+    if params.local()? || stale_mutant {
         return match read() {
             Ok(r) => Ok(r),
             Err(Failure::Api(e)) => Err(e),
@@ -824,6 +825,25 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         },
     };
     Ok(json_response(StatusCode::OK, &view))
+}
+
+/// This replica's applied index of a group and a digest of its rows (for convergence checks).
+pub async fn group_digest(State(state): State<AppState>, Path(group): Path<String>) -> ApiResult<Response> {
+    let group: u64 = group
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("group {group:?} is not a number")))?;
+    let node = state.node.clone();
+    let r = tokio::task::spawn_blocking(move || node.group_digest(group))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match r {
+        Ok((applied, digest)) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"group": group, "applied": applied, "digest": format!("{digest:016x}")}),
+        )),
+        Err(RaftError::Config(m)) => Err(ApiError::not_found(m)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// 200 while the process runs.

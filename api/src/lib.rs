@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub min_free_disk_bytes: u64,
     /// The node's data directory (for the free-space check).
     pub data_dir: std::path::PathBuf,
+    /// Forwarded requests leave from this address (fault tests cut links between node IPs).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +53,7 @@ impl Default for ApiConfig {
             max_inflight_requests: 4096,
             min_free_disk_bytes: 64 << 20,
             data_dir: std::path::PathBuf::from("."),
+            source_ip: None,
         }
     }
 }
@@ -69,6 +72,7 @@ impl AppState {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            .local_address(config.source_ip)
             .build()
             .expect("http client builds");
         AppState {
@@ -175,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workflows/{id}/cancel", post(handlers::cancel_workflow))
         .route("/v1/workflows/{id}/history", get(handlers::get_history))
         .route("/v1/cluster", get(handlers::cluster))
+        .route("/v1/cluster/groups/{id}/digest", get(handlers::group_digest))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(prometheus))

@@ -1,6 +1,8 @@
 //! Black-box tests against real `raftflow` processes: a harness that starts a cluster on
 //! loopback ports, kills (-9), pauses and restarts nodes, and talks to them over HTTP only.
 
+pub mod jepsen;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -7,6 +7,7 @@
 
 pub mod command;
 mod glue;
+pub mod mutant;
 mod node;
 pub mod ring;
 pub mod tables;

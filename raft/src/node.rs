@@ -205,6 +205,14 @@ impl RaftNode {
             at_ms: now_ms(),
             command,
         };
+        if crate::mutant::active() == crate::mutant::Mutant::EarlyAck {
+            if let Some(predicted) = self.predict(group, &stamped) {
+                raft.client_write_ff(stamped, None)
+                    .await
+                    .map_err(|e| Error::Fatal(e.to_string()))?;
+                return Ok(predicted);
+            }
+        }
         match raft.client_write(stamped).await {
             Ok(resp) => Ok(resp.data),
             Err(e) => {
@@ -214,6 +222,29 @@ impl RaftNode {
                 Err(self.write_error(e))
             }
         }
+    }
+
+    /// The `early-ack` mutant's guess of an event's outcome from this replica, before commit.
+    fn predict(&self, group: u64, stamped: &Stamped) -> Option<Outcome> {
+        let Command::Event { id, event, payload_json, expected_revision, .. } = &stamped.command else {
+            return None;
+        };
+        let rec = crate::tables::read_workflow(&self.store, group, id).ok()??;
+        let def = crate::tables::read_pinned(&self.store, group, &rec.workflow.definition, rec.workflow.version).ok()??;
+        let payload = payload_json.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let outcome = match raftflow_workflow::fire_event(
+            &def,
+            &rec.workflow,
+            event,
+            payload,
+            *expected_revision,
+            raftflow_workflow::EventOrigin::Client,
+            stamped.at_ms,
+        ) {
+            Ok((workflow, _)) => Outcome::Workflow { workflow, created: false },
+            Err(r) => Outcome::Refused(r.into()),
+        };
+        Some(outcome)
     }
 
     fn write_error(
@@ -283,6 +314,33 @@ impl RaftNode {
             .all()
             .iter()
             .all(|(_, raft)| raft.metrics().borrow_watched().current_leader.is_some())
+    }
+
+    /// This replica's applied index of `group` and a digest of all its rows at that index,
+    /// read from one consistent view: replicas at the same index must have the same digest.
+    pub fn group_digest(&self, group: u64) -> Result<(Option<u64>, u64)> {
+        self.raft(group)?;
+        let rows = self.store.export_group_state(group)?;
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut feed = |bytes: &[u8]| {
+            h ^= bytes.len() as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        let mut applied = None;
+        for (k, v) in &rows {
+            if k.as_slice() == crate::tables::APPLIED {
+                applied = crate::glue::applied_index(v)?;
+                // The applied row carries the leader id of the entry; only the index matters.
+                continue;
+            }
+            feed(k);
+            feed(v);
+        }
+        Ok((applied, h))
     }
 
     /// Builds a snapshot of `group` now and purges the log behind it (operations, tests).

@@ -110,6 +110,17 @@ pub fn scan_workflows(
         .collect()
 }
 
+/// The definition a data group pinned for its workflows of `name` v`version`.
+pub fn read_pinned(
+    store: &Store,
+    group: u64,
+    name: &str,
+    version: u32,
+) -> Result<Option<raftflow_workflow::Definition>> {
+    let json: Option<String> = get(store, group, &pinned_key(name, version))?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
 pub fn read_latest_version(store: &Store, group: u64, name: &str) -> Result<Option<u32>> {
     get(store, group, &latest_key(name))
 }

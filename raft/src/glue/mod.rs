@@ -64,6 +64,11 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// log instead of a snapshot.
 pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 5_000;
 
+/// The log index in an encoded applied-state row.
+pub(crate) fn applied_index(row: &[u8]) -> crate::Result<Option<u64>> {
+    state_machine::applied_index(row)
+}
+
 pub(crate) fn raft_config(
     group: u64,
     timing: Timing,

@@ -28,6 +28,11 @@ struct Applied {
     membership: StoredMembership,
 }
 
+pub(crate) fn applied_index(row: &[u8]) -> crate::Result<Option<u64>> {
+    let a: Applied = codec::decode(row)?;
+    Ok(a.last_applied.map(|l| l.index))
+}
+
 pub struct GroupStateMachine {
     group: u64,
     store: Arc<Store>,
@@ -157,7 +162,9 @@ impl GroupStateMachine {
         let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
             return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
         };
-        let dedup = request_id.map(|r| tables::dedup_key(id, r));
+        let dedup = request_id
+            .filter(|_| crate::mutant::active() != crate::mutant::Mutant::SkipDedup)
+            .map(|r| tables::dedup_key(id, r));
         if let Some(key) = &dedup {
             if let Some(first) = tx.get_decoded::<Outcome>(key) {
                 return first;

@@ -1,0 +1,145 @@
+//! Histories as Jepsen records them: every operation is an `invoke` followed by `ok` (it
+//! happened), `fail` (it certainly did not) or `info` (unknown: it may take effect at any later
+//! time). Written as JSON lines so any run can be checked again.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpType {
+    Invoke,
+    Ok,
+    Fail,
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub index: u64,
+    pub process: u64,
+    #[serde(rename = "type")]
+    pub kind: OpType,
+    /// The function: `read`, `cas`, `append`, `create`, ...
+    pub f: String,
+    pub key: String,
+    pub value: Value,
+    /// Nanoseconds since the run started, from one monotonic clock.
+    pub time: u64,
+    /// The node the client talked to (0 for the nemesis).
+    pub node: u64,
+}
+
+/// Collects a run's operations in the order they happened.
+pub struct Recorder {
+    start: Instant,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder { start: Instant::now(), ops: Mutex::new(Vec::new()) }
+    }
+}
+
+impl Recorder {
+    pub fn elapsed_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn record(&self, process: u64, kind: OpType, f: &str, key: &str, value: Value, node: u64) {
+        let mut ops = self.ops.lock().expect("recorder lock");
+        let index = ops.len() as u64;
+        // Time is taken under the lock so that index order and time order agree.
+        let time = self.elapsed_ns();
+        ops.push(Op { index, process, kind, f: f.to_string(), key: key.to_string(), value, time, node });
+    }
+
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().expect("recorder lock").clone()
+    }
+
+    pub fn write_jsonl(&self, path: &Path) -> std::io::Result<()> {
+        write_jsonl(&self.ops(), path)
+    }
+}
+
+pub fn write_jsonl(ops: &[Op], path: &Path) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for op in ops {
+        serde_json::to_writer(&mut f, op)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()
+}
+
+pub fn read_jsonl(path: &Path) -> std::io::Result<Vec<Op>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+        .collect()
+}
+
+/// An operation with its invocation and completion paired.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    pub process: u64,
+    pub f: String,
+    pub key: String,
+    pub invoke_value: Value,
+    /// `None` while open: the process crashed or the history ended (treated as `info`).
+    pub outcome: Option<OpType>,
+    pub result_value: Value,
+    /// Index of the invocation and of the completion (`u64::MAX` if none).
+    pub invoke_index: u64,
+    pub complete_index: u64,
+}
+
+impl Paired {
+    pub fn is_ok(&self) -> bool {
+        self.outcome == Some(OpType::Ok)
+    }
+
+    pub fn is_info(&self) -> bool {
+        matches!(self.outcome, None | Some(OpType::Info))
+    }
+}
+
+/// Pairs every invocation with the next completion of the same process.
+pub fn pair(ops: &[Op]) -> Vec<Paired> {
+    let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Paired> = Vec::new();
+    for op in ops {
+        match op.kind {
+            OpType::Invoke => {
+                open.insert(op.process, out.len());
+                out.push(Paired {
+                    process: op.process,
+                    f: op.f.clone(),
+                    key: op.key.clone(),
+                    invoke_value: op.value.clone(),
+                    outcome: None,
+                    result_value: Value::Null,
+                    invoke_index: op.index,
+                    complete_index: u64::MAX,
+                });
+            }
+            kind => {
+                if let Some(i) = open.remove(&op.process) {
+                    out[i].outcome = Some(kind);
+                    out[i].result_value = op.value.clone();
+                    if kind != OpType::Info {
+                        out[i].complete_index = op.index;
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,36 @@
+//! Deliberately broken guarantees, for proving that the failure tests can fail.
+//!
+//! Compiled in only with the `mutants` cargo feature (never in the default build), and then
+//! chosen at run time by `RAFTFLOW_MUTANT`:
+//!
+//! - `stale-read`: reads skip the read index and never forward: a partitioned node answers
+//!   from its stale replica;
+//! - `skip-dedup`: the state machine ignores `request_id`, so a retried event applies twice;
+//! - `early-ack`: an event is answered with its predicted outcome before it is committed.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutant {
+    None,
+    StaleRead,
+    SkipDedup,
+    EarlyAck,
+}
+
+/// The mutant this process runs, if any.
+pub fn active() -> Mutant {
+    #[cfg(feature = "mutants")]
+    {
+        static ACTIVE: std::sync::OnceLock<Mutant> = std::sync::OnceLock::new();
+        *ACTIVE.get_or_init(|| match std::env::var("RAFTFLOW_MUTANT").as_deref() {
+            Ok("stale-read") => Mutant::StaleRead,
+            Ok("skip-dedup") => Mutant::SkipDedup,
+            Ok("early-ack") => Mutant::EarlyAck,
+            Ok(other) if !other.is_empty() => panic!("unknown RAFTFLOW_MUTANT {other:?}"),
+            _ => Mutant::None,
+        })
+    }
+    #[cfg(not(feature = "mutants"))]
+    {
+        Mutant::None
+    }
+}
