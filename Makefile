@@ -7,7 +7,7 @@ export RAFTFLOW_GROUPS ?= 8
 # One profile for the binary, unit tests and cluster tests, so RocksDB is built once.
 CARGO_PROFILE := --release
 
-.PHONY: deps build cluster cluster-stop cluster-status test lint fmt bench
+.PHONY: deps build cluster cluster-stop cluster-status mutants test jepsen lint fmt bench
 
 deps:
 	@scripts/deps.sh build
@@ -24,10 +24,23 @@ cluster-stop:
 cluster-status:
 	@scripts/cluster.sh status
 
-test: deps
+# The failure suite also needs a binary with the deliberately broken guarantees compiled in.
+mutants: deps
+	cargo build $(CARGO_PROFILE) --features mutants --bin raftflow
+	cp $(RAFTFLOW_BIN) $(RAFTFLOW_BIN)-mutants
+
+test: deps mutants
 	@scripts/deps.sh test
 	cargo build $(CARGO_PROFILE) --workspace --all-targets
 	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
+
+# The long failure suite: every fault for JEPSEN_SECONDS (default 600) each, report under
+# jepsen-report/<time>/<fault>/ (history.jsonl, nemesis.jsonl, verdict.json, node logs).
+jepsen: deps
+	@scripts/deps.sh test
+	cargo build $(CARGO_PROFILE) --workspace --bins
+	$(CARGO_TARGET_DIR)/release/raftflow-jepsen --fault $${FAULT:-all} --seconds $${JEPSEN_SECONDS:-600} \
+	  --out jepsen-report/$$(date +%Y%m%d-%H%M%S) $${SEED:+--seed $$SEED}
 
 lint:
 	cargo fmt --all -- --check

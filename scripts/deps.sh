@@ -9,7 +9,14 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "${1:-build}" = test ]; then
+  # The failure suite: private network namespaces, packet filters, and a fake clock.
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(faketime)
+  if [ "$(id -u)" != 0 ]; then
+    echo "note: the failure tests create network namespaces and iptables rules: run \`make test\` as root" >&2
+  fi
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

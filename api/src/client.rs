@@ -52,6 +52,11 @@ pub struct Client {
 impl Client {
     /// `addr` is `host:port` or a `http://` URL.
     pub fn new(addr: &str, timeout: Duration) -> Client {
+        Client::with_source(addr, timeout, None)
+    }
+
+    /// Like [`Client::new`], sending from `source` when given.
+    pub fn with_source(addr: &str, timeout: Duration, source: Option<std::net::IpAddr>) -> Client {
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
         } else {
@@ -61,6 +66,7 @@ impl Client {
             .timeout(timeout)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            .local_address(source)
             .build()
             .expect("http client builds");
         Client { base, http }
@@ -155,6 +161,13 @@ impl Client {
 
     pub async fn cluster(&self) -> ClientResult<ClusterView> {
         self.call::<(), _>(Method::GET, "/v1/cluster", None)
+            .await
+            .map(|r| r.1)
+    }
+
+    /// GET a path and decode its JSON body.
+    pub async fn get_json(&self, path: &str) -> ClientResult<Value> {
+        self.call::<(), Value>(Method::GET, path, None)
             .await
             .map(|r| r.1)
     }

@@ -828,7 +828,10 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 /// This replica's applied index of a group and a digest of its rows (for convergence checks).
-pub async fn group_digest(State(state): State<AppState>, Path(group): Path<String>) -> ApiResult<Response> {
+pub async fn group_digest(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Response> {
     let group: u64 = group
         .parse()
         .map_err(|_| ApiError::bad_request(format!("group {group:?} is not a number")))?;

@@ -179,7 +179,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workflows/{id}/cancel", post(handlers::cancel_workflow))
         .route("/v1/workflows/{id}/history", get(handlers::get_history))
         .route("/v1/cluster", get(handlers::cluster))
-        .route("/v1/cluster/groups/{id}/digest", get(handlers::group_digest))
+        .route(
+            "/v1/cluster/groups/{id}/digest",
+            get(handlers::group_digest),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(prometheus))

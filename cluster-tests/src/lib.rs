@@ -17,11 +17,13 @@ pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("RAFTFLOW_BIN") {
         return PathBuf::from(p);
     }
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("raftflow"))
-        .expect("target dir")
+    let dir = exe.parent().expect("exe dir");
+    [dir.join("raftflow"), dir.join("../raftflow")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("../raftflow"))
 }
 
 fn free_port(ip: &str) -> u16 {
@@ -56,21 +58,79 @@ pub struct Cluster {
     pub groups: u64,
     members: String,
     extra: Vec<String>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+    client_ip: Option<std::net::IpAddr>,
     _dir: tempfile::TempDir,
+}
+
+/// How to launch a cluster.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub nodes: u64,
+    pub groups: u64,
+    pub extra: Vec<String>,
+    /// Node `i` on 127.0.0.i:7001 (client) and :8001 (peer), instead of free ports on 127.0.0.1.
+    pub own_ips: bool,
+    /// The binary to run (default: [`binary`]).
+    pub bin: Option<PathBuf>,
+    /// Environment for every node.
+    pub env: Vec<(String, String)>,
+    /// Extra environment per node id.
+    pub node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+    /// Address the test's HTTP clients send from.
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            nodes: 3,
+            groups: 2,
+            extra: Vec::new(),
+            own_ips: false,
+            bin: None,
+            env: Vec::new(),
+            node_env: Default::default(),
+            client_ip: None,
+        }
+    }
 }
 
 impl Cluster {
     /// Starts `n` nodes on 127.0.0.1 with `groups` data groups and extra `serve` flags.
     pub fn start(n: u64, groups: u64, extra: &[&str]) -> Cluster {
+        Cluster::launch(Spec {
+            nodes: n,
+            groups,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ..Spec::default()
+        })
+    }
+
+    /// Starts a cluster as `spec` says.
+    pub fn launch(spec: Spec) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<NodeProc> = (1..=n)
-            .map(|id| NodeProc {
-                id,
-                client: format!("127.0.0.1:{}", free_port("127.0.0.1")),
-                peer: format!("127.0.0.1:{}", free_port("127.0.0.1")),
-                data_dir: dir.path().join(format!("n{id}")),
-                log: dir.path().join(format!("n{id}.log")),
-                child: None,
+        let nodes: Vec<NodeProc> = (1..=spec.nodes)
+            .map(|id| {
+                let (client, peer) = if spec.own_ips {
+                    // 127.0.0.1, .2, .3 with fixed ports: links between nodes can be cut by IP.
+                    (format!("127.0.0.{id}:7001"), format!("127.0.0.{id}:8001"))
+                } else {
+                    (
+                        format!("127.0.0.1:{}", free_port("127.0.0.1")),
+                        format!("127.0.0.1:{}", free_port("127.0.0.1")),
+                    )
+                };
+                NodeProc {
+                    id,
+                    client,
+                    peer,
+                    data_dir: dir.path().join(format!("n{id}")),
+                    log: dir.path().join(format!("n{id}.log")),
+                    child: None,
+                }
             })
             .collect();
         let members = nodes
@@ -80,15 +140,28 @@ impl Cluster {
             .join(",");
         let mut cluster = Cluster {
             nodes,
-            groups,
+            groups: spec.groups,
             members,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: spec.extra.clone(),
+            bin: spec.bin.clone().unwrap_or_else(binary),
+            env: spec.env.clone(),
+            node_env: spec.node_env.clone(),
+            client_ip: spec.client_ip,
             _dir: dir,
         };
-        for id in 1..=n {
+        for id in 1..=spec.nodes {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// Where the cluster keeps data and logs.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.node(id).log.clone()
     }
 
     fn node_mut(&mut self, id: u64) -> &mut NodeProc {
@@ -100,10 +173,12 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let bin = binary();
+        let bin = self.bin.clone();
         let members = self.members.clone();
         let groups = self.groups.to_string();
         let extra = self.extra.clone();
+        let mut env = self.env.clone();
+        env.extend(self.node_env.get(&id).cloned().unwrap_or_default());
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
@@ -125,6 +200,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -158,12 +234,25 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> Client {
-        Client::new(&self.node(id).client, Duration::from_secs(10))
+        Client::with_source(
+            &self.node(id).client,
+            Duration::from_secs(10),
+            self.client_ip,
+        )
     }
 
     /// A client with a short timeout, for probing.
     pub fn probe(&self, id: u64) -> Client {
-        Client::new(&self.node(id).client, Duration::from_millis(1500))
+        Client::with_source(
+            &self.node(id).client,
+            Duration::from_millis(1500),
+            self.client_ip,
+        )
+    }
+
+    /// A client with the given timeout.
+    pub fn client_with_timeout(&self, id: u64, timeout: Duration) -> Client {
+        Client::with_source(&self.node(id).client, timeout, self.client_ip)
     }
 
     /// Waits until every running node answers `/readyz` with 200.

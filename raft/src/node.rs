@@ -226,12 +226,27 @@ impl RaftNode {
 
     /// The `early-ack` mutant's guess of an event's outcome from this replica, before commit.
     fn predict(&self, group: u64, stamped: &Stamped) -> Option<Outcome> {
-        let Command::Event { id, event, payload_json, expected_revision, .. } = &stamped.command else {
+        let Command::Event {
+            id,
+            event,
+            payload_json,
+            expected_revision,
+            ..
+        } = &stamped.command
+        else {
             return None;
         };
         let rec = crate::tables::read_workflow(&self.store, group, id).ok()??;
-        let def = crate::tables::read_pinned(&self.store, group, &rec.workflow.definition, rec.workflow.version).ok()??;
-        let payload = payload_json.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let def = crate::tables::read_pinned(
+            &self.store,
+            group,
+            &rec.workflow.definition,
+            rec.workflow.version,
+        )
+        .ok()??;
+        let payload = payload_json
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok());
         let outcome = match raftflow_workflow::fire_event(
             &def,
             &rec.workflow,
@@ -241,7 +256,10 @@ impl RaftNode {
             raftflow_workflow::EventOrigin::Client,
             stamped.at_ms,
         ) {
-            Ok((workflow, _)) => Outcome::Workflow { workflow, created: false },
+            Ok((workflow, _)) => Outcome::Workflow {
+                workflow,
+                created: false,
+            },
             Err(r) => Outcome::Refused(r.into()),
         };
         Some(outcome)

@@ -38,10 +38,14 @@ pub fn check_appends(ops: &[Paired]) -> Vec<String> {
         let mut seen = BTreeSet::new();
         for v in &fin {
             if !seen.insert(*v) {
-                anomalies.push(format!("{key}: value {v} appears twice in the final history (duplicate effect)"));
+                anomalies.push(format!(
+                    "{key}: value {v} appears twice in the final history (duplicate effect)"
+                ));
             }
             if !invoked.contains(v) {
-                anomalies.push(format!("{key}: value {v} in the history was never appended"));
+                anomalies.push(format!(
+                    "{key}: value {v} in the history was never appended"
+                ));
             }
         }
         for r in &reads {
@@ -55,9 +59,13 @@ pub fn check_appends(ops: &[Paired]) -> Vec<String> {
         }
         let fin_set: BTreeSet<u64> = fin.iter().copied().collect();
         for a in ops.iter().filter(|o| o.f == "append" && o.is_ok()) {
-            let Some(v) = a.invoke_value.as_u64() else { continue };
+            let Some(v) = a.invoke_value.as_u64() else {
+                continue;
+            };
             if !fin_set.contains(&v) {
-                anomalies.push(format!("{key}: acknowledged append {v} is missing (lost write)"));
+                anomalies.push(format!(
+                    "{key}: acknowledged append {v} is missing (lost write)"
+                ));
             }
             for r in reads.iter().filter(|r| r.invoke_index > a.complete_index) {
                 if !values(&r.result_value).contains(&v) {
@@ -89,13 +97,17 @@ pub fn check_unique(ops: &[Paired]) -> Vec<String> {
             .filter_map(|o| creator(&o.result_value))
             .collect();
         if ok_creators.len() > 1 {
-            anomalies.push(format!("{key}: creates by {ok_creators:?} all succeeded (split brain / duplicate create)"));
+            anomalies.push(format!(
+                "{key}: creates by {ok_creators:?} all succeeded (split brain / duplicate create)"
+            ));
         }
         for o in ops.iter().filter(|o| o.f == "create" && o.is_ok()) {
             let mine = creator(&o.invoke_value);
             let got = creator(&o.result_value);
             if o.result_value.get("status").and_then(Value::as_u64) == Some(201) && mine != got {
-                anomalies.push(format!("{key}: create by {mine:?} answered 201 with a workflow by {got:?}"));
+                anomalies.push(format!(
+                    "{key}: create by {mine:?} answered 201 with a workflow by {got:?}"
+                ));
             }
         }
         let possible: BTreeSet<u64> = ops
@@ -127,27 +139,38 @@ pub fn check_cluster(ops: &[Paired]) -> Vec<String> {
     let mut leaders: HashMap<(u64, u64), BTreeSet<u64>> = HashMap::new();
     for o in ops.iter().filter(|o| o.f == "leader-sample" && o.is_ok()) {
         let v = &o.result_value;
-        if let (Some(g), Some(t), Some(l)) = (v["group"].as_u64(), v["term"].as_u64(), v["leader"].as_u64()) {
+        if let (Some(g), Some(t), Some(l)) = (
+            v["group"].as_u64(),
+            v["term"].as_u64(),
+            v["leader"].as_u64(),
+        ) {
             leaders.entry((g, t)).or_default().insert(l);
         }
     }
     let mut split: Vec<_> = leaders.into_iter().filter(|(_, ls)| ls.len() > 1).collect();
     split.sort();
     for ((g, t), ls) in split {
-        anomalies.push(format!("group {g} term {t}: leaders {ls:?} (two leaders in one term)"));
+        anomalies.push(format!(
+            "group {g} term {t}: leaders {ls:?} (two leaders in one term)"
+        ));
     }
     let mut digests: BTreeMap<u64, BTreeMap<u64, (Option<u64>, String)>> = BTreeMap::new();
     for o in ops.iter().filter(|o| o.f == "digest" && o.is_ok()) {
         let v = &o.result_value;
         if let (Some(g), Some(n)) = (v["group"].as_u64(), v["node"].as_u64()) {
-            let d = (v["applied"].as_u64(), v["digest"].as_str().unwrap_or_default().to_string());
+            let d = (
+                v["applied"].as_u64(),
+                v["digest"].as_str().unwrap_or_default().to_string(),
+            );
             digests.entry(g).or_default().insert(n, d);
         }
     }
     for (g, per_node) in digests {
         let distinct: BTreeSet<_> = per_node.values().collect();
         if distinct.len() > 1 {
-            anomalies.push(format!("group {g}: replicas differ after the heal: {per_node:?}"));
+            anomalies.push(format!(
+                "group {g}: replicas differ after the heal: {per_node:?}"
+            ));
         }
     }
     anomalies
@@ -224,7 +247,9 @@ mod tests {
             (2, Invoke, "read", "a", Value::Null),
             (2, Ok, "read", "a", json!([1, 2])),
         ]);
-        assert!(check_appends(&ops).iter().any(|a| a.contains("not a prefix")));
+        assert!(check_appends(&ops)
+            .iter()
+            .any(|a| a.contains("not a prefix")));
     }
 
     #[test]
@@ -263,15 +288,45 @@ mod tests {
     fn two_leaders_in_a_term_and_diverged_replicas_are_reported() {
         let ops = h(&[
             (9, Invoke, "leader-sample", "", Value::Null),
-            (9, Ok, "leader-sample", "", json!({"group": 1, "term": 4, "leader": 1})),
+            (
+                9,
+                Ok,
+                "leader-sample",
+                "",
+                json!({"group": 1, "term": 4, "leader": 1}),
+            ),
             (9, Invoke, "leader-sample", "", Value::Null),
-            (9, Ok, "leader-sample", "", json!({"group": 1, "term": 4, "leader": 2})),
+            (
+                9,
+                Ok,
+                "leader-sample",
+                "",
+                json!({"group": 1, "term": 4, "leader": 2}),
+            ),
             (9, Invoke, "leader-sample", "", Value::Null),
-            (9, Ok, "leader-sample", "", json!({"group": 2, "term": 4, "leader": 2})),
+            (
+                9,
+                Ok,
+                "leader-sample",
+                "",
+                json!({"group": 2, "term": 4, "leader": 2}),
+            ),
             (9, Invoke, "digest", "", Value::Null),
-            (9, Ok, "digest", "", json!({"group": 1, "node": 1, "applied": 10, "digest": "aa"})),
+            (
+                9,
+                Ok,
+                "digest",
+                "",
+                json!({"group": 1, "node": 1, "applied": 10, "digest": "aa"}),
+            ),
             (9, Invoke, "digest", "", Value::Null),
-            (9, Ok, "digest", "", json!({"group": 1, "node": 2, "applied": 10, "digest": "bb"})),
+            (
+                9,
+                Ok,
+                "digest",
+                "",
+                json!({"group": 1, "node": 2, "applied": 10, "digest": "bb"}),
+            ),
         ]);
         let a = check_cluster(&ops);
         assert_eq!(a.len(), 2, "{a:?}");

@@ -43,7 +43,10 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Recorder { start: Instant::now(), ops: Mutex::new(Vec::new()) }
+        Recorder {
+            start: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -57,7 +60,16 @@ impl Recorder {
         let index = ops.len() as u64;
         // Time is taken under the lock so that index order and time order agree.
         let time = self.elapsed_ns();
-        ops.push(Op { index, process, kind, f: f.to_string(), key: key.to_string(), value, time, node });
+        ops.push(Op {
+            index,
+            process,
+            kind,
+            f: f.to_string(),
+            key: key.to_string(),
+            value,
+            time,
+            node,
+        });
     }
 
     pub fn ops(&self) -> Vec<Op> {

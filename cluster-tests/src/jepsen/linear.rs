@@ -39,10 +39,15 @@ fn classify(op: &Paired) -> Option<Kind> {
         "cas" => {
             let expected = op.invoke_value.as_u64()?;
             match op.outcome {
-                Some(OpType::Ok) => Some(Kind::CasOk { expected, new: op.result_value.as_u64()? }),
-                Some(OpType::Fail) => op.result_value.get("current").and_then(Value::as_u64).map(|current| {
-                    Kind::CasRefused { expected, current }
+                Some(OpType::Ok) => Some(Kind::CasOk {
+                    expected,
+                    new: op.result_value.as_u64()?,
                 }),
+                Some(OpType::Fail) => op
+                    .result_value
+                    .get("current")
+                    .and_then(Value::as_u64)
+                    .map(|current| Kind::CasRefused { expected, current }),
                 _ => Some(Kind::CasMaybe { expected }),
             }
         }
@@ -58,7 +63,9 @@ fn step(state: &[u64], kind: &Kind) -> Vec<u64> {
         match *kind {
             Kind::Read(r) if s == r => out.push(s),
             Kind::CasOk { expected, new } if s == expected && new == expected + 1 => out.push(new),
-            Kind::CasRefused { expected, current } if s == current && current != expected => out.push(s),
+            Kind::CasRefused { expected, current } if s == current && current != expected => {
+                out.push(s)
+            }
             Kind::CasMaybe { expected } => {
                 out.push(s);
                 if s == expected {
@@ -99,13 +106,25 @@ pub fn check_key(ops: &[&Paired], initial: u64) -> Verdict {
         events.push((*comp, false, i));
     }
     events.sort_by_key(|(t, is_call, _)| (*t, !*is_call));
-    let mut entries = vec![Entry { op: NIL, is_call: false, partner: NIL, prev: NIL, next: NIL }];
+    let mut entries = vec![Entry {
+        op: NIL,
+        is_call: false,
+        partner: NIL,
+        prev: NIL,
+        next: NIL,
+    }];
     let mut call_at = vec![NIL; kinds.len()];
     for (_, is_call, op) in events {
         let idx = entries.len();
         let prev = idx - 1;
         entries[prev].next = idx;
-        entries.push(Entry { op, is_call, partner: NIL, prev, next: NIL });
+        entries.push(Entry {
+            op,
+            is_call,
+            partner: NIL,
+            prev,
+            next: NIL,
+        });
         if is_call {
             call_at[op] = idx;
         } else {
@@ -189,7 +208,10 @@ pub fn check(ops: &[Paired], initial: u64) -> BTreeMap<String, Verdict> {
     for op in ops.iter().filter(|o| o.f == "read" || o.f == "cas") {
         by_key.entry(op.key.clone()).or_default().push(op);
     }
-    by_key.into_iter().map(|(k, ops)| (k, check_key(&ops, initial))).collect()
+    by_key
+        .into_iter()
+        .map(|(k, ops)| (k, check_key(&ops, initial)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,3 +4,5 @@
 pub mod checkers;
 pub mod history;
 pub mod linear;
+pub mod nemesis;
+pub mod runner;

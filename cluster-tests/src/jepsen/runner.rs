@@ -1,0 +1,835 @@
+//! One Jepsen-style run: a three-node cluster on 127.0.0.1-3 inside the run's private network
+//! namespace, workloads recording a history, a nemesis cycling one fault (fault / heal), then
+//! a heal, a post-heal workload, final reads of every key from every node, and the checkers.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::checkers::{check_appends, check_cluster, check_unique};
+use super::history::{pair, write_jsonl, OpType, Recorder};
+use super::linear::{self, Verdict};
+use super::nemesis::{Fault, Nemesis, LIBFAKETIME};
+use crate::{Cluster, Spec};
+use raftflow_api::client::{Client, ClientError};
+
+/// Address the test clients send from: outside every cut between 127.0.0.1-3.
+pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
+/// Nemesis cycle: this long with the fault, then this long healed.
+pub const FAULT_PERIOD: Duration = Duration::from_secs(5);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+const NEMESIS_PROCESS: u64 = 1_000_000;
+const REGISTER_CLIENTS: u64 = 4;
+const APPEND_CLIENTS: u64 = 3;
+const UNIQUE_CLIENTS: u64 = 3;
+/// Operations per register key before clients move on (keeps the search small).
+const OPS_PER_REGISTER_KEY: u64 = 120;
+const APPENDS_PER_KEY: u64 = 80;
+/// Fewer `ok`s than this for a workload makes the run UNKNOWN.
+const MIN_OKS: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub fault: Fault,
+    pub seconds: u64,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub bin: Option<PathBuf>,
+    /// `RAFTFLOW_MUTANT` for the nodes (with a binary built with the `mutants` feature).
+    pub mutant: Option<String>,
+    pub groups: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub fault: String,
+    pub seed: u64,
+    pub valid: bool,
+    pub unknown: Vec<String>,
+    /// Checker name -> anomalies it found.
+    pub anomalies: BTreeMap<String, Vec<String>>,
+    pub counts: BTreeMap<String, usize>,
+    pub faults_injected: usize,
+    pub heal_write_ms: Option<u64>,
+}
+
+const DEFINITION: &str = "jepsen";
+
+fn definition() -> Value {
+    json!({
+        "name": DEFINITION,
+        "initial": "on",
+        "states": {"on": {"on": {"tick": "on", "stop": "off"}}, "off": {"terminal": "succeeded"}}
+    })
+}
+
+struct Ctx {
+    rec: Recorder,
+    clients: Vec<Client>,
+    stop: AtomicBool,
+    next_value: AtomicU64,
+    register_keys: Mutex<Vec<String>>,
+    append_keys: Mutex<Vec<String>>,
+    unique_keys: Mutex<Vec<String>>,
+    run: String,
+}
+
+impl Ctx {
+    fn client(&self, node: u64) -> &Client {
+        &self.clients[(node - 1) as usize]
+    }
+}
+
+/// Retries an unrecorded setup step (creating a workflow before it is used) until it works.
+async fn setup_create(ctx: &Ctx, node: u64, id: &str) -> bool {
+    let req = raftflow_api::types::CreateWorkflow {
+        id: Some(id.to_string()),
+        definition: DEFINITION.into(),
+        version: Some(1),
+        context: None,
+    };
+    for _ in 0..50 {
+        if ctx.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if ctx.client(node).create_workflow(&req).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn is_write_indeterminate(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport(_) => true,
+        ClientError::Api { status, .. } => *status >= 500,
+    }
+}
+
+async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut process = slot;
+    let mut generation = 0u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let key = format!("reg-{}-{generation}-{slot}", ctx.run);
+        let node = 1 + (slot + generation) % 3;
+        if !setup_create(&ctx, node, &key).await {
+            continue;
+        }
+        ctx.register_keys.lock().await.push(key.clone());
+        let mut known: Option<u64> = Some(1);
+        for _ in 0..OPS_PER_REGISTER_KEY {
+            if ctx.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let node = rng.gen_range(1..=3u64);
+            let c = ctx.client(node);
+            if rng.gen_bool(0.5) || known.is_none() {
+                ctx.rec
+                    .record(process, OpType::Invoke, "read", &key, Value::Null, node);
+                match c.get_workflow(&key, false).await {
+                    Ok(wf) => {
+                        known = Some(wf.revision);
+                        ctx.rec
+                            .record(process, OpType::Ok, "read", &key, json!(wf.revision), node);
+                    }
+                    Err(e) => ctx.rec.record(
+                        process,
+                        OpType::Fail,
+                        "read",
+                        &key,
+                        json!(e.to_string()),
+                        node,
+                    ),
+                }
+            } else {
+                let expected = known.unwrap_or(1);
+                ctx.rec
+                    .record(process, OpType::Invoke, "cas", &key, json!(expected), node);
+                let ev = raftflow_api::types::SendEvent {
+                    event: "tick".into(),
+                    payload: None,
+                    expected_revision: Some(expected),
+                    request_id: None,
+                };
+                match c.send_event(&key, &ev).await {
+                    Ok(wf) => {
+                        known = Some(wf.revision);
+                        ctx.rec
+                            .record(process, OpType::Ok, "cas", &key, json!(wf.revision), node);
+                    }
+                    Err(ClientError::Api { code, details, .. }) if code == "revision_mismatch" => {
+                        let current = details
+                            .as_ref()
+                            .and_then(|d| d["current_revision"].as_u64());
+                        known = current;
+                        ctx.rec.record(
+                            process,
+                            OpType::Fail,
+                            "cas",
+                            &key,
+                            json!({"current": current}),
+                            node,
+                        );
+                    }
+                    Err(e) if is_write_indeterminate(&e) => {
+                        ctx.rec.record(
+                            process,
+                            OpType::Info,
+                            "cas",
+                            &key,
+                            json!(e.to_string()),
+                            node,
+                        );
+                        // A process with an unknown outcome retires; a fresh one takes over.
+                        process += 100;
+                        known = None;
+                    }
+                    Err(e) => ctx.rec.record(
+                        process,
+                        OpType::Fail,
+                        "cas",
+                        &key,
+                        json!(e.to_string()),
+                        node,
+                    ),
+                }
+            }
+        }
+        generation += 1;
+    }
+}
+
+fn history_values(h: &raftflow_api::types::HistoryView) -> Vec<u64> {
+    h.events
+        .iter()
+        .filter(|e| e.event == "tick")
+        .filter_map(|e| e.payload.as_ref().and_then(|p| p["v"].as_u64()))
+        .collect()
+}
+
+async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut process = 10 + slot;
+    let mut generation = 0u64;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let key = format!("app-{}-{generation}-{slot}", ctx.run);
+        if !setup_create(&ctx, 1 + slot % 3, &key).await {
+            continue;
+        }
+        ctx.append_keys.lock().await.push(key.clone());
+        let mut retry: Option<u64> = None;
+        let mut appends = 0;
+        while appends < APPENDS_PER_KEY && !ctx.stop.load(Ordering::Relaxed) {
+            let node = rng.gen_range(1..=3u64);
+            let c = ctx.client(node);
+            if rng.gen_bool(0.3) {
+                ctx.rec
+                    .record(process, OpType::Invoke, "read", &key, Value::Null, node);
+                match c.history(&key).await {
+                    Ok(h) => ctx.rec.record(
+                        process,
+                        OpType::Ok,
+                        "read",
+                        &key,
+                        json!(history_values(&h)),
+                        node,
+                    ),
+                    Err(e) => ctx.rec.record(
+                        process,
+                        OpType::Fail,
+                        "read",
+                        &key,
+                        json!(e.to_string()),
+                        node,
+                    ),
+                }
+                continue;
+            }
+            // After an unknown outcome, the next process retries the same append, with the
+            // same request id, as its own operation.
+            let v = retry
+                .take()
+                .unwrap_or_else(|| ctx.next_value.fetch_add(1, Ordering::Relaxed));
+            appends += 1;
+            ctx.rec
+                .record(process, OpType::Invoke, "append", &key, json!(v), node);
+            let ev = raftflow_api::types::SendEvent {
+                event: "tick".into(),
+                payload: Some(json!({"v": v})),
+                expected_revision: None,
+                request_id: Some(format!("a-{v}")),
+            };
+            match c.send_event(&key, &ev).await {
+                Ok(_) => {
+                    ctx.rec
+                        .record(process, OpType::Ok, "append", &key, json!(v), node);
+                    // Sometimes send it again, as a client that lost the answer would: the
+                    // request id must make the second send change nothing.
+                    if rng.gen_bool(0.1) {
+                        retry = Some(v);
+                    }
+                }
+                Err(e) if is_write_indeterminate(&e) => {
+                    ctx.rec.record(
+                        process,
+                        OpType::Info,
+                        "append",
+                        &key,
+                        json!(e.to_string()),
+                        node,
+                    );
+                    process += 100;
+                    retry = Some(v);
+                }
+                Err(e) => ctx.rec.record(
+                    process,
+                    OpType::Fail,
+                    "append",
+                    &key,
+                    json!(e.to_string()),
+                    node,
+                ),
+            }
+        }
+        generation += 1;
+    }
+}
+
+async fn unique_round(ctx: Arc<Ctx>, n: u64) {
+    let key = format!("uniq-{}-{n}", ctx.run);
+    ctx.unique_keys.lock().await.push(key.clone());
+    let mut racers = Vec::new();
+    for p in 0..UNIQUE_CLIENTS {
+        let ctx = ctx.clone();
+        let key = key.clone();
+        racers.push(tokio::spawn(async move {
+            let creator = 100 * n + p;
+            let process = 50_000 + creator;
+            let req = raftflow_api::types::CreateWorkflow {
+                id: Some(key.clone()),
+                definition: DEFINITION.into(),
+                version: Some(1),
+                context: Some(json!({"creator": creator})),
+            };
+            // A create with an unknown outcome is retried once with the same request.
+            for attempt in 0..2u64 {
+                let node = 1 + (p + attempt + n) % 3;
+                let process = process + attempt * 1_000_000_000;
+                ctx.rec.record(
+                    process,
+                    OpType::Invoke,
+                    "create",
+                    &key,
+                    json!({"creator": creator}),
+                    node,
+                );
+                match ctx.client(node).create_workflow(&req).await {
+                    Ok((status, wf)) => {
+                        let got = wf.context["creator"].as_u64();
+                        ctx.rec.record(
+                            process,
+                            OpType::Ok,
+                            "create",
+                            &key,
+                            json!({"creator": got, "status": status}),
+                            node,
+                        );
+                        return;
+                    }
+                    Err(e) if is_write_indeterminate(&e) => {
+                        ctx.rec.record(
+                            process,
+                            OpType::Info,
+                            "create",
+                            &key,
+                            json!(e.to_string()),
+                            node,
+                        );
+                    }
+                    Err(e) => {
+                        ctx.rec.record(
+                            process,
+                            OpType::Fail,
+                            "create",
+                            &key,
+                            json!({"code": e.code()}),
+                            node,
+                        );
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for r in racers {
+        let _ = r.await;
+    }
+}
+
+async fn unique_client(ctx: Arc<Ctx>) {
+    let mut n = 0;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        unique_round(ctx.clone(), n).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Samples every node's own view: a node that says it leads a group in a term is a leader.
+async fn leader_sampler(ctx: Arc<Ctx>) {
+    while !ctx.stop.load(Ordering::Relaxed) {
+        for node in 1..=3u64 {
+            if let Ok(v) = ctx.client(node).cluster().await {
+                for g in v.groups.iter().filter(|g| g.role == "leader") {
+                    let value = json!({"group": g.id, "term": g.term, "leader": node});
+                    ctx.rec.record(
+                        NEMESIS_PROCESS + 1,
+                        OpType::Invoke,
+                        "leader-sample",
+                        "",
+                        Value::Null,
+                        node,
+                    );
+                    ctx.rec.record(
+                        NEMESIS_PROCESS + 1,
+                        OpType::Ok,
+                        "leader-sample",
+                        "",
+                        value,
+                        node,
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn data_group_leader(cluster: &Cluster, group: u64) -> Option<u64> {
+    for n in 1..=3 {
+        if let Some(l) = cluster.leader_of(n, group).await {
+            return Some(l);
+        }
+    }
+    None
+}
+
+/// Runs one scenario and writes `history.jsonl`, `nemesis.jsonl` and `verdict.json` to `out`.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&cfg.out)?;
+    println!(
+        "jepsen: fault {} seed {} for {} s -> {}",
+        cfg.fault.name(),
+        cfg.seed,
+        cfg.seconds,
+        cfg.out.display()
+    );
+    let client_ip = IpAddr::from(CLIENT_IP);
+    let mut spec = Spec {
+        nodes: 3,
+        groups: cfg.groups,
+        own_ips: true,
+        bin: cfg.bin.clone(),
+        client_ip: Some(client_ip),
+        extra: vec!["--write-timeout-ms".into(), "2000".into()],
+        ..Spec::default()
+    };
+    if let Some(m) = &cfg.mutant {
+        spec.env.push(("RAFTFLOW_MUTANT".into(), m.clone()));
+    }
+    let clock_file = cfg.out.join("node1.faketime");
+    if cfg.fault == Fault::Clock {
+        std::fs::write(&clock_file, "+0\n")?;
+        let pre = |v: &str| {
+            vec![
+                ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+                ("FAKETIME".to_string(), v.to_string()),
+            ]
+        };
+        spec.node_env.insert(2, pre("+0 x2"));
+        spec.node_env.insert(3, pre("+0 x0.5"));
+        spec.node_env.insert(
+            1,
+            vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                (
+                    "FAKETIME_TIMESTAMP_FILE".into(),
+                    clock_file.display().to_string(),
+                ),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ],
+        );
+    }
+    let mut cluster = Cluster::launch(spec);
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .context("cluster did not become ready")?;
+    let clients: Vec<Client> = (1..=3)
+        .map(|n| cluster.client_with_timeout(n, CLIENT_TIMEOUT))
+        .collect();
+    clients[0]
+        .put_definition(DEFINITION, &definition())
+        .await
+        .context("defining the workflow")?;
+    let ctx = Arc::new(Ctx {
+        rec: Recorder::default(),
+        clients,
+        stop: AtomicBool::new(false),
+        next_value: AtomicU64::new(1),
+        register_keys: Mutex::default(),
+        append_keys: Mutex::default(),
+        unique_keys: Mutex::default(),
+        run: format!("{:x}", cfg.seed),
+    });
+    let mut tasks = Vec::new();
+    let spawn_workloads =
+        |ctx: &Arc<Ctx>, tasks: &mut Vec<tokio::task::JoinHandle<()>>, salt: u64| {
+            for s in 0..REGISTER_CLIENTS {
+                tasks.push(tokio::spawn(register_client(
+                    ctx.clone(),
+                    s + salt,
+                    cfg.seed ^ (s + salt),
+                )));
+            }
+            for s in 0..APPEND_CLIENTS {
+                tasks.push(tokio::spawn(append_client(
+                    ctx.clone(),
+                    s + salt,
+                    cfg.seed ^ (0x100 + s + salt),
+                )));
+            }
+            tasks.push(tokio::spawn(unique_client(ctx.clone())));
+        };
+    spawn_workloads(&ctx, &mut tasks, 0);
+    let sampler = tokio::spawn(leader_sampler(ctx.clone()));
+
+    let mut nemesis = Nemesis {
+        clock_file: (cfg.fault == Fault::Clock).then(|| clock_file.clone()),
+        ..Nemesis::default()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let deadline = Instant::now() + Duration::from_secs(cfg.seconds);
+    let mut injected = 0usize;
+    let mut unknown = Vec::new();
+    tokio::time::sleep(FAULT_PERIOD / 2).await;
+    while Instant::now() + FAULT_PERIOD < deadline {
+        let group = rng.gen_range(1..=cfg.groups);
+        let Some(leader) = data_group_leader(&cluster, group).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        ctx.rec.record(
+            NEMESIS_PROCESS,
+            OpType::Invoke,
+            cfg.fault.name(),
+            "",
+            json!({"group": group, "leader": leader}),
+            0,
+        );
+        match nemesis.inject(&mut cluster, cfg.fault, leader) {
+            Ok(what) => {
+                injected += 1;
+                ctx.rec.record(
+                    NEMESIS_PROCESS,
+                    OpType::Ok,
+                    cfg.fault.name(),
+                    "",
+                    json!(what),
+                    0,
+                );
+            }
+            Err(e) => {
+                ctx.rec.record(
+                    NEMESIS_PROCESS,
+                    OpType::Fail,
+                    cfg.fault.name(),
+                    "",
+                    json!(e.to_string()),
+                    0,
+                );
+                unknown.push(format!(
+                    "fault {} could not be injected: {e:#}",
+                    cfg.fault.name()
+                ));
+            }
+        }
+        tokio::time::sleep(FAULT_PERIOD).await;
+        if Instant::now() + FAULT_PERIOD * 2 >= deadline {
+            // The last fault stays in place until the final heal below.
+            break;
+        }
+        ctx.rec
+            .record(NEMESIS_PROCESS, OpType::Invoke, "heal", "", Value::Null, 0);
+        let healed = nemesis.heal(&mut cluster)?;
+        ctx.rec
+            .record(NEMESIS_PROCESS, OpType::Ok, "heal", "", json!(healed), 0);
+        tokio::time::sleep(FAULT_PERIOD).await;
+    }
+    if injected == 0 {
+        unknown.push(format!("fault {} never took effect", cfg.fault.name()));
+    }
+    // Heal everything, then a write must succeed within 10 s.
+    ctx.rec
+        .record(NEMESIS_PROCESS, OpType::Invoke, "heal", "", Value::Null, 0);
+    let healed = nemesis.heal(&mut cluster)?;
+    ctx.rec
+        .record(NEMESIS_PROCESS, OpType::Ok, "heal", "", json!(healed), 0);
+    let heal_at = Instant::now();
+    let probe_key = format!("heal-{}", ctx.run);
+    let mut heal_write_ms = None;
+    while heal_at.elapsed() < Duration::from_secs(10) {
+        if setup_create(
+            &ctx,
+            1 + heal_at.elapsed().as_millis() as u64 % 3,
+            &probe_key,
+        )
+        .await
+        {
+            heal_write_ms = Some(heal_at.elapsed().as_millis() as u64);
+            break;
+        }
+    }
+    let mut cluster_anomalies = Vec::new();
+    match heal_write_ms {
+        Some(ms) => ctx
+            .rec
+            .record(NEMESIS_PROCESS, OpType::Ok, "heal-write", "", json!(ms), 0),
+        None => cluster_anomalies.push("no write succeeded within 10 s of the heal".to_string()),
+    }
+    // A short post-heal workload, then stop every client.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctx.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    sampler.abort();
+    cluster.wait_ready(Duration::from_secs(30)).await.ok();
+
+    // Final reads of every key from every node.
+    let final_process = 90_000;
+    for node in 1..=3u64 {
+        let c = ctx.client(node).clone();
+        for key in ctx.register_keys.lock().await.iter() {
+            ctx.rec.record(
+                final_process + node,
+                OpType::Invoke,
+                "read",
+                key,
+                Value::Null,
+                node,
+            );
+            match c.get_workflow(key, false).await {
+                Ok(wf) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Ok,
+                    "read",
+                    key,
+                    json!(wf.revision),
+                    node,
+                ),
+                Err(e) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Fail,
+                    "read",
+                    key,
+                    json!(e.to_string()),
+                    node,
+                ),
+            }
+        }
+        for key in ctx.append_keys.lock().await.iter() {
+            ctx.rec.record(
+                final_process + node,
+                OpType::Invoke,
+                "read",
+                key,
+                Value::Null,
+                node,
+            );
+            match c.history(key).await {
+                Ok(h) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Ok,
+                    "read",
+                    key,
+                    json!(history_values(&h)),
+                    node,
+                ),
+                Err(e) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Fail,
+                    "read",
+                    key,
+                    json!(e.to_string()),
+                    node,
+                ),
+            }
+        }
+        for key in ctx.unique_keys.lock().await.iter() {
+            ctx.rec.record(
+                final_process + node,
+                OpType::Invoke,
+                "read",
+                key,
+                Value::Null,
+                node,
+            );
+            match c.get_workflow(key, false).await {
+                Ok(wf) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Ok,
+                    "read",
+                    key,
+                    json!({"creator": wf.context["creator"]}),
+                    node,
+                ),
+                Err(ClientError::Api { status: 404, .. }) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Ok,
+                    "read",
+                    key,
+                    json!({"creator": null}),
+                    node,
+                ),
+                Err(e) => ctx.rec.record(
+                    final_process + node,
+                    OpType::Fail,
+                    "read",
+                    key,
+                    json!(e.to_string()),
+                    node,
+                ),
+            }
+        }
+    }
+    // Replicas converge: same applied index and the same rows in every group.
+    for group in 0..=cfg.groups {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for node in 1..=3u64 {
+                if let Ok(v) = ctx
+                    .client(node)
+                    .get_json(&format!("/v1/cluster/groups/{group}/digest"))
+                    .await
+                {
+                    seen.push((node, v));
+                }
+            }
+            let applied: std::collections::BTreeSet<_> =
+                seen.iter().map(|(_, v)| v["applied"].as_u64()).collect();
+            if (seen.len() == 3 && applied.len() == 1) || Instant::now() > deadline {
+                for (node, v) in seen {
+                    let value = json!({"group": group, "node": node, "applied": v["applied"], "digest": v["digest"]});
+                    ctx.rec.record(
+                        NEMESIS_PROCESS + 2,
+                        OpType::Invoke,
+                        "digest",
+                        "",
+                        Value::Null,
+                        node,
+                    );
+                    ctx.rec
+                        .record(NEMESIS_PROCESS + 2, OpType::Ok, "digest", "", value, node);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    let ops = ctx.rec.ops();
+    write_jsonl(&ops, &cfg.out.join("history.jsonl"))?;
+    let nemesis_ops: Vec<_> = ops
+        .iter()
+        .filter(|o| o.process == NEMESIS_PROCESS)
+        .cloned()
+        .collect();
+    write_jsonl(&nemesis_ops, &cfg.out.join("nemesis.jsonl"))?;
+    for n in 1..=3 {
+        let _ = std::fs::copy(cluster.log_path(n), cfg.out.join(format!("node{n}.log")));
+    }
+    drop(cluster);
+
+    let paired = pair(&ops);
+    let mut counts = BTreeMap::new();
+    for (f, key_prefix) in [
+        ("cas", "reg-"),
+        ("read", "reg-"),
+        ("append", "app-"),
+        ("read", "app-"),
+        ("create", "uniq-"),
+    ] {
+        let n = paired
+            .iter()
+            .filter(|p| {
+                p.f == f && p.key.starts_with(key_prefix) && p.is_ok() && p.process < 90_000
+            })
+            .count();
+        counts.insert(format!("{key_prefix}{f} ok"), n);
+        if n < MIN_OKS {
+            unknown.push(format!(
+                "only {n} ok {key_prefix}{f} operations (need {MIN_OKS})"
+            ));
+        }
+    }
+    let mut anomalies = BTreeMap::new();
+    let register: Vec<_> = paired
+        .iter()
+        .filter(|p| p.key.starts_with("reg-"))
+        .cloned()
+        .collect();
+    let mut linear_anomalies = Vec::new();
+    for (key, verdict) in linear::check(&register, 1) {
+        match verdict {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable(why) => {
+                linear_anomalies.push(format!("{key}: not linearizable: {why}"))
+            }
+            Verdict::Unknown(why) => unknown.push(format!("{key}: linearizability unknown: {why}")),
+        }
+    }
+    anomalies.insert("linearizable-register".to_string(), linear_anomalies);
+    let appends: Vec<_> = paired
+        .iter()
+        .filter(|p| p.key.starts_with("app-"))
+        .cloned()
+        .collect();
+    anomalies.insert("append-history".to_string(), check_appends(&appends));
+    let uniques: Vec<_> = paired
+        .iter()
+        .filter(|p| p.key.starts_with("uniq-"))
+        .cloned()
+        .collect();
+    anomalies.insert("unique-create".to_string(), check_unique(&uniques));
+    cluster_anomalies.extend(check_cluster(&paired));
+    anomalies.insert("whole-cluster".to_string(), cluster_anomalies);
+    let valid = anomalies.values().all(Vec::is_empty) && unknown.is_empty();
+    let report = Report {
+        fault: cfg.fault.name().to_string(),
+        seed: cfg.seed,
+        valid,
+        unknown,
+        anomalies,
+        counts,
+        faults_injected: injected,
+        heal_write_ms,
+    };
+    std::fs::write(
+        cfg.out.join("verdict.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    Ok(report)
+}
