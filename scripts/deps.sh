@@ -14,6 +14,8 @@ if [ "${1:-build}" = test ]; then
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(faketime)
+  # The report plot draws its labels with DejaVu Sans.
+  [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   if [ "$(id -u)" != 0 ]; then
     echo "note: the failure tests create network namespaces and iptables rules: run \`make test\` as root" >&2
   fi

@@ -5,4 +5,5 @@ pub mod checkers;
 pub mod history;
 pub mod linear;
 pub mod nemesis;
+pub mod plot;
 pub mod runner;

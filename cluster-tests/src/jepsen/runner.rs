@@ -761,6 +761,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     for n in 1..=3 {
         let _ = std::fs::copy(cluster.log_path(n), cfg.out.join(format!("node{n}.log")));
     }
+    let title = format!("raftflow under {} (seed {})", cfg.fault.name(), cfg.seed);
+    if let Err(e) = super::plot::plot(&ops, &title, &cfg.out.join("plot.png")) {
+        eprintln!("no plot: {e:#}");
+    }
     drop(cluster);
 
     let paired = pair(&ops);
