@@ -34,13 +34,14 @@ test: deps mutants
 	cargo build $(CARGO_PROFILE) --workspace --all-targets
 	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
 
-# The long failure suite: every fault for JEPSEN_SECONDS (default 600) each, report under
-# jepsen-report/<time>/<fault>/ (history.jsonl, nemesis.jsonl, verdict.json, node logs).
+# The long failure suite: every fault for JEPSEN_SECONDS (default 600), JEPSEN_RUNS seeds each
+# (default 1), report under jepsen-report/<time>/<fault>[-<run>]/ (history.jsonl,
+# nemesis.jsonl, verdict.json, plot.png, node logs).
 jepsen: deps
 	@scripts/deps.sh test
 	cargo build $(CARGO_PROFILE) --workspace --bins
 	$(CARGO_TARGET_DIR)/release/raftflow-jepsen --fault $${FAULT:-all} --seconds $${JEPSEN_SECONDS:-600} \
-	  --out jepsen-report/$$(date +%Y%m%d-%H%M%S) $${SEED:+--seed $$SEED}
+	  --runs $${JEPSEN_RUNS:-1} --out jepsen-report/$$(date +%Y%m%d-%H%M%S) $${SEED:+--seed $$SEED}
 
 lint:
 	cargo fmt --all -- --check

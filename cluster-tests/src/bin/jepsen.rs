@@ -32,6 +32,9 @@ struct Args {
     mutant: Option<String>,
     #[arg(long, default_value_t = 4)]
     groups: u64,
+    /// Runs per fault, each with its own seed (seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
 }
 
 const IN_NETNS: &str = "RAFTFLOW_JEPSEN_NETNS";
@@ -74,12 +77,23 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut worst = 0;
-    for (i, fault) in faults.into_iter().enumerate() {
+    let mut plan = Vec::new();
+    for fault in faults {
+        for r in 0..args.runs {
+            plan.push((fault, r));
+        }
+    }
+    for (i, (fault, r)) in plan.into_iter().enumerate() {
+        let dir = if args.runs > 1 {
+            format!("{}-{r}", fault.name())
+        } else {
+            fault.name().to_string()
+        };
         let cfg = RunConfig {
             fault,
             seconds: args.seconds,
             seed: seed.wrapping_add(i as u64),
-            out: args.out.join(fault.name()),
+            out: args.out.join(dir),
             bin: args.bin.clone(),
             mutant: args.mutant.clone(),
             groups: args.groups,
