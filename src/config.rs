@@ -213,7 +213,12 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.write_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.write_timeout),
-        forward_timeout: defaults.forward_timeout,
+        forward_timeout: Duration::from_millis(
+            args.write_timeout_ms
+                .or(file.write_timeout_ms)
+                .unwrap_or(defaults.write_timeout.as_millis() as u64)
+                + 1000,
+        ),
         max_inflight_requests: args
             .max_inflight_requests
             .or(file.max_inflight_requests)

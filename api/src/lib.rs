@@ -25,6 +25,9 @@ use raftflow_raft::RaftNode;
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use handlers::FORWARDED_HEADER;
 
+/// A leader that does not accept a connection this fast is treated as unreachable.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -32,7 +35,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long a write or read barrier may wait for its group before answering 503.
     pub write_timeout: Duration,
-    /// How long a forwarded request may take on the leader.
+    /// How long a forwarded request may take on the leader (a little more than the leader's
+    /// own write timeout, so its 503 arrives rather than ours).
     pub forward_timeout: Duration,
     /// Requests served at once; more are shed with 429 `overloaded`.
     pub max_inflight_requests: usize,
@@ -73,6 +77,7 @@ impl AppState {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .local_address(config.source_ip)
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
             .build()
             .expect("http client builds");
         AppState {

@@ -339,3 +339,41 @@ async fn a_node_short_of_disk_refuses_writes_with_507() {
         .expect(404, "not_found");
     assert_eq!(h.get("/v1/definitions").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_answers_503_at_once() {
+    let cluster = Cluster::start(3, 1, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    let leader = cluster.leader_of(1, 1).await.expect("group 1 has a leader");
+    let h = Http::new(&cluster.node(leader).client);
+    assert_eq!(
+        h.put("/v1/definitions/counter", counter_definition())
+            .await
+            .status,
+        201
+    );
+    let a = h
+        .post(
+            "/v1/workflows",
+            json!({"id": "c-1", "definition": "counter"}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    for f in &followers {
+        cluster.pause(*f, true);
+    }
+    // Longer than the election timeout (1.5 s): the leader knows it has lost its quorum.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let start = std::time::Instant::now();
+    let a = h
+        .post("/v1/workflows/c-1/events", json!({"event": "tick"}))
+        .await;
+    let took = start.elapsed();
+    for f in &followers {
+        cluster.pause(*f, false);
+    }
+    a.expect(503, "unavailable");
+    // Without the check it would wait for the 5 s write timeout.
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+}

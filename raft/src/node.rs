@@ -200,6 +200,7 @@ impl RaftNode {
     /// and returns its outcome.
     pub async fn propose(&self, group: u64, command: Command) -> Result<Outcome> {
         let raft = self.raft(group)?;
+        self.check_quorum_contact(&raft, group)?;
         self.counters.proposals.fetch_add(1, Ordering::Relaxed);
         let stamped = Stamped {
             at_ms: now_ms(),
@@ -265,6 +266,27 @@ impl RaftNode {
         Some(outcome)
     }
 
+    /// A leader that has not heard from a quorum for longer than an election timeout is
+    /// almost surely cut off: answer 503 at once rather than after the write timeout. (Only
+    /// availability depends on this; a request that went ahead would still need a quorum.)
+    fn check_quorum_contact(&self, raft: &Raft, group: u64) -> Result<()> {
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return Ok(());
+        }
+        let silent_ms = m
+            .last_quorum_acked
+            .as_ref()
+            .map(|t| openraft::Instant::elapsed(&t.clone().into_inner()).as_millis() as u64);
+        match silent_ms {
+            Some(ms) if ms > self.config.timing.election_max_ms => Err(Error::Unavailable(
+                format!("group {group}: this leader has not heard from a quorum for {ms} ms"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn write_error(
         &self,
         e: RaftError<crate::glue::TypeConfig, ClientWriteError<crate::glue::TypeConfig>>,
@@ -283,6 +305,7 @@ impl RaftNode {
     /// and applied everything committed before the call (openraft's read index).
     pub async fn read_barrier(&self, group: u64) -> Result<()> {
         let raft = self.raft(group)?;
+        self.check_quorum_contact(&raft, group)?;
         self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
         match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
