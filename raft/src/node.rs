@@ -278,7 +278,7 @@ impl RaftNode {
         let silent_ms = m
             .last_quorum_acked
             .as_ref()
-            .map(|t| openraft::Instant::elapsed(&t.clone().into_inner()).as_millis() as u64);
+            .map(|t| openraft::Instant::elapsed(&(*t).into_inner()).as_millis() as u64);
         match silent_ms {
             Some(ms) if ms > self.config.timing.election_max_ms => Err(Error::Unavailable(
                 format!("group {group}: this leader has not heard from a quorum for {ms} ms"),
