@@ -26,11 +26,30 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| dir.join("../raftflow"))
 }
 
+/// A free port below Linux's ephemeral range (32768-60999), so that no outgoing connection of
+/// a concurrently running node can take it between this check and the node's bind.
 fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % 400) as u16 * 30,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in FIRST..LAST {
+        let mut port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= LAST {
+            NEXT.store(FIRST, Ordering::SeqCst);
+            port = FIRST;
+        }
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{LAST}")
 }
 
 pub struct NodeProc {

@@ -322,21 +322,27 @@ async fn leaders_per_node(cluster: &Cluster, via: u64) -> anyhow::Result<BTreeMa
     Ok(led)
 }
 
+/// Waits until every node leads at least one and at most `bound` data groups.
+async fn wait_for_spread(cluster: &Cluster, bound: usize) -> BTreeMap<u64, usize> {
+    eventually(Duration::from_secs(30), || async {
+        let led = leaders_per_node(cluster, 1).await?;
+        anyhow::ensure!(
+            led.len() == 3 && led.values().all(|n| *n <= bound),
+            "leaders per node {led:?}"
+        );
+        Ok(led)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_over_nodes_and_again_after_a_restart() {
     let groups = 8u64;
     let bound = groups.div_ceil(3) as usize + 1;
     let mut cluster = Cluster::start(3, groups, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    let spread = || async {
-        let led = leaders_per_node(&cluster, 1).await?;
-        anyhow::ensure!(
-            led.len() == 3 && led.values().all(|n| *n <= bound),
-            "leaders per node {led:?}"
-        );
-        Ok(led)
-    };
-    let led = eventually(Duration::from_secs(30), spread).await.unwrap();
+    let led = wait_for_spread(&cluster, bound).await;
     println!("stable: data groups led per node {led:?} (bound {bound})");
     cluster.kill9(2);
     cluster
@@ -346,15 +352,7 @@ async fn leaders_spread_over_nodes_and_again_after_a_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.restart(2);
     cluster.wait_ready(READY).await.unwrap();
-    let spread = || async {
-        let led = leaders_per_node(&cluster, 1).await?;
-        anyhow::ensure!(
-            led.len() == 3 && led.values().all(|n| *n <= bound),
-            "leaders per node {led:?}"
-        );
-        Ok(led)
-    };
-    let led = eventually(Duration::from_secs(30), spread).await.unwrap();
+    let led = wait_for_spread(&cluster, bound).await;
     println!("after node 2 rejoined: data groups led per node {led:?}");
 }
 

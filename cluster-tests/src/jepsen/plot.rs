@@ -8,6 +8,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 
 use super::history::{Op, OpType};
+use super::runner::FINAL_READ_PROCESS;
 
 /// A font Debian ships in `fonts-dejavu-core`.
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -22,7 +23,8 @@ fn series(ops: &[Op]) -> (Points, Points, Points) {
     let mut invoked: HashMap<u64, u64> = HashMap::new();
     let mut per_second: Vec<Vec<f64>> = Vec::new();
     for op in ops.iter().filter(|o| {
-        CLIENT_FUNCTIONS.contains(&o.f.as_str()) && !(90_001..=90_003).contains(&o.process)
+        CLIENT_FUNCTIONS.contains(&o.f.as_str())
+            && !(FINAL_READ_PROCESS + 1..=FINAL_READ_PROCESS + 3).contains(&o.process)
     }) {
         match op.kind {
             OpType::Invoke => {

@@ -415,6 +415,32 @@ async fn leader_sampler(ctx: Arc<Ctx>) {
     }
 }
 
+/// Processes 90001-90003 read every key from node 1-3 at the end of a run.
+pub const FINAL_READ_PROCESS: u64 = 90_000;
+
+/// Records one final read of `key` on `node`.
+async fn final_read(
+    ctx: &Ctx,
+    node: u64,
+    key: &str,
+    read: impl std::future::Future<Output = Result<Value, ClientError>>,
+) {
+    let process = FINAL_READ_PROCESS + node;
+    ctx.rec
+        .record(process, OpType::Invoke, "read", key, Value::Null, node);
+    match read.await {
+        Ok(v) => ctx.rec.record(process, OpType::Ok, "read", key, v, node),
+        Err(e) => ctx.rec.record(
+            process,
+            OpType::Fail,
+            "read",
+            key,
+            json!(e.to_string()),
+            node,
+        ),
+    }
+}
+
 async fn data_group_leader(cluster: &Cluster, group: u64) -> Option<u64> {
     for n in 1..=3 {
         if let Some(l) = cluster.leader_of(n, group).await {
@@ -618,100 +644,30 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     cluster.wait_ready(Duration::from_secs(30)).await.ok();
 
     // Final reads of every key from every node.
-    let final_process = 90_000;
     for node in 1..=3u64 {
         let c = ctx.client(node).clone();
         for key in ctx.register_keys.lock().await.iter() {
-            ctx.rec.record(
-                final_process + node,
-                OpType::Invoke,
-                "read",
-                key,
-                Value::Null,
-                node,
-            );
-            match c.get_workflow(key, false).await {
-                Ok(wf) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Ok,
-                    "read",
-                    key,
-                    json!(wf.revision),
-                    node,
-                ),
-                Err(e) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Fail,
-                    "read",
-                    key,
-                    json!(e.to_string()),
-                    node,
-                ),
-            }
+            let read = async {
+                c.get_workflow(key, false)
+                    .await
+                    .map(|wf| json!(wf.revision))
+            };
+            final_read(&ctx, node, key, read).await;
         }
         for key in ctx.append_keys.lock().await.iter() {
-            ctx.rec.record(
-                final_process + node,
-                OpType::Invoke,
-                "read",
-                key,
-                Value::Null,
-                node,
-            );
-            match c.history(key).await {
-                Ok(h) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Ok,
-                    "read",
-                    key,
-                    json!(history_values(&h)),
-                    node,
-                ),
-                Err(e) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Fail,
-                    "read",
-                    key,
-                    json!(e.to_string()),
-                    node,
-                ),
-            }
+            let read = async { c.history(key).await.map(|h| json!(history_values(&h))) };
+            final_read(&ctx, node, key, read).await;
         }
         for key in ctx.unique_keys.lock().await.iter() {
-            ctx.rec.record(
-                final_process + node,
-                OpType::Invoke,
-                "read",
-                key,
-                Value::Null,
-                node,
-            );
-            match c.get_workflow(key, false).await {
-                Ok(wf) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Ok,
-                    "read",
-                    key,
-                    json!({"creator": wf.context["creator"]}),
-                    node,
-                ),
-                Err(ClientError::Api { status: 404, .. }) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Ok,
-                    "read",
-                    key,
-                    json!({"creator": null}),
-                    node,
-                ),
-                Err(e) => ctx.rec.record(
-                    final_process + node,
-                    OpType::Fail,
-                    "read",
-                    key,
-                    json!(e.to_string()),
-                    node,
-                ),
-            }
+            let read = async {
+                match c.get_workflow(key, false).await {
+                    Ok(wf) => Ok(json!({"creator": wf.context["creator"]})),
+                    // Every create failed: there is no workflow, which is a fine answer.
+                    Err(ClientError::Api { status: 404, .. }) => Ok(json!({"creator": null})),
+                    Err(e) => Err(e),
+                }
+            };
+            final_read(&ctx, node, key, read).await;
         }
     }
     // Replicas converge: same applied index and the same rows in every group.
@@ -779,7 +735,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let n = paired
             .iter()
             .filter(|p| {
-                p.f == f && p.key.starts_with(key_prefix) && p.is_ok() && p.process < 90_000
+                p.f == f
+                    && p.key.starts_with(key_prefix)
+                    && p.is_ok()
+                    && p.process < FINAL_READ_PROCESS
             })
             .count();
         counts.insert(format!("{key_prefix}{f} ok"), n);

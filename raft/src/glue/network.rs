@@ -503,6 +503,22 @@ fn unexpected<T>() -> Result<T, CallError> {
     Err(CallError::Remote("unexpected reply kind".into()))
 }
 
+impl PeerNetwork {
+    /// Sends `rpc` within the option's deadline and takes the reply `pick` expects.
+    async fn rpc<T>(
+        &self,
+        rpc: PeerRpc,
+        option: &RPCOption,
+        pick: fn(PeerReply) -> Option<T>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        match self.conn.call(self.group, rpc, option.hard_ttl()).await {
+            Ok(reply) => pick(reply).map_or_else(unexpected, Ok),
+            Err(e) => Err(e),
+        }
+        .map_err(CallError::into_rpc)
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = Vec<u8>;
 
@@ -511,16 +527,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(self.group, PeerRpc::Append(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(PeerReply::Append(r)) => Ok(r),
-            Ok(_) => unexpected(),
-            Err(e) => Err(e),
-        }
-        .map_err(CallError::into_rpc)
+        self.rpc(PeerRpc::Append(rpc), &option, |r| match r {
+            PeerReply::Append(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -528,16 +539,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(self.group, PeerRpc::Vote(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(PeerReply::Vote(r)) => Ok(r),
-            Ok(_) => unexpected(),
-            Err(e) => Err(e),
-        }
-        .map_err(CallError::into_rpc)
+        self.rpc(PeerRpc::Vote(rpc), &option, |r| match r {
+            PeerReply::Vote(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -545,16 +551,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(self.group, PeerRpc::PreVote(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(PeerReply::Vote(r)) => Ok(r),
-            Ok(_) => unexpected(),
-            Err(e) => Err(e),
-        }
-        .map_err(CallError::into_rpc)
+        self.rpc(PeerRpc::PreVote(rpc), &option, |r| match r {
+            PeerReply::Vote(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -589,15 +590,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(self.group, PeerRpc::TransferLeader(req), option.hard_ttl())
-            .await
-        {
-            Ok(PeerReply::TransferLeader(r)) => Ok(r),
-            Ok(_) => unexpected(),
-            Err(e) => Err(e),
-        }
-        .map_err(CallError::into_rpc)
+        self.rpc(PeerRpc::TransferLeader(req), &option, |r| match r {
+            PeerReply::TransferLeader(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 }
