@@ -224,15 +224,22 @@ fn encode_frame(frame: Frame) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> io::Result<Envelope> {
+async fn read_frame(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> io::Result<Envelope> {
     let len = rd.read_u32().await? as usize;
     if len > MAX_FRAME_BYTES {
         return Err(io::Error::other(format!(
             "frame of {len} bytes is too large"
         )));
     }
-    let mut buf = vec![0u8; len];
-    rd.read_exact(&mut buf).await?;
+    // Grow the buffer as bytes arrive: a peer that only claims a huge frame gets no memory.
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    let read = (&mut *rd).take(len as u64).read_to_end(&mut buf).await?;
+    if read != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "frame cut short",
+        ));
+    }
     Ok(codec::decode(&buf)?)
 }
 
@@ -595,5 +602,61 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             _ => None,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_that_claims_more_than_it_sends_is_an_error_not_an_allocation() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(400u32 << 20).to_be_bytes()).await.unwrap();
+        a.write_all(b"not much").await.unwrap();
+        drop(a);
+        let err = read_frame(&mut b)
+            .await
+            .err()
+            .expect("a short frame is an error");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        assert!(read_frame(&mut b)
+            .await
+            .err()
+            .expect("refused")
+            .to_string()
+            .contains("too large"));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(&[1, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(read_frame(&mut b).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_with_the_protocol_version() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let bytes = encode_frame(Frame::Response {
+            id: 42,
+            reply: Ok(PeerReply::Initialized(true)),
+        })
+        .unwrap();
+        a.write_all(&bytes).await.unwrap();
+        let env = read_frame(&mut b).await.unwrap();
+        assert_eq!(env.version, PEER_PROTOCOL_VERSION);
+        assert!(matches!(
+            env.frame,
+            Frame::Response {
+                id: 42,
+                reply: Ok(PeerReply::Initialized(true))
+            }
+        ));
     }
 }
