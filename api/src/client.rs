@@ -31,13 +31,6 @@ impl ClientError {
             ClientError::Transport(_) => None,
         }
     }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Api { status, .. } => Some(*status),
-            ClientError::Transport(_) => None,
-        }
-    }
 }
 
 pub type ClientResult<T> = Result<T, ClientError>;
@@ -70,10 +63,6 @@ impl Client {
             .build()
             .expect("http client builds");
         Client { base, http }
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

@@ -4,7 +4,7 @@
 pub mod jepsen;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -172,11 +172,6 @@ impl Cluster {
             cluster.spawn(id);
         }
         cluster
-    }
-
-    /// Where the cluster keeps data and logs.
-    pub fn dir(&self) -> &Path {
-        self._dir.path()
     }
 
     pub fn log_path(&self, id: u64) -> PathBuf {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use raftflow_workflow::{HistoryRow, Rejection, Status, Workflow};
+use raftflow_workflow::{Rejection, Status, Workflow};
 
 /// A command and the time the leader proposed it (ms since the Unix epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,9 +118,6 @@ pub enum Outcome {
     },
     Refused(Refusal),
 }
-
-/// A history row and its workflow id (for reads).
-pub type History = Vec<HistoryRow>;
 
 impl std::fmt::Display for Stamped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

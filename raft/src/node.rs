@@ -362,56 +362,21 @@ impl RaftNode {
     pub fn group_digest(&self, group: u64) -> Result<(Option<u64>, u64)> {
         self.raft(group)?;
         let rows = self.store.export_group_state(group)?;
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        let mut feed = |bytes: &[u8]| {
-            h ^= bytes.len() as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
+        let mut h = crate::ring::StableHasher::default();
         let mut applied = None;
         for (k, v) in &rows {
             if k.as_slice() == crate::tables::APPLIED {
-                applied = crate::glue::applied_index(v)?;
                 // The applied row carries the leader id of the entry; only the index matters.
+                applied = crate::glue::applied_index(v)?;
                 continue;
             }
-            feed(k);
-            feed(v);
+            // Lengths first, so that row boundaries are part of what is hashed.
+            h.write(&(k.len() as u64).to_be_bytes());
+            h.write(k);
+            h.write(&(v.len() as u64).to_be_bytes());
+            h.write(v);
         }
-        Ok((applied, h))
-    }
-
-    /// Builds a snapshot of `group` now and purges the log behind it (operations, tests).
-    pub async fn snapshot_and_purge(&self, group: u64) -> Result<()> {
-        let raft = self.raft(group)?;
-        raft.trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let applied = raft.metrics().borrow_watched().last_applied;
-        loop {
-            let snap = raft.metrics().borrow_watched().snapshot;
-            if snap.is_some() && snap >= applied {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Unavailable(
-                    "snapshot did not complete in 10 s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(upto) = applied {
-            raft.trigger()
-                .purge_log(upto.index)
-                .await
-                .map_err(|e| Error::Fatal(e.to_string()))?;
-        }
-        Ok(())
+        Ok((applied, h.finish()))
     }
 
     /// Stops every group and background task. Durable state is already on disk.

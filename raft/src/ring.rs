@@ -9,14 +9,33 @@
 /// Number of slots. Fixed for the life of a cluster: ids hash to slots, slots move between groups.
 pub const SLOTS: u32 = 16384;
 
+/// FNV-1a over any number of byte strings, finished with a SplitMix64 mix.
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl StableHasher {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+}
+
 /// The stable 64-bit hash of `bytes`.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    let mut h = StableHasher::default();
+    h.write(bytes);
+    h.finish()
 }
 
 fn mix(mut z: u64) -> u64 {

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use clap::Parser;
+use raftflow_cluster_tests::jepsen::history::read_jsonl;
 use raftflow_cluster_tests::jepsen::nemesis::Fault;
-use raftflow_cluster_tests::jepsen::runner::{run, RunConfig};
+use raftflow_cluster_tests::jepsen::runner::{judge, run, Judgement, RunConfig};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -35,11 +36,18 @@ struct Args {
     /// Runs per fault, each with its own seed (seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     runs: u64,
+    /// Run nothing: judge the recorded histories under this report directory again.
+    #[arg(long)]
+    check: Option<PathBuf>,
 }
 
 const IN_NETNS: &str = "RAFTFLOW_JEPSEN_NETNS";
 
 fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(dir) = &args.check {
+        std::process::exit(check_again(dir)?);
+    }
     if std::env::var(IN_NETNS).as_deref() != Ok("1") {
         // Everything the run sends stays inside a network namespace of its own, which has only
         // a loopback interface and no route out.
@@ -57,7 +65,6 @@ fn main() -> anyhow::Result<()> {
         .args(["link", "set", "lo", "up"])
         .status()?;
     anyhow::ensure!(up.success(), "could not bring up loopback in the namespace");
-    let args = Args::parse();
     let faults: Vec<Fault> = if args.fault == "all" {
         Fault::ALL.to_vec()
     } else {
@@ -99,33 +106,53 @@ fn main() -> anyhow::Result<()> {
             groups: args.groups,
         };
         let report = rt.block_on(run(cfg))?;
-        let verdict = if report.valid {
-            "VALID"
-        } else if report.anomalies.values().any(|a| !a.is_empty()) {
-            "INVALID"
-        } else {
-            "UNKNOWN"
-        };
-        println!(
-            "{}: {verdict}  faults={} heal-write={:?}ms counts={:?}",
-            report.fault, report.faults_injected, report.heal_write_ms, report.counts
-        );
-        for (checker, found) in &report.anomalies {
-            for a in found.iter().take(5) {
-                println!("  {checker}: {a}");
-            }
-            if found.len() > 5 {
-                println!("  {checker}: ... {} more", found.len() - 5);
-            }
-        }
-        for u in &report.unknown {
-            println!("  unknown: {u}");
-        }
-        worst = worst.max(match verdict {
-            "VALID" => 0,
-            "INVALID" => 1,
-            _ => 2,
-        });
+        worst = worst.max(print_verdict(&report.fault, &report.judgement));
     }
     std::process::exit(worst);
+}
+
+/// Prints a judgement; returns the exit code it calls for (0 valid, 1 anomalies, 2 unknown).
+fn print_verdict(name: &str, j: &Judgement) -> i32 {
+    let (verdict, code) = if j.valid {
+        ("VALID", 0)
+    } else if j.anomalies.values().any(|a| !a.is_empty()) {
+        ("INVALID", 1)
+    } else {
+        ("UNKNOWN", 2)
+    };
+    println!(
+        "{name}: {verdict}  faults={} heal-write={:?}ms counts={:?}",
+        j.faults_injected, j.heal_write_ms, j.counts
+    );
+    for (checker, found) in &j.anomalies {
+        for a in found.iter().take(5) {
+            println!("  {checker}: {a}");
+        }
+        if found.len() > 5 {
+            println!("  {checker}: ... {} more", found.len() - 5);
+        }
+    }
+    for u in &j.unknown {
+        println!("  unknown: {u}");
+    }
+    code
+}
+
+/// Judges the `history.jsonl` of every run directory under `dir` again.
+fn check_again(dir: &std::path::Path) -> anyhow::Result<i32> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("history.jsonl").exists())
+        .collect();
+    if dir.join("history.jsonl").exists() {
+        runs.push(dir.to_path_buf());
+    }
+    anyhow::ensure!(!runs.is_empty(), "no history.jsonl under {}", dir.display());
+    runs.sort();
+    let mut worst = 0;
+    for run in runs {
+        let ops = read_jsonl(&run.join("history.jsonl"))?;
+        worst = worst.max(print_verdict(&run.display().to_string(), &judge(&ops)));
+    }
+    Ok(worst)
 }

@@ -181,24 +181,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jepsen::history::{pair, Op, OpType, OpType::*};
+    use crate::jepsen::history::{history_of, OpType, OpType::*};
 
     fn h(rows: &[(u64, OpType, &str, &str, Value)]) -> Vec<Paired> {
-        let ops: Vec<Op> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, (p, t, f, k, v))| Op {
-                index: i as u64,
-                process: *p,
-                kind: *t,
-                f: f.to_string(),
-                key: k.to_string(),
-                value: v.clone(),
-                time: i as u64,
-                node: 1,
-            })
-            .collect();
-        pair(&ops)
+        history_of(rows)
     }
 
     #[test]

@@ -72,12 +72,59 @@ impl Recorder {
         });
     }
 
+    /// Records the invocation of `f` on `key` and returns the handle that records its end.
+    pub fn invoke(
+        &self,
+        process: u64,
+        f: &'static str,
+        key: &str,
+        value: Value,
+        node: u64,
+    ) -> Pending<'_> {
+        self.record(process, OpType::Invoke, f, key, value, node);
+        Pending {
+            rec: self,
+            process,
+            f,
+            key: key.to_string(),
+            node,
+        }
+    }
+
     pub fn ops(&self) -> Vec<Op> {
         self.ops.lock().expect("recorder lock").clone()
     }
 
     pub fn write_jsonl(&self, path: &Path) -> std::io::Result<()> {
         write_jsonl(&self.ops(), path)
+    }
+}
+
+/// An invoked operation; exactly one of its methods records how it ended.
+pub struct Pending<'a> {
+    rec: &'a Recorder,
+    process: u64,
+    f: &'static str,
+    key: String,
+    node: u64,
+}
+
+impl Pending<'_> {
+    pub fn ok(self, value: Value) {
+        self.end(OpType::Ok, value)
+    }
+
+    pub fn fail(self, value: Value) {
+        self.end(OpType::Fail, value)
+    }
+
+    pub fn info(self, value: Value) {
+        self.end(OpType::Info, value)
+    }
+
+    fn end(self, kind: OpType, value: Value) {
+        self.rec
+            .record(self.process, kind, self.f, &self.key, value, self.node);
     }
 }
 
@@ -154,4 +201,25 @@ pub fn pair(ops: &[Op]) -> Vec<Paired> {
         }
     }
     out
+}
+
+/// Builds a history from `(process, type, f, key, value)` rows, one time step each: for the
+/// checkers' tests.
+#[cfg(test)]
+pub(crate) fn history_of(rows: &[(u64, OpType, &str, &str, Value)]) -> Vec<Paired> {
+    let ops: Vec<Op> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (p, t, f, k, v))| Op {
+            index: i as u64,
+            process: *p,
+            kind: *t,
+            f: f.to_string(),
+            key: k.to_string(),
+            value: v.clone(),
+            time: i as u64,
+            node: 1,
+        })
+        .collect();
+    pair(&ops)
 }

@@ -219,25 +219,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jepsen::history::{pair, Op};
+    use crate::jepsen::history::history_of;
 
-    /// Builds a history from (process, type, f, value) tuples in order.
+    /// Builds a one-key history from (process, type, f, value) tuples in order.
     fn h(rows: &[(u64, OpType, &str, Value)]) -> Vec<Paired> {
-        let ops: Vec<Op> = rows
+        let rows: Vec<_> = rows
             .iter()
-            .enumerate()
-            .map(|(i, (p, t, f, v))| Op {
-                index: i as u64,
-                process: *p,
-                kind: *t,
-                f: f.to_string(),
-                key: "w".into(),
-                value: v.clone(),
-                time: i as u64,
-                node: 1,
-            })
+            .map(|(p, t, f, v)| (*p, *t, *f, "w", v.clone()))
             .collect();
-        pair(&ops)
+        history_of(&rows)
     }
 
     use OpType::*;

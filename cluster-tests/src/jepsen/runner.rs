@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::checkers::{check_appends, check_cluster, check_unique};
-use super::history::{pair, write_jsonl, OpType, Recorder};
+use super::history::{pair, write_jsonl, Op, OpType, Recorder};
 use super::linear::{self, Verdict};
 use super::nemesis::{Fault, Nemesis, LIBFAKETIME};
 use crate::{Cluster, Spec};
@@ -26,7 +26,10 @@ pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
 /// Nemesis cycle: this long with the fault, then this long healed.
 pub const FAULT_PERIOD: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
-const NEMESIS_PROCESS: u64 = 1_000_000;
+/// Process ids of the nemesis, the leader sampler and the digest reader.
+pub const NEMESIS_PROCESS: u64 = 1_000_000;
+const SAMPLER_PROCESS: u64 = NEMESIS_PROCESS + 1;
+const DIGEST_PROCESS: u64 = NEMESIS_PROCESS + 2;
 const REGISTER_CLIENTS: u64 = 4;
 const APPEND_CLIENTS: u64 = 3;
 const UNIQUE_CLIENTS: u64 = 3;
@@ -52,13 +55,8 @@ pub struct RunConfig {
 pub struct Report {
     pub fault: String,
     pub seed: u64,
-    pub valid: bool,
-    pub unknown: Vec<String>,
-    /// Checker name -> anomalies it found.
-    pub anomalies: BTreeMap<String, Vec<String>>,
-    pub counts: BTreeMap<String, usize>,
-    pub faults_injected: usize,
-    pub heal_write_ms: Option<u64>,
+    #[serde(flatten)]
+    pub judgement: Judgement,
 }
 
 const DEFINITION: &str = "jepsen";
@@ -133,76 +131,43 @@ async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
             }
             let node = rng.gen_range(1..=3u64);
             let c = ctx.client(node);
-            if rng.gen_bool(0.5) || known.is_none() {
-                ctx.rec
-                    .record(process, OpType::Invoke, "read", &key, Value::Null, node);
+            let Some(expected) = known.filter(|_| rng.gen_bool(0.5)) else {
+                let op = ctx.rec.invoke(process, "read", &key, Value::Null, node);
                 match c.get_workflow(&key, false).await {
                     Ok(wf) => {
                         known = Some(wf.revision);
-                        ctx.rec
-                            .record(process, OpType::Ok, "read", &key, json!(wf.revision), node);
+                        op.ok(json!(wf.revision));
                     }
-                    Err(e) => ctx.rec.record(
-                        process,
-                        OpType::Fail,
-                        "read",
-                        &key,
-                        json!(e.to_string()),
-                        node,
-                    ),
+                    Err(e) => op.fail(json!(e.to_string())),
                 }
-            } else {
-                let expected = known.unwrap_or(1);
-                ctx.rec
-                    .record(process, OpType::Invoke, "cas", &key, json!(expected), node);
-                let ev = raftflow_api::types::SendEvent {
-                    event: "tick".into(),
-                    payload: None,
-                    expected_revision: Some(expected),
-                    request_id: None,
-                };
-                match c.send_event(&key, &ev).await {
-                    Ok(wf) => {
-                        known = Some(wf.revision);
-                        ctx.rec
-                            .record(process, OpType::Ok, "cas", &key, json!(wf.revision), node);
-                    }
-                    Err(ClientError::Api { code, details, .. }) if code == "revision_mismatch" => {
-                        let current = details
-                            .as_ref()
-                            .and_then(|d| d["current_revision"].as_u64());
-                        known = current;
-                        ctx.rec.record(
-                            process,
-                            OpType::Fail,
-                            "cas",
-                            &key,
-                            json!({"current": current}),
-                            node,
-                        );
-                    }
-                    Err(e) if is_write_indeterminate(&e) => {
-                        ctx.rec.record(
-                            process,
-                            OpType::Info,
-                            "cas",
-                            &key,
-                            json!(e.to_string()),
-                            node,
-                        );
-                        // A process with an unknown outcome retires; a fresh one takes over.
-                        process += 100;
-                        known = None;
-                    }
-                    Err(e) => ctx.rec.record(
-                        process,
-                        OpType::Fail,
-                        "cas",
-                        &key,
-                        json!(e.to_string()),
-                        node,
-                    ),
+                continue;
+            };
+            let op = ctx.rec.invoke(process, "cas", &key, json!(expected), node);
+            let ev = raftflow_api::types::SendEvent {
+                event: "tick".into(),
+                payload: None,
+                expected_revision: Some(expected),
+                request_id: None,
+            };
+            match c.send_event(&key, &ev).await {
+                Ok(wf) => {
+                    known = Some(wf.revision);
+                    op.ok(json!(wf.revision));
                 }
+                Err(ClientError::Api { code, details, .. }) if code == "revision_mismatch" => {
+                    let current = details
+                        .as_ref()
+                        .and_then(|d| d["current_revision"].as_u64());
+                    known = current;
+                    op.fail(json!({"current": current}));
+                }
+                Err(e) if is_write_indeterminate(&e) => {
+                    op.info(json!(e.to_string()));
+                    // A process with an unknown outcome retires; a fresh one takes over.
+                    process += 100;
+                    known = None;
+                }
+                Err(e) => op.fail(json!(e.to_string())),
             }
         }
         generation += 1;
@@ -233,25 +198,10 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
             let node = rng.gen_range(1..=3u64);
             let c = ctx.client(node);
             if rng.gen_bool(0.3) {
-                ctx.rec
-                    .record(process, OpType::Invoke, "read", &key, Value::Null, node);
+                let op = ctx.rec.invoke(process, "read", &key, Value::Null, node);
                 match c.history(&key).await {
-                    Ok(h) => ctx.rec.record(
-                        process,
-                        OpType::Ok,
-                        "read",
-                        &key,
-                        json!(history_values(&h)),
-                        node,
-                    ),
-                    Err(e) => ctx.rec.record(
-                        process,
-                        OpType::Fail,
-                        "read",
-                        &key,
-                        json!(e.to_string()),
-                        node,
-                    ),
+                    Ok(h) => op.ok(json!(history_values(&h))),
+                    Err(e) => op.fail(json!(e.to_string())),
                 }
                 continue;
             }
@@ -261,8 +211,7 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                 .take()
                 .unwrap_or_else(|| ctx.next_value.fetch_add(1, Ordering::Relaxed));
             appends += 1;
-            ctx.rec
-                .record(process, OpType::Invoke, "append", &key, json!(v), node);
+            let op = ctx.rec.invoke(process, "append", &key, json!(v), node);
             let ev = raftflow_api::types::SendEvent {
                 event: "tick".into(),
                 payload: Some(json!({"v": v})),
@@ -271,8 +220,7 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
             };
             match c.send_event(&key, &ev).await {
                 Ok(_) => {
-                    ctx.rec
-                        .record(process, OpType::Ok, "append", &key, json!(v), node);
+                    op.ok(json!(v));
                     // Sometimes send it again, as a client that lost the answer would: the
                     // request id must make the second send change nothing.
                     if rng.gen_bool(0.1) {
@@ -280,25 +228,11 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                     }
                 }
                 Err(e) if is_write_indeterminate(&e) => {
-                    ctx.rec.record(
-                        process,
-                        OpType::Info,
-                        "append",
-                        &key,
-                        json!(e.to_string()),
-                        node,
-                    );
+                    op.info(json!(e.to_string()));
                     process += 100;
                     retry = Some(v);
                 }
-                Err(e) => ctx.rec.record(
-                    process,
-                    OpType::Fail,
-                    "append",
-                    &key,
-                    json!(e.to_string()),
-                    node,
-                ),
+                Err(e) => op.fail(json!(e.to_string())),
             }
         }
         generation += 1;
@@ -314,7 +248,6 @@ async fn unique_round(ctx: Arc<Ctx>, n: u64) {
         let key = key.clone();
         racers.push(tokio::spawn(async move {
             let creator = 100 * n + p;
-            let process = 50_000 + creator;
             let req = raftflow_api::types::CreateWorkflow {
                 id: Some(key.clone()),
                 definition: DEFINITION.into(),
@@ -324,47 +257,19 @@ async fn unique_round(ctx: Arc<Ctx>, n: u64) {
             // A create with an unknown outcome is retried once with the same request.
             for attempt in 0..2u64 {
                 let node = 1 + (p + attempt + n) % 3;
-                let process = process + attempt * 1_000_000_000;
-                ctx.rec.record(
-                    process,
-                    OpType::Invoke,
-                    "create",
-                    &key,
-                    json!({"creator": creator}),
-                    node,
-                );
+                let process = 50_000 + creator + attempt * 1_000_000_000;
+                let op = ctx
+                    .rec
+                    .invoke(process, "create", &key, json!({"creator": creator}), node);
                 match ctx.client(node).create_workflow(&req).await {
                     Ok((status, wf)) => {
                         let got = wf.context["creator"].as_u64();
-                        ctx.rec.record(
-                            process,
-                            OpType::Ok,
-                            "create",
-                            &key,
-                            json!({"creator": got, "status": status}),
-                            node,
-                        );
+                        op.ok(json!({"creator": got, "status": status}));
                         return;
                     }
-                    Err(e) if is_write_indeterminate(&e) => {
-                        ctx.rec.record(
-                            process,
-                            OpType::Info,
-                            "create",
-                            &key,
-                            json!(e.to_string()),
-                            node,
-                        );
-                    }
+                    Err(e) if is_write_indeterminate(&e) => op.info(json!(e.to_string())),
                     Err(e) => {
-                        ctx.rec.record(
-                            process,
-                            OpType::Fail,
-                            "create",
-                            &key,
-                            json!({"code": e.code()}),
-                            node,
-                        );
+                        op.fail(json!({"code": e.code()}));
                         return;
                     }
                 }
@@ -391,23 +296,9 @@ async fn leader_sampler(ctx: Arc<Ctx>) {
         for node in 1..=3u64 {
             if let Ok(v) = ctx.client(node).cluster().await {
                 for g in v.groups.iter().filter(|g| g.role == "leader") {
-                    let value = json!({"group": g.id, "term": g.term, "leader": node});
-                    ctx.rec.record(
-                        NEMESIS_PROCESS + 1,
-                        OpType::Invoke,
-                        "leader-sample",
-                        "",
-                        Value::Null,
-                        node,
-                    );
-                    ctx.rec.record(
-                        NEMESIS_PROCESS + 1,
-                        OpType::Ok,
-                        "leader-sample",
-                        "",
-                        value,
-                        node,
-                    );
+                    ctx.rec
+                        .invoke(SAMPLER_PROCESS, "leader-sample", "", Value::Null, node)
+                        .ok(json!({"group": g.id, "term": g.term, "leader": node}));
                 }
             }
         }
@@ -425,19 +316,12 @@ async fn final_read(
     key: &str,
     read: impl std::future::Future<Output = Result<Value, ClientError>>,
 ) {
-    let process = FINAL_READ_PROCESS + node;
-    ctx.rec
-        .record(process, OpType::Invoke, "read", key, Value::Null, node);
+    let op = ctx
+        .rec
+        .invoke(FINAL_READ_PROCESS + node, "read", key, Value::Null, node);
     match read.await {
-        Ok(v) => ctx.rec.record(process, OpType::Ok, "read", key, v, node),
-        Err(e) => ctx.rec.record(
-            process,
-            OpType::Fail,
-            "read",
-            key,
-            json!(e.to_string()),
-            node,
-        ),
+        Ok(v) => op.ok(v),
+        Err(e) => op.fail(json!(e.to_string())),
     }
 }
 
@@ -450,7 +334,140 @@ async fn data_group_leader(cluster: &Cluster, group: u64) -> Option<u64> {
     None
 }
 
-/// Runs one scenario and writes `history.jsonl`, `nemesis.jsonl` and `verdict.json` to `out`.
+/// Reads the replicas' digest of every group until they agree on the applied index (or 20 s
+/// pass), and records what each replica reported.
+async fn record_digests(ctx: &Ctx, groups: u64) {
+    for group in 0..=groups {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for node in 1..=3u64 {
+                let path = format!("/v1/cluster/groups/{group}/digest");
+                if let Ok(v) = ctx.client(node).get_json(&path).await {
+                    seen.push((node, v));
+                }
+            }
+            let applied: std::collections::BTreeSet<_> =
+                seen.iter().map(|(_, v)| v["applied"].as_u64()).collect();
+            if (seen.len() == 3 && applied.len() == 1) || Instant::now() > deadline {
+                for (node, v) in seen {
+                    ctx.rec.invoke(DIGEST_PROCESS, "digest", "", Value::Null, node).ok(
+                        json!({"group": group, "node": node, "applied": v["applied"], "digest": v["digest"]}),
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Everything the checkers conclude from one history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Judgement {
+    pub valid: bool,
+    pub unknown: Vec<String>,
+    /// Checker name -> anomalies it found.
+    pub anomalies: BTreeMap<String, Vec<String>>,
+    pub counts: BTreeMap<String, usize>,
+    pub faults_injected: usize,
+    pub heal_write_ms: Option<u64>,
+}
+
+/// Judges a recorded history: the same verdict for a live run and for a history read back from
+/// `history.jsonl`.
+pub fn judge(ops: &[Op]) -> Judgement {
+    let paired = pair(ops);
+    let mut unknown = Vec::new();
+    let nemesis: Vec<_> = paired
+        .iter()
+        .filter(|p| p.process == NEMESIS_PROCESS)
+        .collect();
+    let faults: Vec<_> = nemesis
+        .iter()
+        .filter(|p| p.f != "heal" && p.f != "heal-write")
+        .collect();
+    let faults_injected = faults.iter().filter(|p| p.is_ok()).count();
+    for p in faults.iter().filter(|p| p.outcome == Some(OpType::Fail)) {
+        unknown.push(format!(
+            "fault {} could not be injected: {}",
+            p.f, p.result_value
+        ));
+    }
+    if faults_injected == 0 {
+        unknown.push("the fault never took effect".to_string());
+    }
+    let mut counts = BTreeMap::new();
+    for (f, key_prefix) in [
+        ("cas", "reg-"),
+        ("read", "reg-"),
+        ("append", "app-"),
+        ("read", "app-"),
+        ("create", "uniq-"),
+    ] {
+        let n = paired
+            .iter()
+            .filter(|p| {
+                p.f == f
+                    && p.key.starts_with(key_prefix)
+                    && p.is_ok()
+                    && p.process < FINAL_READ_PROCESS
+            })
+            .count();
+        counts.insert(format!("{key_prefix}{f} ok"), n);
+        if n < MIN_OKS {
+            unknown.push(format!(
+                "only {n} ok {key_prefix}{f} operations (need {MIN_OKS})"
+            ));
+        }
+    }
+    let with_prefix = |prefix: &str| -> Vec<_> {
+        paired
+            .iter()
+            .filter(|p| p.key.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let mut linear_anomalies = Vec::new();
+    for (key, verdict) in linear::check(&with_prefix("reg-"), 1) {
+        match verdict {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable(why) => {
+                linear_anomalies.push(format!("{key}: not linearizable: {why}"))
+            }
+            Verdict::Unknown(why) => unknown.push(format!("{key}: linearizability unknown: {why}")),
+        }
+    }
+    let heal_write_ms = nemesis
+        .iter()
+        .find(|p| p.f == "heal-write" && p.is_ok())
+        .and_then(|p| p.result_value.as_u64());
+    let mut cluster_anomalies = Vec::new();
+    if heal_write_ms.is_none() {
+        cluster_anomalies.push("no write succeeded within 10 s of the heal".to_string());
+    }
+    cluster_anomalies.extend(check_cluster(&paired));
+    let mut anomalies = BTreeMap::new();
+    anomalies.insert("linearizable-register".to_string(), linear_anomalies);
+    anomalies.insert(
+        "append-history".to_string(),
+        check_appends(&with_prefix("app-")),
+    );
+    anomalies.insert(
+        "unique-create".to_string(),
+        check_unique(&with_prefix("uniq-")),
+    );
+    anomalies.insert("whole-cluster".to_string(), cluster_anomalies);
+    Judgement {
+        valid: anomalies.values().all(Vec::is_empty) && unknown.is_empty(),
+        unknown,
+        anomalies,
+        counts,
+        faults_injected,
+        heal_write_ms,
+    }
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.out)?;
     println!(
@@ -547,92 +564,51 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let deadline = Instant::now() + Duration::from_secs(cfg.seconds);
-    let mut injected = 0usize;
-    let mut unknown = Vec::new();
+    let fault = cfg.fault.name();
     tokio::time::sleep(FAULT_PERIOD / 2).await;
-    while Instant::now() + FAULT_PERIOD < deadline {
+    loop {
         let group = rng.gen_range(1..=cfg.groups);
         let Some(leader) = data_group_leader(&cluster, group).await else {
+            if Instant::now() + FAULT_PERIOD >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        ctx.rec.record(
+        let op = ctx.rec.invoke(
             NEMESIS_PROCESS,
-            OpType::Invoke,
-            cfg.fault.name(),
+            fault,
             "",
             json!({"group": group, "leader": leader}),
             0,
         );
         match nemesis.inject(&mut cluster, cfg.fault, leader) {
-            Ok(what) => {
-                injected += 1;
-                ctx.rec.record(
-                    NEMESIS_PROCESS,
-                    OpType::Ok,
-                    cfg.fault.name(),
-                    "",
-                    json!(what),
-                    0,
-                );
-            }
-            Err(e) => {
-                ctx.rec.record(
-                    NEMESIS_PROCESS,
-                    OpType::Fail,
-                    cfg.fault.name(),
-                    "",
-                    json!(e.to_string()),
-                    0,
-                );
-                unknown.push(format!(
-                    "fault {} could not be injected: {e:#}",
-                    cfg.fault.name()
-                ));
-            }
+            Ok(what) => op.ok(json!(what)),
+            Err(e) => op.fail(json!(format!("{e:#}"))),
         }
         tokio::time::sleep(FAULT_PERIOD).await;
         if Instant::now() + FAULT_PERIOD * 2 >= deadline {
             // The last fault stays in place until the final heal below.
             break;
         }
-        ctx.rec
-            .record(NEMESIS_PROCESS, OpType::Invoke, "heal", "", Value::Null, 0);
-        let healed = nemesis.heal(&mut cluster)?;
-        ctx.rec
-            .record(NEMESIS_PROCESS, OpType::Ok, "heal", "", json!(healed), 0);
+        let op = ctx.rec.invoke(NEMESIS_PROCESS, "heal", "", Value::Null, 0);
+        op.ok(json!(nemesis.heal(&mut cluster)?));
         tokio::time::sleep(FAULT_PERIOD).await;
     }
-    if injected == 0 {
-        unknown.push(format!("fault {} never took effect", cfg.fault.name()));
-    }
     // Heal everything, then a write must succeed within 10 s.
-    ctx.rec
-        .record(NEMESIS_PROCESS, OpType::Invoke, "heal", "", Value::Null, 0);
-    let healed = nemesis.heal(&mut cluster)?;
-    ctx.rec
-        .record(NEMESIS_PROCESS, OpType::Ok, "heal", "", json!(healed), 0);
+    let op = ctx.rec.invoke(NEMESIS_PROCESS, "heal", "", Value::Null, 0);
+    op.ok(json!(nemesis.heal(&mut cluster)?));
     let heal_at = Instant::now();
     let probe_key = format!("heal-{}", ctx.run);
-    let mut heal_write_ms = None;
     while heal_at.elapsed() < Duration::from_secs(10) {
-        if setup_create(
-            &ctx,
-            1 + heal_at.elapsed().as_millis() as u64 % 3,
-            &probe_key,
-        )
-        .await
-        {
-            heal_write_ms = Some(heal_at.elapsed().as_millis() as u64);
+        let node = 1 + heal_at.elapsed().as_millis() as u64 % 3;
+        if setup_create(&ctx, node, &probe_key).await {
+            let ms = heal_at.elapsed().as_millis() as u64;
+            ctx.rec
+                .invoke(NEMESIS_PROCESS, "heal-write", "", Value::Null, 0)
+                .ok(json!(ms));
             break;
         }
-    }
-    let mut cluster_anomalies = Vec::new();
-    match heal_write_ms {
-        Some(ms) => ctx
-            .rec
-            .record(NEMESIS_PROCESS, OpType::Ok, "heal-write", "", json!(ms), 0),
-        None => cluster_anomalies.push("no write succeeded within 10 s of the heal".to_string()),
     }
     // A short post-heal workload, then stop every client.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -671,40 +647,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
     }
     // Replicas converge: same applied index and the same rows in every group.
-    for group in 0..=cfg.groups {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut seen = Vec::new();
-            for node in 1..=3u64 {
-                if let Ok(v) = ctx
-                    .client(node)
-                    .get_json(&format!("/v1/cluster/groups/{group}/digest"))
-                    .await
-                {
-                    seen.push((node, v));
-                }
-            }
-            let applied: std::collections::BTreeSet<_> =
-                seen.iter().map(|(_, v)| v["applied"].as_u64()).collect();
-            if (seen.len() == 3 && applied.len() == 1) || Instant::now() > deadline {
-                for (node, v) in seen {
-                    let value = json!({"group": group, "node": node, "applied": v["applied"], "digest": v["digest"]});
-                    ctx.rec.record(
-                        NEMESIS_PROCESS + 2,
-                        OpType::Invoke,
-                        "digest",
-                        "",
-                        Value::Null,
-                        node,
-                    );
-                    ctx.rec
-                        .record(NEMESIS_PROCESS + 2, OpType::Ok, "digest", "", value, node);
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    record_digests(&ctx, cfg.groups).await;
 
     let ops = ctx.rec.ops();
     write_jsonl(&ops, &cfg.out.join("history.jsonl"))?;
@@ -717,78 +660,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     for n in 1..=3 {
         let _ = std::fs::copy(cluster.log_path(n), cfg.out.join(format!("node{n}.log")));
     }
-    let title = format!("raftflow under {} (seed {})", cfg.fault.name(), cfg.seed);
+    let title = format!("raftflow under {} (seed {})", fault, cfg.seed);
     if let Err(e) = super::plot::plot(&ops, &title, &cfg.out.join("plot.png")) {
         eprintln!("no plot: {e:#}");
     }
     drop(cluster);
 
-    let paired = pair(&ops);
-    let mut counts = BTreeMap::new();
-    for (f, key_prefix) in [
-        ("cas", "reg-"),
-        ("read", "reg-"),
-        ("append", "app-"),
-        ("read", "app-"),
-        ("create", "uniq-"),
-    ] {
-        let n = paired
-            .iter()
-            .filter(|p| {
-                p.f == f
-                    && p.key.starts_with(key_prefix)
-                    && p.is_ok()
-                    && p.process < FINAL_READ_PROCESS
-            })
-            .count();
-        counts.insert(format!("{key_prefix}{f} ok"), n);
-        if n < MIN_OKS {
-            unknown.push(format!(
-                "only {n} ok {key_prefix}{f} operations (need {MIN_OKS})"
-            ));
-        }
-    }
-    let mut anomalies = BTreeMap::new();
-    let register: Vec<_> = paired
-        .iter()
-        .filter(|p| p.key.starts_with("reg-"))
-        .cloned()
-        .collect();
-    let mut linear_anomalies = Vec::new();
-    for (key, verdict) in linear::check(&register, 1) {
-        match verdict {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable(why) => {
-                linear_anomalies.push(format!("{key}: not linearizable: {why}"))
-            }
-            Verdict::Unknown(why) => unknown.push(format!("{key}: linearizability unknown: {why}")),
-        }
-    }
-    anomalies.insert("linearizable-register".to_string(), linear_anomalies);
-    let appends: Vec<_> = paired
-        .iter()
-        .filter(|p| p.key.starts_with("app-"))
-        .cloned()
-        .collect();
-    anomalies.insert("append-history".to_string(), check_appends(&appends));
-    let uniques: Vec<_> = paired
-        .iter()
-        .filter(|p| p.key.starts_with("uniq-"))
-        .cloned()
-        .collect();
-    anomalies.insert("unique-create".to_string(), check_unique(&uniques));
-    cluster_anomalies.extend(check_cluster(&paired));
-    anomalies.insert("whole-cluster".to_string(), cluster_anomalies);
-    let valid = anomalies.values().all(Vec::is_empty) && unknown.is_empty();
     let report = Report {
-        fault: cfg.fault.name().to_string(),
+        fault: fault.to_string(),
         seed: cfg.seed,
-        valid,
-        unknown,
-        anomalies,
-        counts,
-        faults_injected: injected,
-        heal_write_ms,
+        judgement: judge(&ops),
     };
     std::fs::write(
         cfg.out.join("verdict.json"),
