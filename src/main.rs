@@ -1,8 +1,9 @@
-//! The `raftflow` binary: `serve` runs a node, `bench` drives a cluster and prints throughput
-//! and latency.
+//! The `raftflow` binary: `serve` runs a node, `worker` runs tasks, `bench` drives a cluster
+//! and prints throughput and latency.
 
 mod bench;
 mod config;
+mod worker;
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ enum Cmd {
     },
     /// Drive a running cluster with concurrent clients and print throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run a command for each task of the given types: context on stdin, output on stdout.
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,13 +62,22 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(bench::run(args))
         }
+        Cmd::Worker(args) => {
+            init_logging("text");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(worker::run(args))
+        }
     }
 }
 
 fn init_logging(format: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if format == "json" {
         builder.json().init();
     } else {

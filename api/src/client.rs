@@ -25,6 +25,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the same request may succeed later: no answer, 429 or 503.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, .. } => matches!(status, 429 | 503),
+        }
+    }
+
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
@@ -34,6 +42,9 @@ impl ClientError {
 }
 
 pub type ClientResult<T> = Result<T, ClientError>;
+
+/// A poll's timeout is its wait plus this much.
+const POLL_MARGIN: Duration = Duration::from_secs(10);
 
 /// A client of one node (any node serves every request).
 #[derive(Clone)]
@@ -71,7 +82,20 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> ClientResult<(u16, T)> {
+        self.call_within(method, path, body, None).await
+    }
+
+    async fn call_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> ClientResult<(u16, T)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -144,6 +168,52 @@ impl Client {
 
     pub async fn history(&self, id: &str) -> ClientResult<HistoryView> {
         self.call::<(), _>(Method::GET, &format!("/v1/workflows/{id}/history"), None)
+            .await
+            .map(|r| r.1)
+    }
+
+    /// Leases ready tasks, waiting up to `req.wait_ms` for one (the request's own timeout
+    /// covers the wait).
+    pub async fn poll_tasks(&self, req: &PollTasks) -> ClientResult<TaskList> {
+        let wait = Duration::from_millis(req.wait_ms.unwrap_or(0));
+        self.call_within(
+            Method::POST,
+            "/v1/tasks/poll",
+            Some(req),
+            Some(wait + POLL_MARGIN),
+        )
+        .await
+        .map(|r| r.1)
+    }
+
+    pub async fn complete_task(&self, id: &str, req: &CompleteTask) -> ClientResult<TaskOutcome> {
+        self.call(Method::POST, &format!("/v1/tasks/{id}/complete"), Some(req))
+            .await
+            .map(|r| r.1)
+    }
+
+    pub async fn fail_task(&self, id: &str, req: &FailTask) -> ClientResult<TaskOutcome> {
+        self.call(Method::POST, &format!("/v1/tasks/{id}/fail"), Some(req))
+            .await
+            .map(|r| r.1)
+    }
+
+    pub async fn heartbeat_task(
+        &self,
+        id: &str,
+        req: &HeartbeatTask,
+    ) -> ClientResult<LeaseExtended> {
+        self.call(
+            Method::POST,
+            &format!("/v1/tasks/{id}/heartbeat"),
+            Some(req),
+        )
+        .await
+        .map(|r| r.1)
+    }
+
+    pub async fn get_task(&self, id: &str) -> ClientResult<TaskView> {
+        self.call::<(), _>(Method::GET, &format!("/v1/tasks/{id}"), None)
             .await
             .map(|r| r.1)
     }

@@ -95,6 +95,8 @@ impl From<Refusal> for ApiError {
                 e.details = Some(json!({ "current_revision": current }));
                 e
             }
+            Refusal::TaskNotFound { .. } => ApiError::not_found(message),
+            Refusal::LeaseLost { .. } => ApiError::new(StatusCode::CONFLICT, "lease_lost", message),
             Refusal::EventNotAllowed { .. }
             | Refusal::Finished { .. }
             | Refusal::EngineEvent { .. } => ApiError::invalid_transition(message),

@@ -36,7 +36,7 @@ const DEFINITION_WAIT: Duration = Duration::from_millis(1000);
 
 /// Where a request came from and where it points, for forwarding.
 pub struct Hop {
-    forwarded: bool,
+    pub(crate) forwarded: bool,
     method: Method,
     path_and_query: String,
 }
@@ -81,7 +81,7 @@ impl From<RaftError> for Failure {
 
 /// Runs `local` when this node leads `group`; otherwise, or when leadership moved while
 /// `local` ran, forwards the request (with `body`) to the leader once.
-async fn on_leader<F, Fut>(
+pub(crate) async fn on_leader<F, Fut>(
     state: &AppState,
     hop: &Hop,
     group: u64,
@@ -119,10 +119,22 @@ async fn forward(
     hop: &Hop,
     body: Option<Vec<u8>>,
 ) -> ApiResult<Response> {
-    let url = format!("http://{}{}", leader.client, hop.path_and_query);
+    forward_to(state, leader, hop.method.clone(), &hop.path_and_query, body).await
+}
+
+/// Sends a request to the leader at `leader` as a forwarded request (never forwarded again)
+/// and relays its answer.
+pub(crate) async fn forward_to(
+    state: &AppState,
+    leader: &NodeAddr,
+    method: Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> ApiResult<Response> {
+    let url = format!("http://{}{}", leader.client, path_and_query);
     let mut req = state
         .http
-        .request(hop.method.clone(), &url)
+        .request(method, &url)
         .header(FORWARDED_HEADER, state.node.id().to_string())
         .timeout(state.config.forward_timeout);
     if let Some(b) = body {
@@ -166,7 +178,11 @@ fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail * st.f_frsize)
 }
 
-async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outcome, Failure> {
+pub(crate) async fn propose(
+    state: &AppState,
+    group: u64,
+    command: Command,
+) -> Result<Outcome, Failure> {
     if let Some(free) = available_disk_bytes(&state.config.data_dir) {
         if free < state.config.min_free_disk_bytes {
             return Err(ApiError::storage_full(format!(
@@ -191,7 +207,7 @@ async fn propose(state: &AppState, group: u64, command: Command) -> Result<Outco
     }
 }
 
-async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
+pub(crate) async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
     match tokio::time::timeout(state.config.write_timeout, state.node.read_barrier(group)).await {
         Ok(r) => Ok(r?),
         Err(_) => {
@@ -200,11 +216,11 @@ async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
     }
 }
 
-fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn check_id(id: &str) -> ApiResult<()> {
+pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     if is_valid_id(id) {
         Ok(())
     } else {
@@ -214,7 +230,7 @@ fn check_id(id: &str) -> ApiResult<()> {
     }
 }
 
-fn check_name(what: &str, name: &str) -> ApiResult<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> ApiResult<()> {
     if is_valid_name(name) {
         Ok(())
     } else {
@@ -233,7 +249,7 @@ fn check_request_id(request_id: &Option<String>) -> ApiResult<()> {
     }
 }
 
-fn object_text(what: &str, v: Option<Value>) -> ApiResult<Option<String>> {
+pub(crate) fn object_text(what: &str, v: Option<Value>) -> ApiResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v @ Value::Object(_)) => Ok(Some(v.to_string())),
@@ -263,7 +279,7 @@ impl ReadParams {
 }
 
 /// Serves a read from this node's replica directly (`local`) or after the leader's read index.
-async fn read<F>(
+pub(crate) async fn read<F>(
     state: &AppState,
     hop: &Hop,
     group: u64,

@@ -9,7 +9,9 @@ mod error;
 mod extract;
 mod handlers;
 mod metrics;
+mod tasks;
 pub mod types;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +109,11 @@ impl AppState {
         handlers::cancel_workflow,
         handlers::get_history,
         handlers::list_workflows,
+        tasks::poll_tasks,
+        tasks::complete_task,
+        tasks::fail_task,
+        tasks::heartbeat_task,
+        tasks::get_task,
         handlers::cluster,
         handlers::healthz,
         handlers::readyz,
@@ -129,6 +136,15 @@ impl AppState {
         types::NodeView,
         types::GroupView,
         types::PlacementView,
+        types::PollTasks,
+        types::TaskLease,
+        types::TaskList,
+        types::CompleteTask,
+        types::FailTask,
+        types::HeartbeatTask,
+        types::TaskView,
+        types::TaskOutcome,
+        types::LeaseExtended,
     ))
 )]
 pub struct ApiDoc;
@@ -183,6 +199,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workflows/{id}/events", post(handlers::send_event))
         .route("/v1/workflows/{id}/cancel", post(handlers::cancel_workflow))
         .route("/v1/workflows/{id}/history", get(handlers::get_history))
+        .route("/v1/tasks/poll", post(tasks::poll_tasks))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/complete", post(tasks::complete_task))
+        .route("/v1/tasks/{id}/fail", post(tasks::fail_task))
+        .route("/v1/tasks/{id}/heartbeat", post(tasks::heartbeat_task))
         .route("/v1/cluster", get(handlers::cluster))
         .route(
             "/v1/cluster/groups/{id}/digest",

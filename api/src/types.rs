@@ -216,3 +216,143 @@ pub struct ClusterView {
     pub groups: Vec<GroupView>,
     pub placement: PlacementView,
 }
+
+/// `POST /v1/tasks/poll`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollTasks {
+    /// Task types this worker runs (1 to 32 names).
+    pub types: Vec<String>,
+    /// The worker's name, `[A-Za-z0-9_.:-]{1,128}`; recorded with the lease.
+    pub worker: String,
+    /// Most tasks to lease at once: 1 (default) to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Long poll: wait up to this long (max 60000) for a task when none is ready. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// Lease length for these tasks; the task's own `lease_ms` (default 30000) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// A leased task, as a worker receives it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TaskLease {
+    /// `{workflow_id}:{revision that entered the task state}`.
+    pub id: String,
+    pub workflow_id: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// From 1; grows with every retry after a failure.
+    pub attempt: u32,
+    /// The fencing token: send it with complete, fail and heartbeat.
+    pub lease_token: u64,
+    pub lease_expires_at: String,
+    /// The workflow's context when the task was leased.
+    #[schema(value_type = Object)]
+    pub context: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskLease>,
+}
+
+/// `POST /v1/tasks/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTask {
+    pub lease_token: u64,
+    /// A JSON object merged into the workflow context before `task.completed` fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+}
+
+/// `POST /v1/tasks/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailTask {
+    pub lease_token: u64,
+    /// What went wrong (kept up to 8 KiB).
+    pub error: String,
+    /// Default true: retried after backoff while attempts remain. false: `task.failed` now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+}
+
+/// `POST /v1/tasks/{id}/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatTask {
+    pub lease_token: u64,
+    /// The new lease length from now; the task's `lease_ms` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+/// A task as the engine holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TaskView {
+    pub id: String,
+    pub workflow_id: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// ready | backoff | leased | completed | failed | withdrawn
+    pub status: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The latest token handed out (0 before the first lease).
+    pub lease_token: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<raftflow_workflow::Task> for TaskView {
+    fn from(t: raftflow_workflow::Task) -> Self {
+        use raftflow_workflow::Phase;
+        let (worker, lease_expires_at, retry_at) = match &t.phase {
+            Phase::Leased {
+                worker,
+                expires_at_ms,
+            } => (Some(worker.clone()), Some(rfc3339(*expires_at_ms)), None),
+            Phase::Backoff { until_ms } => (None, None, Some(rfc3339(*until_ms))),
+            _ => (None, None, None),
+        };
+        TaskView {
+            status: t.phase.name().to_string(),
+            id: t.id,
+            workflow_id: t.workflow_id,
+            task_type: t.task_type,
+            attempt: t.attempt,
+            max_attempts: t.max_attempts,
+            lease_token: t.token,
+            worker,
+            lease_expires_at,
+            retry_at,
+            last_error: t.last_error,
+        }
+    }
+}
+
+/// The answer to complete and fail: the task and its workflow afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskOutcome {
+    pub task: TaskView,
+    pub workflow: WorkflowView,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseExtended {
+    pub id: String,
+    pub lease_token: u64,
+    pub lease_expires_at: String,
+}

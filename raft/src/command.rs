@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use raftflow_workflow::{Rejection, Status, Workflow};
+use raftflow_workflow::{Rejection, Status, Task, Workflow};
 
 /// A command and the time the leader proposed it (ms since the Unix epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +45,36 @@ pub enum Command {
         reason: Option<String>,
         request_id: Option<String>,
     },
+    /// Data group: lease up to `max` ready tasks of `types` to `worker`, oldest first.
+    LeaseTasks {
+        types: Vec<String>,
+        worker: String,
+        max: u32,
+        /// Overrides each task's own lease length.
+        lease_ms: Option<u64>,
+    },
+    /// Data group: the lease holder reports success; `task.completed` fires.
+    CompleteTask {
+        task_id: String,
+        token: u64,
+        output_json: Option<String>,
+    },
+    /// Data group: the lease holder reports failure; retried after backoff or `task.failed`.
+    FailTask {
+        task_id: String,
+        token: u64,
+        error: String,
+        retryable: bool,
+    },
+    /// Data group: the lease holder extends its lease.
+    HeartbeatTask {
+        task_id: String,
+        token: u64,
+        lease_ms: Option<u64>,
+    },
+    /// Data group: time has advanced to the entry's stamp. Expired leases and finished
+    /// backoffs make their tasks ready again; due timers fire.
+    Tick,
 }
 
 impl Command {
@@ -55,6 +85,11 @@ impl Command {
             Command::CreateWorkflow { .. } => "create_workflow",
             Command::Event { .. } => "event",
             Command::Cancel { .. } => "cancel",
+            Command::LeaseTasks { .. } => "lease_tasks",
+            Command::CompleteTask { .. } => "complete_task",
+            Command::FailTask { .. } => "fail_task",
+            Command::HeartbeatTask { .. } => "heartbeat_task",
+            Command::Tick => "tick",
         }
     }
 }
@@ -84,6 +119,10 @@ pub enum Refusal {
     EngineEvent { event: String },
     #[error("expected revision {expected}, workflow is at {current}")]
     RevisionMismatch { expected: u64, current: u64 },
+    #[error("task {id:?} not found")]
+    TaskNotFound { id: String },
+    #[error("task {task_id:?}: {reason}")]
+    LeaseLost { task_id: String, reason: String },
 }
 
 impl From<Rejection> for Refusal {
@@ -117,6 +156,28 @@ pub enum Outcome {
         created: bool,
     },
     Refused(Refusal),
+    /// Tasks handed out by a `LeaseTasks`.
+    Leased {
+        tasks: Vec<LeasedTask>,
+    },
+    /// A task after complete, fail or heartbeat, with its workflow.
+    Task {
+        task: Task,
+        workflow: Workflow,
+    },
+}
+
+/// A task as a worker receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedTask {
+    pub id: String,
+    pub workflow_id: String,
+    pub task_type: String,
+    pub attempt: u32,
+    pub token: u64,
+    pub expires_at_ms: u64,
+    /// The workflow's context as JSON object text.
+    pub context_json: String,
 }
 
 impl std::fmt::Display for Stamped {
@@ -142,6 +203,10 @@ impl std::fmt::Display for Outcome {
                 workflow.id, workflow.revision
             ),
             Outcome::Refused(r) => write!(f, "refused: {r}"),
+            Outcome::Leased { tasks } => write!(f, "leased {} tasks", tasks.len()),
+            Outcome::Task { task, .. } => {
+                write!(f, "task {} {}", task.id, task.phase.name())
+            }
         }
     }
 }

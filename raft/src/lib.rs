@@ -10,9 +10,10 @@ mod glue;
 pub mod mutant;
 mod node;
 pub mod ring;
+pub mod signals;
 pub mod tables;
 
-pub use command::{Command, DefinitionVersion, Outcome, Refusal};
+pub use command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal};
 pub use glue::{NodeAddr, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES};
 pub use node::{GroupStatus, NodeConfig, RaftCounters, RaftNode, META_GROUP};
 pub use raftflow_storage::{Store, SyncStats};

@@ -6,7 +6,8 @@
 //! - `stale-read`: reads skip the read index and never forward: a partitioned node answers
 //!   from its stale replica;
 //! - `skip-dedup`: the state machine ignores `request_id`, so a retried event applies twice;
-//! - `early-ack`: an event is answered with its predicted outcome before it is committed.
+//! - `early-ack`: an event is answered with its predicted outcome before it is committed;
+//! - `lease-check`: completing a task skips the lease check: any token completes an open task.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutant {
@@ -14,6 +15,7 @@ pub enum Mutant {
     StaleRead,
     SkipDedup,
     EarlyAck,
+    LeaseCheck,
 }
 
 /// The mutant this process runs, if any.
@@ -25,6 +27,7 @@ pub fn active() -> Mutant {
             Ok("stale-read") => Mutant::StaleRead,
             Ok("skip-dedup") => Mutant::SkipDedup,
             Ok("early-ack") => Mutant::EarlyAck,
+            Ok("lease-check") => Mutant::LeaseCheck,
             Ok(other) if !other.is_empty() => panic!("unknown RAFTFLOW_MUTANT {other:?}"),
             _ => Mutant::None,
         })

@@ -21,6 +21,7 @@ use crate::glue::network::{serve_peers, GroupNetwork, PeerClients, Registry};
 use crate::glue::state_machine::GroupStateMachine;
 use crate::glue::{raft_config, NodeAddr, Raft, ServerState, Timing};
 use crate::ring::SlotTable;
+use crate::signals::Signals;
 use crate::{Error, Result};
 
 /// The metadata group: membership, definitions. Data groups are `1..=groups`.
@@ -29,6 +30,11 @@ pub const META_GROUP: u64 = 0;
 const BALANCE_EVERY: Duration = Duration::from_secs(1);
 /// How often bootstrap asks peers whether the cluster already exists.
 const BOOTSTRAP_RETRY: Duration = Duration::from_millis(300);
+/// How often the clock looks at leadership and deadlines when nothing wakes it sooner; a
+/// group whose leadership this node just won is ticked within this time.
+const CLOCK_IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How soon the clock retries a tick that failed (lost leadership, no quorum).
+const TICK_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -81,6 +87,7 @@ pub struct RaftNode {
     registry: Arc<Registry>,
     slots: SlotTable,
     counters: RaftCounters,
+    signals: Arc<Signals>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -112,8 +119,9 @@ impl RaftNode {
         let store = Store::open(&config.data_dir.join("db"))?;
         let registry = Arc::new(Registry::default());
         let clients = PeerClients::new(config.bind_source_ip);
+        let signals = Arc::new(Signals::default());
         for group in std::iter::once(META_GROUP).chain(1..=config.groups) {
-            let sm = GroupStateMachine::open(group, store.clone())?;
+            let sm = GroupStateMachine::open(group, store.clone(), signals.clone())?;
             let log = GroupLogStore::new(group, store.clone());
             let network = GroupNetwork {
                 group,
@@ -140,11 +148,13 @@ impl RaftNode {
             store,
             registry: registry.clone(),
             counters: RaftCounters::default(),
+            signals,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let mut tasks = vec![tokio::spawn(serve_peers(listener, registry))];
         tasks.push(tokio::spawn(node.clone().bootstrap(clients)));
         tasks.push(tokio::spawn(node.clone().balance_leaders()));
+        tasks.push(tokio::spawn(node.clone().run_clock()));
         node.tasks.lock().expect("lock").extend(tasks);
         Ok(node)
     }
@@ -163,6 +173,10 @@ impl RaftNode {
 
     pub fn counters(&self) -> &RaftCounters {
         &self.counters
+    }
+
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     pub fn slots(&self) -> &SlotTable {
@@ -438,6 +452,49 @@ impl RaftNode {
             match raft.initialize(self.config.members.clone()).await {
                 Ok(()) => tracing::info!(group, "initialised group"),
                 Err(e) => tracing::warn!(group, error = %e, "initialise failed"),
+            }
+        }
+    }
+
+    /// The leaders' clock: for every data group this node leads, proposes a `Tick` once the
+    /// group's earliest deadline (lease expiry, retry backoff, timer) has passed on this
+    /// node's clock. Time thus enters the state machine only through log entries, and a new
+    /// leader picks up the deadlines its replica already holds.
+    async fn run_clock(self: Arc<Self>) {
+        let mut in_flight: BTreeMap<u64, JoinHandle<()>> = BTreeMap::new();
+        let mut retry_at: BTreeMap<u64, u64> = BTreeMap::new();
+        loop {
+            in_flight.retain(|_, h| !h.is_finished());
+            let now = now_ms();
+            let mut wake = now + CLOCK_IDLE_CHECK.as_millis() as u64;
+            for (group, due) in self.signals.deadlines() {
+                if group == META_GROUP || !self.is_leader(group) {
+                    continue;
+                }
+                let due = due.max(retry_at.get(&group).copied().unwrap_or(0));
+                if due > now {
+                    wake = wake.min(due);
+                    continue;
+                }
+                if in_flight.contains_key(&group) {
+                    wake = wake.min(now + TICK_RETRY.as_millis() as u64);
+                    continue;
+                }
+                retry_at.insert(group, now + TICK_RETRY.as_millis() as u64);
+                let node = self.clone();
+                in_flight.insert(
+                    group,
+                    tokio::spawn(async move {
+                        if let Err(e) = node.propose(group, Command::Tick).await {
+                            tracing::debug!(group, error = %e, "tick failed");
+                        }
+                    }),
+                );
+            }
+            let sleep = Duration::from_millis(wake.saturating_sub(now_ms()));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.signals.deadlines_changed() => {}
             }
         }
     }

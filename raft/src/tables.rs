@@ -7,15 +7,21 @@
 //! | `h/{id}\0{revision u64 BE}`  | [`HistoryRow`]                | data groups  |
 //! | `r/{id}\0{request_id}`       | the first [`Outcome`]         | data groups  |
 //! | `p/{name}\0{version u32 BE}` | pinned definition JSON        | data groups  |
+//! | `t/{task id}`                | [`TaskRecord`]                | data groups  |
+//! | `q/{type}\0{seq u64 BE}\0{task id}` | (ready queue, FIFO)    | data groups  |
+//! | `e/{due ms u64 BE}{kind}{id}`| (deadline index)              | data groups  |
 //! | `d/{name}\0{version u32 BE}` | [`DefinitionVersion`]         | meta group   |
 //! | `l/{name}`                   | latest version (u32)          | meta group   |
 //!
 //! Ids and names never contain `\0` (their alphabets exclude it), so `\0` ends them safely.
+//! The ready queue's `seq` is the log index that made the task ready, so workers get tasks
+//! first-in first-out. A deadline's `kind` is `t` (a workflow's timer; id = workflow id) or
+//! `k` (a task's lease expiry or retry backoff; id = task id).
 
 use serde::{Deserialize, Serialize};
 
 use raftflow_storage::{codec, Store};
-use raftflow_workflow::{HistoryRow, Workflow};
+use raftflow_workflow::{HistoryRow, Task, Workflow};
 
 use crate::command::DefinitionVersion;
 use crate::Result;
@@ -25,14 +31,35 @@ pub const WORKFLOWS: &[u8] = b"w/";
 const HISTORY: &[u8] = b"h/";
 const DEDUP: &[u8] = b"r/";
 const PINNED: &[u8] = b"p/";
+const TASKS: &[u8] = b"t/";
+const READY: &[u8] = b"q/";
+pub const DEADLINES: &[u8] = b"e/";
+pub const DEADLINE_TIMER: u8 = b't';
+pub const DEADLINE_TASK: u8 = b'k';
 pub const DEFINITIONS: &[u8] = b"d/";
 pub const LATEST: &[u8] = b"l/";
 
-/// A workflow as stored: the workflow and the fingerprint of the request that created it.
+/// A workflow as stored: the workflow, the fingerprint of the request that created it, and
+/// the engine step it waits on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowRecord {
     pub workflow: Workflow,
     pub fingerprint: String,
+    pub step: Option<OpenStep>,
+}
+
+/// The engine step a running workflow waits on in its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpenStep {
+    Task { task_id: String },
+    Timer { due_ms: u64 },
+}
+
+/// A task as stored: the task and, while it is ready, its place in the ready queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub queued: Option<u64>,
 }
 
 fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -62,6 +89,49 @@ pub fn history_prefix(id: &str) -> Vec<u8> {
 
 pub fn dedup_key(id: &str, request_id: &str) -> Vec<u8> {
     join(DEDUP, &[id.as_bytes(), request_id.as_bytes()])
+}
+
+pub fn task_key(task_id: &str) -> Vec<u8> {
+    join(TASKS, &[task_id.as_bytes()])
+}
+
+/// Where ready tasks of `task_type` are queued.
+pub fn ready_prefix(task_type: &str) -> Vec<u8> {
+    let mut k = join(READY, &[task_type.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn ready_key(task_type: &str, seq: u64, task_id: &str) -> Vec<u8> {
+    join(
+        READY,
+        &[task_type.as_bytes(), &seq.to_be_bytes(), task_id.as_bytes()],
+    )
+}
+
+/// The task id at the end of a ready-queue key.
+pub fn task_of_ready_key(key: &[u8], task_type: &str) -> String {
+    let skip = READY.len() + task_type.len() + 1 + 8 + 1;
+    String::from_utf8_lossy(&key[skip..]).into_owned()
+}
+
+pub fn deadline_key(due_ms: u64, kind: u8, id: &str) -> Vec<u8> {
+    let mut k = DEADLINES.to_vec();
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.push(kind);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `(due_ms, kind, id)` of a deadline key.
+pub fn parse_deadline_key(key: &[u8]) -> (u64, u8, String) {
+    let rest = &key[DEADLINES.len()..];
+    let due = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes of due time"));
+    (
+        due,
+        rest[8],
+        String::from_utf8_lossy(&rest[9..]).into_owned(),
+    )
 }
 
 pub fn pinned_key(name: &str, version: u32) -> Vec<u8> {
@@ -108,6 +178,31 @@ pub fn scan_workflows(
         .into_iter()
         .map(|(_, v)| Ok(codec::decode(&v)?))
         .collect()
+}
+
+pub fn read_task(store: &Store, group: u64, task_id: &str) -> Result<Option<TaskRecord>> {
+    get(store, group, &task_key(task_id))
+}
+
+/// Whether this replica of `group` has a ready task of any of `types`.
+pub fn has_ready(store: &Store, group: u64, types: &[String]) -> Result<bool> {
+    for t in types {
+        if !store
+            .scan_state(group, &ready_prefix(t), None, 1)?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The earliest deadline (lease expiry, retry, timer) of `group` on this replica.
+pub fn next_deadline(store: &Store, group: u64) -> Result<Option<u64>> {
+    Ok(store
+        .scan_state(group, DEADLINES, None, 1)?
+        .first()
+        .map(|(k, _)| parse_deadline_key(k).0))
 }
 
 /// The definition a data group pinned for its workflows of `name` v`version`.

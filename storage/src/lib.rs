@@ -159,6 +159,10 @@ impl Store {
         batch.put_cf(self.cf(CF_STATE), state_key(group, key), value);
     }
 
+    pub fn delete_state(&self, batch: &mut WriteBatch, group: u64, key: &[u8]) {
+        batch.delete_cf(self.cf(CF_STATE), state_key(group, key));
+    }
+
     pub fn get_state(&self, group: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(CF_STATE), state_key(group, key))?)
     }

@@ -11,9 +11,7 @@ pub const MAX_ID_LEN: usize = 128;
 
 /// Engine-emitted events; a client may not send these.
 const ENGINE_EVENT_PREFIXES: [&str; 2] = ["task.", "timer."];
-const TASK_COMPLETED: &str = "task.completed";
-const TASK_FAILED: &str = "task.failed";
-const TIMER_FIRED: &str = "timer.fired";
+use crate::transition::{TASK_COMPLETED, TASK_FAILED, TIMER_FIRED};
 
 /// `[A-Za-z0-9_.-]{1,64}`: definition, state, event and task-type names.
 pub fn is_valid_name(s: &str) -> bool {
@@ -45,7 +43,7 @@ pub enum Terminal {
     Cancelled,
 }
 
-/// The work a task state hands to workers (the engine runs it in a later release).
+/// The work a task state hands to workers; unset fields take the defaults in [`crate::task`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {

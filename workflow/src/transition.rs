@@ -9,6 +9,12 @@ use crate::{Definition, JsonObject, Terminal};
 pub const CREATED_EVENT: &str = "created";
 /// The history event recorded for a cancel.
 pub const CANCEL_EVENT: &str = "cancel";
+/// Engine events.
+pub const TASK_COMPLETED: &str = "task.completed";
+pub const TASK_FAILED: &str = "task.failed";
+/// A failed attempt that will be retried (history only; the state does not change).
+pub const TASK_RETRYING: &str = "task.retrying";
+pub const TIMER_FIRED: &str = "timer.fired";
 
 /// Where a workflow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +158,14 @@ pub fn fire_event(
         return Err(Rejection::Finished { status: wf.status });
     }
     let Some(target) = def.state(&wf.state).on.get(event) else {
+        if origin == EventOrigin::Engine && event == TASK_FAILED {
+            // A task state without a `task.failed` handler fails the whole workflow, as an
+            // unhandled error fails a Step Functions execution.
+            let mut next = wf.clone();
+            merge(&mut next.context, &payload);
+            next.status = Status::Failed;
+            return Ok(advance(wf, next, event, payload, now_ms));
+        }
         return Err(Rejection::EventNotAllowed {
             state: wf.state.clone(),
             event: event.to_string(),
@@ -159,11 +173,7 @@ pub fn fire_event(
     };
     let target_def = def.state(target);
     let mut next = wf.clone();
-    if let Some(p) = &payload {
-        for (k, v) in p {
-            next.context.insert(k.clone(), v.clone());
-        }
-    }
+    merge(&mut next.context, &payload);
     next.state = target.clone();
     next.status = target_def
         .terminal
@@ -189,6 +199,30 @@ pub fn cancel(
         m
     });
     Ok(advance(wf, next, CANCEL_EVENT, payload, now_ms))
+}
+
+/// Records an engine event that keeps the workflow where it is (a task attempt that failed
+/// and will be retried): a history row and revision + 1, nothing else.
+pub fn record(
+    wf: &Workflow,
+    event: &str,
+    payload: Option<JsonObject>,
+    now_ms: u64,
+) -> (Workflow, HistoryRow) {
+    assert!(
+        wf.status == Status::Running,
+        "workflow {}: engine event {event} recorded after it finished",
+        wf.id
+    );
+    advance(wf, wf.clone(), event, payload, now_ms)
+}
+
+fn merge(context: &mut JsonObject, payload: &Option<JsonObject>) {
+    if let Some(p) = payload {
+        for (k, v) in p {
+            context.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 fn check_revision(wf: &Workflow, expected: Option<u64>) -> Result<(), Rejection> {
@@ -371,6 +405,38 @@ mod tests {
     }
 
     #[test]
+    fn an_unhandled_task_failure_fails_the_workflow_in_place() {
+        let def: Definition = serde_json::from_value(json!({
+            "name": "x", "initial": "work",
+            "states": {
+                "work": {"task": {"type": "t"}, "on": {"task.completed": "done"}},
+                "done": {"terminal": "succeeded"}
+            }
+        }))
+        .unwrap();
+        let (wf, _) = create(&def, 1, "w", JsonObject::new(), 1);
+        let err = Some(obj(json!({"error": "boom"})));
+        let (wf2, row) =
+            fire_event(&def, &wf, TASK_FAILED, err, None, EventOrigin::Engine, 2).unwrap();
+        assert_eq!((wf2.state.as_str(), wf2.status), ("work", Status::Failed));
+        assert_eq!(wf2.context, obj(json!({"error": "boom"})));
+        assert_eq!(row.event, TASK_FAILED);
+        assert!(fire_event(&def, &wf, TASK_FAILED, None, None, EventOrigin::Client, 2).is_err());
+    }
+
+    #[test]
+    fn a_recorded_retry_bumps_the_revision_only() {
+        let (wf, _) = create(&order(), 1, "o-1", JsonObject::new(), 1);
+        let (wf2, row) = record(&wf, TASK_RETRYING, Some(obj(json!({"attempt": 2}))), 5);
+        assert_eq!((wf2.revision, wf2.state.as_str()), (2, "created"));
+        assert_eq!(wf2.context, wf.context);
+        assert_eq!(
+            (row.from.as_deref(), row.to.as_str()),
+            (Some("created"), "created")
+        );
+    }
+
+    #[test]
     fn revision_mismatch_reports_current() {
         let def = order();
         let (wf, _) = create(&def, 1, "o-1", JsonObject::new(), 1);
@@ -437,7 +503,14 @@ mod tests {
                         prop_assert!(!was_finished);
                         prop_assert_eq!(next.revision, wf.revision + 1);
                         prop_assert_eq!(row.revision, next.revision);
-                        prop_assert_eq!(def.state(&wf.state).on.get(*ev), Some(&next.state));
+                        match def.state(&wf.state).on.get(*ev) {
+                            Some(target) => prop_assert_eq!(target, &next.state),
+                            None => {
+                                // Only an unhandled engine `task.failed` ends a workflow in place.
+                                prop_assert_eq!(*ev, "task.failed");
+                                prop_assert_eq!(next.status, Status::Failed);
+                            }
+                        }
                         accepted += 1;
                         wf = next;
                 }

@@ -2,9 +2,11 @@
 //! touches one place: the type configuration, the log store, the state machine and the peer
 //! transport.
 
+pub(crate) mod engine;
 pub(crate) mod log_store;
 pub(crate) mod network;
 pub(crate) mod state_machine;
+pub(crate) mod tx;
 
 use std::sync::Arc;
 
@@ -112,7 +114,8 @@ mod conformance {
             // A neighbour group with its own rows proves ranges stay apart.
             let group = 7;
             let log = GroupLogStore::new(group, store.clone());
-            let sm = GroupStateMachine::open(group, store).expect("open state machine");
+            let sm = GroupStateMachine::open(group, store, Default::default())
+                .expect("open state machine");
             Ok((dir, log, sm))
         }
     }

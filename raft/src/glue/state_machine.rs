@@ -11,12 +11,15 @@ use std::sync::Arc;
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use raftflow_storage::{codec, Batch, Store};
+use raftflow_storage::{codec, Store};
 use raftflow_workflow::{self as workflow, Definition, EventOrigin, JsonObject};
 use serde::{Deserialize, Serialize};
 
+use super::engine::At;
+use super::tx::Tx;
 use super::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::command::{Command, DefinitionVersion, Outcome, Refusal, Stamped};
+use crate::signals::Signals;
 use crate::tables::{self, WorkflowRecord};
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
@@ -34,28 +37,39 @@ pub(crate) fn applied_index(row: &[u8]) -> crate::Result<Option<u64>> {
 }
 
 pub struct GroupStateMachine {
-    group: u64,
+    pub(super) group: u64,
     store: Arc<Store>,
     applied: Applied,
     /// Parsed pinned definitions: `(name, version)` -> definition. Versions are immutable.
     definitions: HashMap<(String, u32), Arc<Definition>>,
+    signals: Arc<Signals>,
 }
 
 impl GroupStateMachine {
-    pub fn open(group: u64, store: Arc<Store>) -> io::Result<Self> {
+    pub fn open(group: u64, store: Arc<Store>, signals: Arc<Signals>) -> io::Result<Self> {
         let applied = match store.get_state(group, tables::APPLIED)? {
             Some(bytes) => codec::decode(&bytes)?,
             None => Applied::default(),
         };
-        Ok(GroupStateMachine {
+        let sm = GroupStateMachine {
             group,
             store,
             applied,
             definitions: HashMap::new(),
-        })
+            signals,
+        };
+        sm.publish_deadline()?;
+        Ok(sm)
     }
 
-    fn definition(&mut self, tx: &Tx, name: &str, version: u32) -> Arc<Definition> {
+    /// Tells the leader's clock when this group next needs a tick.
+    fn publish_deadline(&self) -> io::Result<()> {
+        let due = tables::next_deadline(&self.store, self.group).map_err(io::Error::other)?;
+        self.signals.set_deadline(self.group, due);
+        Ok(())
+    }
+
+    pub(super) fn definition(&mut self, tx: &Tx, name: &str, version: u32) -> Arc<Definition> {
         let key = (name.to_string(), version);
         if let Some(d) = self.definitions.get(&key) {
             return d.clone();
@@ -75,8 +89,9 @@ impl GroupStateMachine {
         def
     }
 
-    fn execute(&mut self, tx: &mut Tx, stamped: &Stamped) -> Outcome {
+    fn execute(&mut self, tx: &mut Tx, index: u64, stamped: &Stamped) -> Outcome {
         let now = stamped.at_ms;
+        let at = At { now_ms: now, index };
         match &stamped.command {
             Command::PutDefinition { name, json } => put_definition(tx, name, json, now),
             Command::CreateWorkflow {
@@ -106,13 +121,15 @@ impl GroupStateMachine {
                     serde_json::from_str(context_json).expect("leader sends an object context");
                 let (wf, row) = workflow::create(&def, *version, id, context, now);
                 tx.put_encoded(tables::history_key(id, row.revision), &row);
-                let rec = WorkflowRecord {
-                    workflow: wf.clone(),
+                let mut rec = WorkflowRecord {
+                    workflow: wf,
                     fingerprint: fingerprint.clone(),
+                    step: None,
                 };
+                self.open_initial_step(tx, &mut rec, &def, at);
                 tx.put_encoded(tables::workflow_key(id), &rec);
                 Outcome::Workflow {
-                    workflow: wf,
+                    workflow: rec.workflow,
                     created: true,
                 }
             }
@@ -122,7 +139,7 @@ impl GroupStateMachine {
                 payload_json,
                 expected_revision,
                 request_id,
-            } => self.transition(tx, id, request_id.as_deref(), |def, wf| {
+            } => self.transition(tx, at, id, request_id.as_deref(), |def, wf| {
                 let payload = payload_json
                     .as_deref()
                     .map(|p| serde_json::from_str(p).expect("leader sends an object payload"));
@@ -140,9 +157,32 @@ impl GroupStateMachine {
                 id,
                 reason,
                 request_id,
-            } => self.transition(tx, id, request_id.as_deref(), |_, wf| {
+            } => self.transition(tx, at, id, request_id.as_deref(), |_, wf| {
                 workflow::cancel(wf, reason.clone(), now)
             }),
+            Command::LeaseTasks {
+                types,
+                worker,
+                max,
+                lease_ms,
+            } => self.lease_tasks(tx, types, worker, *max, *lease_ms, at),
+            Command::CompleteTask {
+                task_id,
+                token,
+                output_json,
+            } => self.complete_task(tx, task_id, *token, output_json.as_deref(), at),
+            Command::FailTask {
+                task_id,
+                token,
+                error,
+                retryable,
+            } => self.fail_task(tx, task_id, *token, error, *retryable, at),
+            Command::HeartbeatTask {
+                task_id,
+                token,
+                lease_ms,
+            } => self.heartbeat_task(tx, task_id, *token, *lease_ms, at),
+            Command::Tick => self.tick(tx, at),
         }
     }
 
@@ -151,6 +191,7 @@ impl GroupStateMachine {
     fn transition(
         &mut self,
         tx: &mut Tx,
+        at: At,
         id: &str,
         request_id: Option<&str>,
         step: impl FnOnce(
@@ -173,15 +214,7 @@ impl GroupStateMachine {
         let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
         let outcome = match step(&def, &rec.workflow) {
             Ok((next, row)) => {
-                assert_eq!(
-                    next.revision,
-                    rec.workflow.revision + 1,
-                    "group {}: workflow {id} revision must grow by exactly one",
-                    self.group
-                );
-                tx.put_encoded(tables::history_key(id, row.revision), &row);
-                rec.workflow = next;
-                tx.put_encoded(tables::workflow_key(id), &rec);
+                self.advance_workflow(tx, &mut rec, &def, next, row, true, at);
                 Outcome::Workflow {
                     workflow: rec.workflow,
                     created: false,
@@ -223,45 +256,6 @@ fn put_definition(tx: &mut Tx, name: &str, json: &str, now: u64) -> Outcome {
     }
 }
 
-/// The writes of one `apply` call: a batch, and an overlay so later entries of the same call
-/// read what earlier ones wrote.
-struct Tx<'a> {
-    group: u64,
-    store: &'a Store,
-    batch: Batch,
-    overlay: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-impl Tx<'_> {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if let Some(v) = self.overlay.get(key) {
-            return Some(v.clone());
-        }
-        self.store
-            .get_state(self.group, key)
-            .unwrap_or_else(|e| panic!("group {}: state read failed: {e}", self.group))
-    }
-
-    fn get_decoded<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
-        self.get(key).map(|bytes| {
-            codec::decode(&bytes).unwrap_or_else(|e| {
-                panic!(
-                    "group {}: corrupt row {:?}: {e}",
-                    self.group,
-                    String::from_utf8_lossy(key)
-                )
-            })
-        })
-    }
-
-    fn put_encoded<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
-        let bytes = codec::encode(value).expect("state rows encode");
-        self.store
-            .put_state(&mut self.batch, self.group, &key, &bytes);
-        self.overlay.insert(key, bytes);
-    }
-}
-
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = GroupSnapshotBuilder;
@@ -275,12 +269,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let store = self.store.clone();
-        let mut tx = Tx {
-            group: self.group,
-            store: &store,
-            batch: Batch::default(),
-            overlay: HashMap::new(),
-        };
+        let mut tx = Tx::new(self.group, &store);
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             if let Some(prev) = &self.applied.last_applied {
@@ -296,7 +285,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             }
             let outcome = match &entry.payload {
                 EntryPayload::Blank => Outcome::Nothing,
-                EntryPayload::Normal(stamped) => self.execute(&mut tx, stamped),
+                EntryPayload::Normal(stamped) => self.execute(&mut tx, entry.log_id.index, stamped),
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Outcome::Nothing
@@ -309,7 +298,14 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         }
         let applied = codec::encode(&self.applied)?;
         store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
+        let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
         store.write(tx.batch)?;
+        if made_ready {
+            self.signals.task_ready();
+        }
+        if deadlines_touched {
+            self.publish_deadline()?;
+        }
         for (responder, outcome) in replies {
             responder.send(outcome);
         }
@@ -330,7 +326,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     ) -> Result<(), io::Error> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
         self.store.replace_group_state(self.group, &rows)?;
-        let reopened = GroupStateMachine::open(self.group, self.store.clone())?;
+        let reopened =
+            GroupStateMachine::open(self.group, self.store.clone(), self.signals.clone())?;
+        self.signals.task_ready();
         if reopened.applied.last_applied != meta.last_log_id {
             return Err(io::Error::other(format!(
                 "group {}: snapshot rows applied {:?} but meta says {:?}",

@@ -1,0 +1,421 @@
+//! The engine's steps inside apply: tasks (ready queue, leases, retries) and timers.
+//!
+//! Every decision uses the time stamped into the entry being applied and the entry's log
+//! index (lease tokens, queue order), so every replica reaches the same rows.
+
+use std::sync::Arc;
+
+use raftflow_workflow::{
+    self as workflow, Definition, EventOrigin, FailDecision, HistoryRow, JsonObject, LeaseLost,
+    Step, Task, Workflow, TASK_COMPLETED, TASK_FAILED, TASK_RETRYING, TIMER_FIRED,
+};
+use serde_json::json;
+
+use super::state_machine::GroupStateMachine;
+use super::tx::Tx;
+use crate::command::{LeasedTask, Outcome, Refusal};
+use crate::mutant::{self, Mutant};
+use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
+
+/// Most deadlines one tick acts on; the leader ticks again while more are due.
+const MAX_DEADLINES_PER_TICK: usize = 512;
+/// Most tasks one lease command hands out.
+pub const MAX_TASKS_PER_LEASE: u32 = 100;
+
+/// The time and log index of the entry being applied.
+#[derive(Clone, Copy)]
+pub(crate) struct At {
+    pub now_ms: u64,
+    pub index: u64,
+}
+
+impl GroupStateMachine {
+    /// Stores a change of `rec`'s workflow: its history row, the new workflow and, when the
+    /// workflow (re-)entered a state, the step it waited on closed and the new state's opened.
+    /// A recorded retry changes neither state nor step.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn advance_workflow(
+        &mut self,
+        tx: &mut Tx,
+        rec: &mut WorkflowRecord,
+        def: &Definition,
+        next: Workflow,
+        row: HistoryRow,
+        reentered: bool,
+        at: At,
+    ) {
+        assert_eq!(
+            next.revision,
+            rec.workflow.revision + 1,
+            "group {}: workflow {} revision must grow by exactly one",
+            self.group,
+            next.id
+        );
+        tx.put_encoded(tables::history_key(&next.id, row.revision), &row);
+        if reentered {
+            close_step(tx, rec);
+            rec.workflow = next;
+            open_step(tx, rec, def, at);
+        } else {
+            rec.workflow = next;
+        }
+        tx.put_encoded(tables::workflow_key(&rec.workflow.id), rec);
+    }
+
+    /// Opens the step of a just-created workflow's initial state.
+    pub(super) fn open_initial_step(
+        &mut self,
+        tx: &mut Tx,
+        rec: &mut WorkflowRecord,
+        def: &Definition,
+        at: At,
+    ) {
+        open_step(tx, rec, def, at);
+    }
+
+    pub(super) fn lease_tasks(
+        &mut self,
+        tx: &mut Tx,
+        types: &[String],
+        worker: &str,
+        max: u32,
+        lease_ms: Option<u64>,
+        at: At,
+    ) -> Outcome {
+        let mut left = max.min(MAX_TASKS_PER_LEASE) as usize;
+        let mut tasks = Vec::new();
+        let mut seen_types = std::collections::BTreeSet::new();
+        for task_type in types {
+            if left == 0 {
+                break;
+            }
+            if !seen_types.insert(task_type) {
+                continue;
+            }
+            for key in tx.scan_keys(&tables::ready_prefix(task_type), left) {
+                let task_id = tables::task_of_ready_key(&key, task_type);
+                let mut trec = self.task_record(tx, &task_id);
+                unqueue(tx, &mut trec);
+                let expires_at_ms = trec.task.lease(
+                    at.index,
+                    worker,
+                    lease_ms.unwrap_or(trec.task.lease_ms),
+                    at.now_ms,
+                );
+                move_deadline(tx, &trec.task.id, None, Some(expires_at_ms));
+                tx.put_encoded(tables::task_key(&task_id), &trec);
+                let wf = self.workflow_record(tx, &trec.task.workflow_id).workflow;
+                tasks.push(LeasedTask {
+                    id: task_id,
+                    workflow_id: wf.id,
+                    task_type: trec.task.task_type.clone(),
+                    attempt: trec.task.attempt,
+                    token: trec.task.token,
+                    expires_at_ms,
+                    context_json: serde_json::Value::Object(wf.context).to_string(),
+                });
+                left -= 1;
+            }
+        }
+        Outcome::Leased { tasks }
+    }
+
+    pub(super) fn complete_task(
+        &mut self,
+        tx: &mut Tx,
+        task_id: &str,
+        token: u64,
+        output_json: Option<&str>,
+        at: At,
+    ) -> Outcome {
+        let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
+            return task_not_found(task_id);
+        };
+        let old_deadline = trec.task.deadline_ms();
+        let fresh = if mutant::active() == Mutant::LeaseCheck && trec.task.phase.is_open() {
+            // The mutant takes any token while the task is open: a stale holder wins.
+            trec.task.phase = workflow::Phase::Completed { token };
+            true
+        } else {
+            match trec.task.complete(token, at.now_ms) {
+                Ok(fresh) => fresh,
+                Err(lost) => return lease_lost(&trec.task, lost),
+            }
+        };
+        let mut rec = self.workflow_record(tx, &trec.task.workflow_id);
+        if !fresh {
+            return Outcome::Task {
+                task: trec.task,
+                workflow: rec.workflow,
+            };
+        }
+        move_deadline(tx, task_id, old_deadline, None);
+        unqueue(tx, &mut trec);
+        tx.put_encoded(tables::task_key(task_id), &trec);
+        let output: Option<JsonObject> =
+            output_json.map(|o| serde_json::from_str(o).expect("leader sends an object output"));
+        let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
+        self.fire_engine_event(tx, &mut rec, &def, TASK_COMPLETED, output, at);
+        Outcome::Task {
+            task: trec.task,
+            workflow: rec.workflow,
+        }
+    }
+
+    pub(super) fn fail_task(
+        &mut self,
+        tx: &mut Tx,
+        task_id: &str,
+        token: u64,
+        error: &str,
+        retryable: bool,
+        at: At,
+    ) -> Outcome {
+        let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
+            return task_not_found(task_id);
+        };
+        let old_deadline = trec.task.deadline_ms();
+        let failed_attempt = trec.task.attempt;
+        let decision = match trec.task.fail(token, error, retryable, at.now_ms) {
+            Ok(d) => d,
+            Err(lost) => return lease_lost(&trec.task, lost),
+        };
+        let mut rec = self.workflow_record(tx, &trec.task.workflow_id);
+        let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
+        match decision {
+            FailDecision::Retry { until_ms, .. } => {
+                move_deadline(tx, task_id, old_deadline, Some(until_ms));
+                tx.put_encoded(tables::task_key(task_id), &trec);
+                let payload = json!({
+                    "task_id": task_id, "attempt": failed_attempt, "error": error,
+                    "retry_at": rfc3339(until_ms),
+                });
+                let (next, row) =
+                    workflow::record(&rec.workflow, TASK_RETRYING, object(payload), at.now_ms);
+                self.advance_workflow(tx, &mut rec, &def, next, row, false, at);
+            }
+            FailDecision::Exhausted => {
+                move_deadline(tx, task_id, old_deadline, None);
+                tx.put_encoded(tables::task_key(task_id), &trec);
+                let payload = object(json!({ "error": error }));
+                self.fire_engine_event(tx, &mut rec, &def, TASK_FAILED, payload, at);
+            }
+        }
+        Outcome::Task {
+            task: trec.task,
+            workflow: rec.workflow,
+        }
+    }
+
+    pub(super) fn heartbeat_task(
+        &mut self,
+        tx: &mut Tx,
+        task_id: &str,
+        token: u64,
+        lease_ms: Option<u64>,
+        at: At,
+    ) -> Outcome {
+        let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
+            return task_not_found(task_id);
+        };
+        let old_deadline = trec.task.deadline_ms();
+        let lease_ms = lease_ms.unwrap_or(trec.task.lease_ms);
+        if let Err(lost) = trec.task.heartbeat(token, lease_ms, at.now_ms) {
+            return lease_lost(&trec.task, lost);
+        }
+        move_deadline(tx, task_id, old_deadline, trec.task.deadline_ms());
+        tx.put_encoded(tables::task_key(task_id), &trec);
+        let rec = self.workflow_record(tx, &trec.task.workflow_id);
+        Outcome::Task {
+            task: trec.task,
+            workflow: rec.workflow,
+        }
+    }
+
+    /// Acts on every deadline at or before the entry's time, oldest first, up to a bound.
+    pub(super) fn tick(&mut self, tx: &mut Tx, at: At) -> Outcome {
+        for key in tx.scan_keys(tables::DEADLINES, MAX_DEADLINES_PER_TICK) {
+            let (due_ms, kind, id) = tables::parse_deadline_key(&key);
+            if due_ms > at.now_ms {
+                break;
+            }
+            tx.delete(key);
+            tx.deadlines_touched = true;
+            match kind {
+                tables::DEADLINE_TIMER => {
+                    let mut rec = self.workflow_record(tx, &id);
+                    if rec.step == (Some(OpenStep::Timer { due_ms })) {
+                        let def =
+                            self.definition(tx, &rec.workflow.definition, rec.workflow.version);
+                        self.fire_engine_event(tx, &mut rec, &def, TIMER_FIRED, None, at);
+                    }
+                }
+                tables::DEADLINE_TASK => {
+                    let mut trec = self.task_record(tx, &id);
+                    if trec.task.deadline_ms() == Some(due_ms) && trec.task.advance_to(at.now_ms) {
+                        enqueue(tx, &mut trec, at.index);
+                        tx.put_encoded(tables::task_key(&id), &trec);
+                    }
+                }
+                other => panic!(
+                    "group {}: deadline of unknown kind {other} for {id:?}",
+                    self.group
+                ),
+            }
+        }
+        Outcome::Nothing
+    }
+
+    fn fire_engine_event(
+        &mut self,
+        tx: &mut Tx,
+        rec: &mut WorkflowRecord,
+        def: &Arc<Definition>,
+        event: &str,
+        payload: Option<JsonObject>,
+        at: At,
+    ) {
+        let (next, row) = workflow::fire_event(
+            def,
+            &rec.workflow,
+            event,
+            payload,
+            None,
+            EventOrigin::Engine,
+            at.now_ms,
+        )
+        .unwrap_or_else(|r| {
+            // An open step means a running workflow in the state that handles its event.
+            panic!(
+                "group {}: workflow {}: engine event {event} refused: {r}",
+                self.group, rec.workflow.id
+            )
+        });
+        self.advance_workflow(tx, rec, def, next, row, true, at);
+    }
+
+    fn task_record(&self, tx: &Tx, task_id: &str) -> TaskRecord {
+        tx.get_decoded(&tables::task_key(task_id))
+            .unwrap_or_else(|| panic!("group {}: indexed task {task_id} is missing", self.group))
+    }
+
+    fn workflow_record(&self, tx: &Tx, id: &str) -> WorkflowRecord {
+        tx.get_decoded(&tables::workflow_key(id))
+            .unwrap_or_else(|| {
+                panic!(
+                    "group {}: workflow {id} of a task or timer is missing",
+                    self.group
+                )
+            })
+    }
+}
+
+/// Withdraws the task or drops the timer `rec` waits on.
+fn close_step(tx: &mut Tx, rec: &mut WorkflowRecord) {
+    match rec.step.take() {
+        None => {}
+        Some(OpenStep::Timer { due_ms }) => {
+            tx.delete(tables::deadline_key(
+                due_ms,
+                tables::DEADLINE_TIMER,
+                &rec.workflow.id,
+            ));
+            tx.deadlines_touched = true;
+        }
+        Some(OpenStep::Task { task_id }) => {
+            let key = tables::task_key(&task_id);
+            let Some(mut trec) = tx.get_decoded::<TaskRecord>(&key) else {
+                return;
+            };
+            if trec.task.phase.is_open() {
+                move_deadline(tx, &task_id, trec.task.deadline_ms(), None);
+                unqueue(tx, &mut trec);
+                trec.task.phase = workflow::Phase::Withdrawn;
+                tx.put_encoded(key, &trec);
+            }
+        }
+    }
+}
+
+/// Opens the step of the state `rec.workflow` is in now.
+fn open_step(tx: &mut Tx, rec: &mut WorkflowRecord, def: &Definition, at: At) {
+    match workflow::step_on_entry(def, &rec.workflow) {
+        None => {}
+        Some(Step::Timer { due_ms }) => {
+            tx.put_encoded(
+                tables::deadline_key(due_ms, tables::DEADLINE_TIMER, &rec.workflow.id),
+                &(),
+            );
+            tx.deadlines_touched = true;
+            rec.step = Some(OpenStep::Timer { due_ms });
+        }
+        Some(Step::Task(task)) => {
+            let task_id = task.id.clone();
+            let mut trec = TaskRecord { task, queued: None };
+            enqueue(tx, &mut trec, at.index);
+            tx.put_encoded(tables::task_key(&task_id), &trec);
+            rec.step = Some(OpenStep::Task { task_id });
+        }
+    }
+}
+
+fn enqueue(tx: &mut Tx, trec: &mut TaskRecord, seq: u64) {
+    debug_assert!(trec.queued.is_none());
+    tx.put_encoded(
+        tables::ready_key(&trec.task.task_type, seq, &trec.task.id),
+        &(),
+    );
+    trec.queued = Some(seq);
+    tx.made_ready = true;
+}
+
+fn unqueue(tx: &mut Tx, trec: &mut TaskRecord) {
+    if let Some(seq) = trec.queued.take() {
+        tx.delete(tables::ready_key(&trec.task.task_type, seq, &trec.task.id));
+    }
+}
+
+fn move_deadline(tx: &mut Tx, task_id: &str, from: Option<u64>, to: Option<u64>) {
+    if from == to {
+        return;
+    }
+    if let Some(due) = from {
+        tx.delete(tables::deadline_key(due, tables::DEADLINE_TASK, task_id));
+    }
+    if let Some(due) = to {
+        tx.put_encoded(
+            tables::deadline_key(due, tables::DEADLINE_TASK, task_id),
+            &(),
+        );
+    }
+    tx.deadlines_touched = true;
+}
+
+fn object(v: serde_json::Value) -> Option<JsonObject> {
+    match v {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn task_not_found(task_id: &str) -> Outcome {
+    Outcome::Refused(Refusal::TaskNotFound {
+        id: task_id.to_string(),
+    })
+}
+
+fn lease_lost(task: &Task, lost: LeaseLost) -> Outcome {
+    Outcome::Refused(Refusal::LeaseLost {
+        task_id: task.id.clone(),
+        reason: lost.to_string(),
+    })
+}
+
+/// RFC 3339 UTC with milliseconds, as the API writes times.
+fn rfc3339(ms: u64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
