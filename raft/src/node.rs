@@ -217,7 +217,7 @@ impl RaftNode {
         self.check_quorum_contact(&raft, group)?;
         self.counters.proposals.fetch_add(1, Ordering::Relaxed);
         let stamped = Stamped {
-            at_ms: now_ms(),
+            at_ms: self.signals.stamp(group, now_ms()),
             command,
         };
         if crate::mutant::active() == crate::mutant::Mutant::EarlyAck {
@@ -472,8 +472,10 @@ impl RaftNode {
                     continue;
                 }
                 let due = due.max(retry_at.get(&group).copied().unwrap_or(0));
-                if due > now {
-                    wake = wake.min(due);
+                // The group's time as a tick would be stamped now (see `Signals::stamp`).
+                let group_now = self.signals.stamp(group, now);
+                if due > group_now {
+                    wake = wake.min(now + (due - group_now));
                     continue;
                 }
                 if in_flight.contains_key(&group) {

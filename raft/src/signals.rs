@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -13,7 +14,13 @@ pub struct Signals {
     /// Each group's earliest deadline on this replica.
     deadlines: Mutex<BTreeMap<u64, u64>>,
     deadlines_changed: Notify,
+    /// Per group: a stamp this replica applied and when (on its monotonic clock).
+    clocks: Mutex<BTreeMap<u64, (u64, Instant)>>,
 }
+
+/// How far a leader's stamp may run ahead of the group's time as this node extrapolates it
+/// from the last applied stamp with its monotonic clock.
+pub const MAX_CLOCK_LEAD: Duration = Duration::from_secs(1);
 
 impl Default for Signals {
     fn default() -> Self {
@@ -21,6 +28,7 @@ impl Default for Signals {
             ready: watch::Sender::new(0),
             deadlines: Mutex::new(BTreeMap::new()),
             deadlines_changed: Notify::new(),
+            clocks: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -33,6 +41,36 @@ impl Signals {
     /// A receiver that sees every later [`Signals::task_ready`].
     pub fn subscribe_ready(&self) -> watch::Receiver<u64> {
         self.ready.subscribe()
+    }
+
+    /// The stamp a leader of `group` gives a command: its wall clock, but never more than
+    /// [`MAX_CLOCK_LEAD`] ahead of the group's time extrapolated from the last stamp this node
+    /// applied. A wall clock that jumps ahead (a bad NTP step) thus moves lease expiries,
+    /// backoffs and timers by at most that much, instead of by the jump.
+    pub fn stamp(&self, group: u64, wall_ms: u64) -> u64 {
+        let clocks = self.clocks.lock().expect("clocks lock");
+        match clocks.get(&group) {
+            Some((stamp, at)) => {
+                let extrapolated = stamp + at.elapsed().as_millis() as u64;
+                wall_ms.min(extrapolated + MAX_CLOCK_LEAD.as_millis() as u64)
+            }
+            None => wall_ms,
+        }
+    }
+
+    /// Records that this replica applied `stamp` in `group` just now. A stamp ahead of the
+    /// extrapolated time (a leader running fast, capped by [`Signals::stamp`]) does not
+    /// move the reference, so a fast clock cannot ratchet the group's time forward entry by
+    /// entry.
+    pub fn observe_stamp(&self, group: u64, stamp: u64) {
+        let mut clocks = self.clocks.lock().expect("clocks lock");
+        let now = Instant::now();
+        match clocks.get(&group) {
+            Some((s, at)) if stamp > s + at.elapsed().as_millis() as u64 => {}
+            _ => {
+                clocks.insert(group, (stamp, now));
+            }
+        }
     }
 
     pub fn set_deadline(&self, group: u64, due_ms: Option<u64>) {
@@ -56,5 +94,27 @@ impl Signals {
     /// Resolves at the next change of any deadline (or at once if one changed unobserved).
     pub async fn deadlines_changed(&self) {
         self.deadlines_changed.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_that_jumps_ahead_moves_group_time_by_at_most_the_lead() {
+        let s = Signals::default();
+        assert_eq!(s.stamp(1, 5_000), 5_000, "no reference yet: the wall clock");
+        s.observe_stamp(1, 5_000);
+        let hour = 3_600_000;
+        // Entry after entry from a leader whose wall clock jumped an hour ahead.
+        for _ in 0..100 {
+            let stamp = s.stamp(1, 5_000 + hour);
+            assert!(stamp <= 5_000 + 1_000 + 100, "stamp ran away to {stamp}");
+            s.observe_stamp(1, stamp);
+        }
+        // An honest clock is taken as it is.
+        assert!(s.stamp(1, 5_010) == 5_010);
+        assert_eq!(s.stamp(2, 42), 42, "groups are separate");
     }
 }

@@ -271,6 +271,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let store = self.store.clone();
         let mut tx = Tx::new(self.group, &store);
         let mut replies = Vec::new();
+        let mut last_stamp = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             if let Some(prev) = &self.applied.last_applied {
                 // openraft applies in log order; a replayed or reordered entry would apply a
@@ -285,7 +286,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             }
             let outcome = match &entry.payload {
                 EntryPayload::Blank => Outcome::Nothing,
-                EntryPayload::Normal(stamped) => self.execute(&mut tx, entry.log_id.index, stamped),
+                EntryPayload::Normal(stamped) => {
+                    last_stamp = Some(stamped.at_ms);
+                    self.execute(&mut tx, entry.log_id.index, stamped)
+                }
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Outcome::Nothing
@@ -300,6 +304,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
         store.write(tx.batch)?;
+        if let Some(stamp) = last_stamp {
+            self.signals.observe_stamp(self.group, stamp);
+        }
         if made_ready {
             self.signals.task_ready();
         }
