@@ -163,3 +163,8 @@ fn mutant_answering_before_commit_is_caught() {
         &["linearizable-register", "append-history"],
     );
 }
+
+#[test]
+fn mutant_skipping_the_lease_check_is_caught() {
+    assert_caught("kill-leader", 204, "lease-check", &["tasks"]);
+}

@@ -462,6 +462,7 @@ impl RaftNode {
     /// leader picks up the deadlines its replica already holds.
     async fn run_clock(self: Arc<Self>) {
         let mut in_flight: BTreeMap<u64, JoinHandle<()>> = BTreeMap::new();
+        // Per group, the group time before which a failed or slow tick is not proposed again.
         let mut retry_at: BTreeMap<u64, u64> = BTreeMap::new();
         loop {
             in_flight.retain(|_, h| !h.is_finished());
@@ -482,7 +483,8 @@ impl RaftNode {
                     wake = wake.min(now + TICK_RETRY.as_millis() as u64);
                     continue;
                 }
-                retry_at.insert(group, now + TICK_RETRY.as_millis() as u64);
+                // In group time, like `due`: this node's wall clock may be far from it.
+                retry_at.insert(group, group_now + TICK_RETRY.as_millis() as u64);
                 let node = self.clone();
                 in_flight.insert(
                     group,

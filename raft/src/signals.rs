@@ -43,16 +43,21 @@ impl Signals {
         self.ready.subscribe()
     }
 
-    /// The stamp a leader of `group` gives a command: its wall clock, but never more than
-    /// [`MAX_CLOCK_LEAD`] ahead of the group's time extrapolated from the last stamp this node
-    /// applied. A wall clock that jumps ahead (a bad NTP step) thus moves lease expiries,
-    /// backoffs and timers by at most that much, instead of by the jump.
+    /// The stamp a leader of `group` gives a command: its wall clock, kept between the
+    /// group's time as this node extrapolates it (the last stamp it applied plus its
+    /// monotonic clock since) and [`MAX_CLOCK_LEAD`] beyond. So group time never goes back
+    /// when leadership moves to a node whose clock is behind (deadlines set by a fast leader
+    /// still come due), and a wall clock that jumps ahead (a bad NTP step) moves lease
+    /// expiries, backoffs and timers by at most the lead, not by the jump.
     pub fn stamp(&self, group: u64, wall_ms: u64) -> u64 {
         let clocks = self.clocks.lock().expect("clocks lock");
         match clocks.get(&group) {
             Some((stamp, at)) => {
                 let extrapolated = stamp + at.elapsed().as_millis() as u64;
-                wall_ms.min(extrapolated + MAX_CLOCK_LEAD.as_millis() as u64)
+                wall_ms.clamp(
+                    extrapolated,
+                    extrapolated + MAX_CLOCK_LEAD.as_millis() as u64,
+                )
             }
             None => wall_ms,
         }
@@ -113,8 +118,11 @@ mod tests {
             assert!(stamp <= 5_000 + 1_000 + 100, "stamp ran away to {stamp}");
             s.observe_stamp(1, stamp);
         }
+        // A clock that is behind the group's time does not take it back.
+        assert!(s.stamp(1, 10) >= 5_000);
         // An honest clock is taken as it is.
-        assert!(s.stamp(1, 5_010) == 5_010);
+        let honest = 5_000 + 50;
+        assert_eq!(s.stamp(1, honest), honest);
         assert_eq!(s.stamp(2, 42), 42, "groups are separate");
     }
 }

@@ -7,3 +7,4 @@ pub mod linear;
 pub mod nemesis;
 pub mod plot;
 pub mod runner;
+pub mod tasks;

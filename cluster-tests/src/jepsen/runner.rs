@@ -18,6 +18,7 @@ use super::checkers::{check_appends, check_cluster, check_unique};
 use super::history::{pair, write_jsonl, Op, OpType, Recorder};
 use super::linear::{self, Verdict};
 use super::nemesis::{Fault, Nemesis, LIBFAKETIME};
+use super::tasks::{self, check_tasks, TaskWorkload};
 use crate::{Cluster, Spec};
 use raftflow_api::client::{Client, ClientError};
 
@@ -70,7 +71,7 @@ fn definition() -> Value {
 }
 
 struct Ctx {
-    rec: Recorder,
+    rec: Arc<Recorder>,
     clients: Vec<Client>,
     stop: AtomicBool,
     next_value: AtomicU64,
@@ -309,16 +310,17 @@ async fn leader_sampler(ctx: Arc<Ctx>) {
 /// Processes 90001-90003 read every key from node 1-3 at the end of a run.
 pub const FINAL_READ_PROCESS: u64 = 90_000;
 
-/// Records one final read of `key` on `node`.
+/// Records one final read (`f`) of `key` on `node`.
 async fn final_read(
     ctx: &Ctx,
+    f: &'static str,
     node: u64,
     key: &str,
     read: impl std::future::Future<Output = Result<Value, ClientError>>,
 ) {
     let op = ctx
         .rec
-        .invoke(FINAL_READ_PROCESS + node, "read", key, Value::Null, node);
+        .invoke(FINAL_READ_PROCESS + node, f, key, Value::Null, node);
     match read.await {
         Ok(v) => op.ok(v),
         Err(e) => op.fail(json!(e.to_string())),
@@ -404,6 +406,7 @@ pub fn judge(ops: &[Op]) -> Judgement {
         ("append", "app-"),
         ("read", "app-"),
         ("create", "uniq-"),
+        ("tcomplete", tasks::KEY_PREFIX),
     ] {
         let n = paired
             .iter()
@@ -456,6 +459,10 @@ pub fn judge(ops: &[Op]) -> Judgement {
     anomalies.insert(
         "unique-create".to_string(),
         check_unique(&with_prefix("uniq-")),
+    );
+    anomalies.insert(
+        "tasks".to_string(),
+        check_tasks(&paired, FINAL_READ_PROCESS),
     );
     anomalies.insert("whole-cluster".to_string(), cluster_anomalies);
     Judgement {
@@ -526,8 +533,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .put_definition(DEFINITION, &definition())
         .await
         .context("defining the workflow")?;
+    clients[0]
+        .put_definition(tasks::TASK_DEFINITION, &tasks::definition())
+        .await
+        .context("defining the task workflow")?;
+    let rec = Arc::new(Recorder::default());
+    let task_workload = TaskWorkload::new(rec.clone(), clients.clone(), format!("{:x}", cfg.seed));
     let ctx = Arc::new(Ctx {
-        rec: Recorder::default(),
+        rec,
         clients,
         stop: AtomicBool::new(false),
         next_value: AtomicU64::new(1),
@@ -556,6 +569,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             tasks.push(tokio::spawn(unique_client(ctx.clone())));
         };
     spawn_workloads(&ctx, &mut tasks, 0);
+    let task_clients = task_workload.spawn(cfg.seed);
     let sampler = tokio::spawn(leader_sampler(ctx.clone()));
 
     let mut nemesis = Nemesis {
@@ -613,7 +627,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // A short post-heal workload, then stop every client.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ctx.stop.store(true, Ordering::Relaxed);
+    task_workload.stop.store(true, Ordering::Relaxed);
     for t in tasks {
+        let _ = t.await;
+    }
+    // Workers go on until every task workflow has finished (bounded), then stop.
+    task_workload.drain().await;
+    for t in task_clients {
         let _ = t.await;
     }
     sampler.abort();
@@ -628,11 +648,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                     .await
                     .map(|wf| json!(wf.revision))
             };
-            final_read(&ctx, node, key, read).await;
+            final_read(&ctx, "read", node, key, read).await;
         }
         for key in ctx.append_keys.lock().await.iter() {
             let read = async { c.history(key).await.map(|h| json!(history_values(&h))) };
-            final_read(&ctx, node, key, read).await;
+            final_read(&ctx, "read", node, key, read).await;
         }
         for key in ctx.unique_keys.lock().await.iter() {
             let read = async {
@@ -643,8 +663,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                     Err(e) => Err(e),
                 }
             };
-            final_read(&ctx, node, key, read).await;
+            final_read(&ctx, "read", node, key, read).await;
         }
+    }
+    for (i, key) in task_workload.keys.lock().await.iter().enumerate() {
+        let node = 1 + i as u64 % 3;
+        let c = ctx.client(node).clone();
+        final_read(
+            &ctx,
+            "thistory",
+            node,
+            key,
+            TaskWorkload::final_read(&c, key),
+        )
+        .await;
     }
     // Replicas converge: same applied index and the same rows in every group.
     record_digests(&ctx, cfg.groups).await;
