@@ -52,4 +52,4 @@ fmt:
 
 # Drives the running `make cluster` with 32 closed-loop clients doing transitions.
 bench: build
-	$(RAFTFLOW_BIN) bench --clients $${CLIENTS:-32} --duration-s $${DURATION_S:-10}
+	$(RAFTFLOW_BIN) bench --clients $${CLIENTS:-32} --workers $${WORKERS:-64} --duration-s $${DURATION_S:-10}
