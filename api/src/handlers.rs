@@ -36,7 +36,7 @@ const DEFINITION_WAIT: Duration = Duration::from_millis(1000);
 
 /// Where a request came from and where it points, for forwarding.
 pub struct Hop {
-    pub(crate) forwarded: bool,
+    forwarded: bool,
     method: Method,
     path_and_query: String,
 }

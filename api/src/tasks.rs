@@ -94,9 +94,6 @@ fn check_lease_ms(lease_ms: Option<u64>) -> ApiResult<()> {
 
 /// The group owning task `id` (whose id carries its workflow id).
 fn task_group(state: &AppState, id: &str) -> ApiResult<u64> {
-    if id.len() > raftflow_workflow::MAX_ID_LEN + 21 || !id.contains(':') {
-        return Err(ApiError::not_found(format!("task {id:?} not found")));
-    }
     let wf = workflow_of_task(id)
         .ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
     check_id(wf)?;
@@ -115,6 +112,25 @@ fn lease_view(t: LeasedTask) -> TaskLease {
     }
 }
 
+/// Leases up to `max` tasks from `group`, whose leader this node is.
+async fn lease_here(
+    state: &AppState,
+    group: u64,
+    req: &PollTasks,
+    max: u32,
+) -> Result<Vec<TaskLease>, Failure> {
+    let command = Command::LeaseTasks {
+        types: req.types.clone(),
+        worker: req.worker.clone(),
+        max,
+        lease_ms: req.lease_ms,
+    };
+    match propose(state, group, command).await? {
+        Outcome::Leased { tasks } => Ok(tasks.into_iter().map(lease_view).collect()),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+    }
+}
+
 /// Leases up to `max` tasks from `group` on its leader (this node or the one it forwards to).
 async fn lease_in_group(
     state: &AppState,
@@ -124,20 +140,11 @@ async fn lease_in_group(
 ) -> ApiResult<Vec<TaskLease>> {
     let node = &state.node;
     match node.leader_of(group) {
-        Some((id, _)) if id == node.id() => {
-            let command = Command::LeaseTasks {
-                types: req.types.clone(),
-                worker: req.worker.clone(),
-                max,
-                lease_ms: req.lease_ms,
-            };
-            match propose(state, group, command).await {
-                Ok(Outcome::Leased { tasks }) => Ok(tasks.into_iter().map(lease_view).collect()),
-                Ok(other) => Err(ApiError::internal(format!("unexpected outcome {other}"))),
-                Err(Failure::Api(e)) => Err(e),
-                Err(Failure::Raft(e)) => Err(e.into()),
-            }
-        }
+        Some((id, _)) if id == node.id() => match lease_here(state, group, req, max).await {
+            Ok(tasks) => Ok(tasks),
+            Err(Failure::Api(e)) => Err(e),
+            Err(Failure::Raft(e)) => Err(e.into()),
+        },
         Some((_, addr)) => {
             let body = PollTasks {
                 max: Some(max),
@@ -184,29 +191,11 @@ pub async fn poll_tasks(
             return Err(ApiError::bad_request(format!("no data group {group}")));
         }
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-        let path = format!("/v1/tasks/poll?group={group}");
         return on_leader(&state, &hop, group, Some(body), || async {
-            let command = Command::LeaseTasks {
-                types: req.types.clone(),
-                worker: req.worker.clone(),
-                max,
-                lease_ms: req.lease_ms,
-            };
-            match propose(&state, group, command).await? {
-                Outcome::Leased { tasks } => Ok(json_response(
-                    StatusCode::OK,
-                    &TaskList {
-                        tasks: tasks.into_iter().map(lease_view).collect(),
-                    },
-                )),
-                other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
-            }
+            let tasks = lease_here(&state, group, &req, max).await?;
+            Ok(json_response(StatusCode::OK, &TaskList { tasks }))
         })
-        .await
-        .map_err(|e| {
-            tracing::debug!(path, error = ?e, "lease in one group failed");
-            e
-        });
+        .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.unwrap_or(0));
     let mut ready = state.node.signals().subscribe_ready();

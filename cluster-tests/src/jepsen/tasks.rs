@@ -374,14 +374,11 @@ pub fn check_tasks(ops: &[Paired], final_read_process: u64) -> Vec<String> {
     }
     // Every created workflow: its task completed exactly once, its timer fired exactly once,
     // not before due, and it finished.
-    let created: BTreeMap<&str, bool> =
-        ops.iter()
-            .filter(|p| p.f == "tcreate")
-            .fold(BTreeMap::new(), |mut m, p| {
-                let ok = m.get(p.key.as_str()).copied().unwrap_or(false) || p.is_ok();
-                m.insert(p.key.as_str(), ok);
-                m
-            });
+    // Every key a create was tried for, and whether one of its creates was acknowledged.
+    let mut created: BTreeMap<&str, bool> = BTreeMap::new();
+    for p in ops.iter().filter(|p| p.f == "tcreate") {
+        *created.entry(p.key.as_str()).or_default() |= p.is_ok();
+    }
     for (key, ok) in created {
         let Some(fin) = finals.get(key) else {
             if ok {

@@ -15,6 +15,7 @@ use super::state_machine::GroupStateMachine;
 use super::tx::Tx;
 use crate::command::{LeasedTask, Outcome, Refusal};
 use crate::mutant::{self, Mutant};
+use crate::rfc3339;
 use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
 
 /// Most deadlines one tick acts on; the leader ticks again while more are due.
@@ -60,17 +61,6 @@ impl GroupStateMachine {
             rec.workflow = next;
         }
         tx.put_encoded(tables::workflow_key(&rec.workflow.id), rec);
-    }
-
-    /// Opens the step of a just-created workflow's initial state.
-    pub(super) fn open_initial_step(
-        &mut self,
-        tx: &mut Tx,
-        rec: &mut WorkflowRecord,
-        def: &Definition,
-        at: At,
-    ) {
-        open_step(tx, rec, def, at);
     }
 
     pub(super) fn lease_tasks(
@@ -338,7 +328,7 @@ fn close_step(tx: &mut Tx, rec: &mut WorkflowRecord) {
 }
 
 /// Opens the step of the state `rec.workflow` is in now.
-fn open_step(tx: &mut Tx, rec: &mut WorkflowRecord, def: &Definition, at: At) {
+pub(super) fn open_step(tx: &mut Tx, rec: &mut WorkflowRecord, def: &Definition, at: At) {
     match workflow::step_on_entry(def, &rec.workflow) {
         None => {}
         Some(Step::Timer { due_ms }) => {
@@ -409,13 +399,4 @@ fn lease_lost(task: &Task, lost: LeaseLost) -> Outcome {
         task_id: task.id.clone(),
         reason: lost.to_string(),
     })
-}
-
-/// RFC 3339 UTC with milliseconds, as the API writes times.
-fn rfc3339(ms: u64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }

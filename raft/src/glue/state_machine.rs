@@ -126,7 +126,7 @@ impl GroupStateMachine {
                     fingerprint: fingerprint.clone(),
                     step: None,
                 };
-                self.open_initial_step(tx, &mut rec, &def, at);
+                super::engine::open_step(tx, &mut rec, &def, at);
                 tx.put_encoded(tables::workflow_key(id), &rec);
                 Outcome::Workflow {
                     workflow: rec.workflow,
