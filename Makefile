@@ -50,6 +50,12 @@ lint:
 fmt:
 	cargo fmt --all
 
-# Drives the running `make cluster` with 32 closed-loop clients doing transitions.
-bench: build
-	$(RAFTFLOW_BIN) bench --clients $${CLIENTS:-32} --workers $${WORKERS:-64} --duration-s $${DURATION_S:-10}
+# raftflow and etcd side by side: fresh three-node clusters of each on loopback, every workload
+# (create, transitions, read-mix, tasks) at 1, 16, 64 and 256 clients. Writes table.md,
+# bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5).
+bench: deps
+	@scripts/deps.sh bench
+	cargo build $(CARGO_PROFILE) --workspace --bins
+	$(CARGO_TARGET_DIR)/release/raftflow-bench --duration-s $${DURATION_S:-5} \
+	  $${CONCURRENCY:+--concurrency $$CONCURRENCY} $${WORKLOADS:+--workloads $$WORKLOADS} \
+	  --out bench-report/$$(date +%Y%m%d-%H%M%S)

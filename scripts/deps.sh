@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (as root, with apt-get) or names the system packages raftflow needs to build, run
-# and test. Usage: scripts/deps.sh [build|cluster|test]
+# and test. Usage: scripts/deps.sh [build|cluster|test|bench]
 set -euo pipefail
 need=()
 have_libclang() { ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; }
@@ -8,12 +8,19 @@ have_libclang || need+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${1:-build}" = bench ]; then
+  # The comparison runs etcd 3.4 from Debian; the chart draws its labels with DejaVu Sans.
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+fi
 if [ "${1:-build}" = test ]; then
   # The failure suite: private network namespaces, packet filters, and a fake clock.
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(faketime)
+  # The bench's etcd driver is tested against a real etcd.
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   # The report plot draws its labels with DejaVu Sans.
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   if [ "$(id -u)" != 0 ]; then

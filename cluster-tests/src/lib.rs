@@ -1,6 +1,7 @@
 //! Black-box tests against real `raftflow` processes: a harness that starts a cluster on
 //! loopback ports, kills (-9), pauses and restarts nodes, and talks to them over HTTP only.
 
+pub mod bench;
 pub mod jepsen;
 
 use std::net::TcpListener;
@@ -28,7 +29,7 @@ pub fn binary() -> PathBuf {
 
 /// A free port below Linux's ephemeral range (32768-60999), so that no outgoing connection of
 /// a concurrently running node can take it between this check and the node's bind.
-fn free_port(ip: &str) -> u16 {
+pub fn free_port(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const FIRST: u16 = 20_000;
     const LAST: u16 = 32_000;
@@ -282,6 +283,36 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 bail!("cluster not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node sees each data group led by its preferred node (member
+    /// `(group - 1) mod N`), where the leader balancer leaves it: after that, a healthy
+    /// cluster moves no leadership.
+    pub async fn wait_balanced(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut balanced = true;
+            for n in &self.nodes {
+                let Ok(view) = self.probe(n.id).cluster().await else {
+                    balanced = false;
+                    break;
+                };
+                balanced &= view
+                    .groups
+                    .iter()
+                    .filter(|g| g.kind == "data")
+                    .all(|g| g.leader == Some(ids[((g.id - 1) % ids.len() as u64) as usize]));
+            }
+            if balanced {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("leadership not balanced after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -238,6 +238,9 @@ async fn follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         &["--snapshot-every", "50", "--log-kept-behind-snapshot", "5"],
     );
     cluster.wait_ready(READY).await.unwrap();
+    // A leader keeps the log a down follower still needs; if the balancer moved leadership
+    // only after the writes, node 1 could hold a group's snapshot unpurged until the next one.
+    cluster.wait_balanced(READY).await.unwrap();
     let n1 = cluster.client(1);
     define_counter(&n1).await;
     let ids: Vec<String> = (0..8).map(|i| format!("snap-{i}")).collect();

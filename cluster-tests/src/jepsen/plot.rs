@@ -81,13 +81,24 @@ fn fault_periods(ops: &[Op]) -> Vec<(f64, f64)> {
     out
 }
 
-/// Draws `ops` to a PNG at `path`.
-pub fn plot(ops: &[Op], title: &str, path: &Path) -> anyhow::Result<()> {
+/// Makes [`FONT`] plotters' "sans-serif" (once per process).
+pub fn register_font() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
     let font = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (Debian package fonts-dejavu-core)"))?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+/// Draws `ops` to a PNG at `path`.
+pub fn plot(ops: &[Op], title: &str, path: &Path) -> anyhow::Result<()> {
+    register_font()?;
     let (tput, p50, p99) = series(ops);
     let faults = fault_periods(ops);
     let end = tput.last().map(|p| p.0 + 0.5).unwrap_or(1.0);

@@ -1,0 +1,458 @@
+//! The load generator: closed-loop clients spread over the nodes of either system, a warm-up,
+//! a fixed measured window with a progress line per second, then the counts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftflow_api::client::{Client, ClientError};
+use raftflow_api::types::{CompleteTask, CreateWorkflow, PollTasks, SendEvent};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::etcd::{EtcdClient, EtcdError};
+use super::procstat::Usage;
+
+/// What each client does in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Create a new workflow (etcd: put a new key if it does not exist).
+    Create,
+    /// A transition with `expected_revision` on the client's own workflow (etcd: a transaction
+    /// comparing the key's `mod_revision`, then a put).
+    Transitions,
+    /// 90% linearizable reads of the client's workflow, 10% transitions.
+    ReadMix,
+    /// Single-task workflows end to end: start, poll, complete (raftflow only).
+    Tasks,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::Create,
+        Workload::Transitions,
+        Workload::ReadMix,
+        Workload::Tasks,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Create => "create",
+            Workload::Transitions => "transitions",
+            Workload::ReadMix => "read-mix",
+            Workload::Tasks => "tasks",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    /// Whether etcd has an equivalent.
+    pub fn on_etcd(self) -> bool {
+        self != Workload::Tasks
+    }
+}
+
+/// One node of the system under load.
+#[derive(Clone)]
+pub enum Conn {
+    Raftflow(Client),
+    Etcd(EtcdClient),
+}
+
+/// The definition every transition workload uses: two states, every event accepted, forever.
+pub fn pingpong() -> serde_json::Value {
+    serde_json::json!({
+        "name": "bench-pingpong",
+        "initial": "ping",
+        "states": {
+            "ping": {"on": {"flip": "pong"}},
+            "pong": {"on": {"flop": "ping"}}
+        }
+    })
+}
+
+/// One task, then done: the `tasks` workload's definition.
+pub fn single_task() -> serde_json::Value {
+    serde_json::json!({
+        "name": "bench-task",
+        "initial": "work",
+        "states": {
+            "work": {"task": {"type": "bench"}, "on": {"task.completed": "done"}},
+            "done": {"terminal": "succeeded"}
+        }
+    })
+}
+
+/// The value etcd stores per key: about the size of raftflow's workflow view.
+fn etcd_value(key: &str, revision: u64) -> String {
+    let state = if revision % 2 == 1 { "ping" } else { "pong" };
+    format!(
+        r#"{{"id":"{key}","definition":"bench-pingpong","version":1,"state":"{state}","status":"running","revision":{revision},"context":{{}},"created_at":"2026-11-24T00:00:00.000Z","updated_at":"2026-11-24T00:00:00.000Z","group":0}}"#
+    )
+}
+
+/// A failed operation: the error code it is counted under, and what the server said.
+#[derive(Debug)]
+pub struct Failed {
+    code: String,
+    message: String,
+}
+
+impl Failed {
+    fn during(mut self, step: &str) -> Failed {
+        self.code = format!("{step}: {}", self.code);
+        self
+    }
+}
+
+impl From<ClientError> for Failed {
+    fn from(e: ClientError) -> Failed {
+        Failed {
+            code: e.code().unwrap_or("transport").to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<EtcdError> for Failed {
+    fn from(e: EtcdError) -> Failed {
+        Failed {
+            code: e.code(),
+            message: format!("{e:?}"),
+        }
+    }
+}
+
+impl Conn {
+    /// Creates `key`; returns its revision.
+    async fn create(&self, key: &str) -> Result<u64, Failed> {
+        match self {
+            Conn::Raftflow(c) => {
+                let req = CreateWorkflow {
+                    id: Some(key.to_string()),
+                    definition: "bench-pingpong".into(),
+                    version: None,
+                    context: None,
+                };
+                c.create_workflow(&req)
+                    .await
+                    .map(|(_, wf)| wf.revision)
+                    .map_err(Failed::from)
+            }
+            Conn::Etcd(c) => c
+                .put_if(key, 0, &etcd_value(key, 1))
+                .await
+                .map_err(Failed::from),
+        }
+    }
+
+    /// A compare-and-set transition from `revision`; returns the new revision.
+    async fn transition(&self, key: &str, revision: u64) -> Result<u64, Failed> {
+        match self {
+            Conn::Raftflow(c) => {
+                let req = SendEvent {
+                    event: if revision % 2 == 1 { "flip" } else { "flop" }.into(),
+                    payload: None,
+                    expected_revision: Some(revision),
+                    request_id: None,
+                };
+                c.send_event(key, &req)
+                    .await
+                    .map(|wf| wf.revision)
+                    .map_err(Failed::from)
+            }
+            Conn::Etcd(c) => c
+                .put_if(key, revision, &etcd_value(key, revision + 1))
+                .await
+                .map_err(Failed::from),
+        }
+    }
+
+    /// A linearizable read; returns the current revision.
+    async fn read(&self, key: &str) -> Result<u64, Failed> {
+        match self {
+            Conn::Raftflow(c) => c
+                .get_workflow(key, false)
+                .await
+                .map(|wf| wf.revision)
+                .map_err(Failed::from),
+            Conn::Etcd(c) => c.get(key).await.map(|(rev, _)| rev).map_err(Failed::from),
+        }
+    }
+}
+
+/// What one cell of the run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measured {
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error code.
+    pub error_examples: BTreeMap<String, String>,
+    /// Per node process, in the order of the system's members.
+    pub nodes: Vec<Usage>,
+    /// CPU seconds of the load generator itself.
+    pub generator_cpu_s: f64,
+}
+
+/// Counters the clients share with the measuring loop.
+#[derive(Default)]
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    ok: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    error_examples: Mutex<BTreeMap<String, String>>,
+}
+
+impl Shared {
+    fn record(&self, started: Instant, result: Result<(), Failed>) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let us = started.elapsed().as_micros() as u64;
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                self.latencies_us.lock().unwrap().push(us);
+            }
+            Err(failed) => self.count(failed),
+        }
+    }
+
+    /// Counts a failure whether or not the window is open (setup failures matter too).
+    fn count(&self, failed: Failed) {
+        self.error_examples
+            .lock()
+            .unwrap()
+            .entry(failed.code.clone())
+            .or_insert(failed.message);
+        *self.errors.lock().unwrap().entry(failed.code).or_default() += 1;
+    }
+}
+
+/// How one cell runs.
+pub struct Cell<'a> {
+    pub workload: Workload,
+    pub clients: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Connections to make, round-robin over the members: one per client.
+    pub connect: &'a dyn Fn(usize) -> Conn,
+    /// Node processes to account CPU and memory to.
+    pub pids: Vec<u32>,
+    /// Unique per cell, so that keys never collide across cells.
+    pub prefix: String,
+}
+
+/// Runs one cell: starts the clients, waits out the warm-up, measures, stops the clients.
+pub async fn run_cell(cell: Cell<'_>) -> Measured {
+    let shared = Arc::new(Shared::default());
+    let mut handles = Vec::new();
+    if cell.workload == Workload::Tasks {
+        spawn_tasks(&cell, &shared, &mut handles);
+    } else {
+        for c in 0..cell.clients {
+            let conn = (cell.connect)(c);
+            let shared = shared.clone();
+            let key = format!("{}-{c}", cell.prefix);
+            let workload = cell.workload;
+            handles.push(tokio::spawn(async move {
+                closed_loop(conn, workload, key, c as u64, &shared).await
+            }));
+        }
+    }
+    tokio::time::sleep(cell.warmup).await;
+    let usage_before = Usage::sample_all(&cell.pids);
+    let generator_before = super::procstat::cpu_seconds(std::process::id());
+    shared.measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let mut peaks = vec![0u64; cell.pids.len()];
+    let mut last = 0;
+    let mut next_line = Duration::from_secs(1);
+    while start.elapsed() < cell.duration {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (peak, pid) in peaks.iter_mut().zip(&cell.pids) {
+            *peak = (*peak).max(super::procstat::rss_bytes(*pid));
+        }
+        if start.elapsed() >= next_line {
+            let ok = shared.ok.load(Ordering::Relaxed);
+            eprint!(
+                "\r    t={:>3}s {:>8} ops/s ",
+                next_line.as_secs(),
+                ok - last
+            );
+            last = ok;
+            next_line += Duration::from_secs(1);
+        }
+    }
+    shared.measuring.store(false, Ordering::Relaxed);
+    let seconds = start.elapsed().as_secs_f64();
+    eprint!("\r{:40}\r", "");
+    let nodes = Usage::since(&usage_before, &peaks);
+    let generator_cpu_s = super::procstat::cpu_seconds(std::process::id()) - generator_before;
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(6), h).await;
+    }
+    let mut lat = std::mem::take(&mut *shared.latencies_us.lock().unwrap());
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    let ops = shared.ok.load(Ordering::Relaxed);
+    let errors = std::mem::take(&mut *shared.errors.lock().unwrap());
+    let error_examples = std::mem::take(&mut *shared.error_examples.lock().unwrap());
+    Measured {
+        ops,
+        seconds,
+        ops_per_s: ops as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        errors,
+        error_examples,
+        nodes,
+        generator_cpu_s,
+    }
+}
+
+/// One closed-loop client of the create, transitions and read-mix workloads.
+async fn closed_loop(conn: Conn, workload: Workload, key: String, seed: u64, shared: &Shared) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut revision = 0;
+    if workload != Workload::Create {
+        // The client's own workflow, made before the clock starts.
+        match conn.create(&key).await {
+            Ok(rev) => revision = rev,
+            Err(failed) => {
+                shared.count(failed.during("setup"));
+                return;
+            }
+        }
+    }
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = match workload {
+            Workload::Create => {
+                n += 1;
+                conn.create(&format!("{key}-{n}")).await.map(drop)
+            }
+            Workload::ReadMix if rng.gen_ratio(9, 10) => conn.read(&key).await.map(drop),
+            _ => match conn.transition(&key, revision).await {
+                Ok(rev) => {
+                    revision = rev;
+                    Ok(())
+                }
+                Err(failed) => {
+                    // Learn the current revision before trying again.
+                    match conn.read(&key).await {
+                        Ok(rev) => revision = rev,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    Err(failed)
+                }
+            },
+        };
+        shared.record(started, result);
+    }
+}
+
+/// The tasks workload: `clients` starters create single-task workflows (at most two waiting
+/// per worker), `clients` workers poll and complete them. An operation is a completed
+/// workflow; its latency runs from the start request to the completion's answer.
+fn spawn_tasks(
+    cell: &Cell<'_>,
+    shared: &Arc<Shared>,
+    handles: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let backlog = Arc::new(tokio::sync::Semaphore::new(cell.clients.max(1) * 2));
+    for c in 0..cell.clients {
+        let Conn::Raftflow(client) = (cell.connect)(c) else {
+            return;
+        };
+        let (shared, started, backlog) = (shared.clone(), started.clone(), backlog.clone());
+        let prefix = format!("{}-{c}", cell.prefix);
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !shared.stop.load(Ordering::Relaxed) {
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout(Duration::from_millis(200), backlog.acquire()).await
+                else {
+                    continue;
+                };
+                permit.forget();
+                n += 1;
+                let id = format!("{prefix}-{n}");
+                started.lock().unwrap().insert(id.clone(), Instant::now());
+                let req = CreateWorkflow {
+                    id: Some(id.clone()),
+                    definition: "bench-task".into(),
+                    version: None,
+                    context: Some(serde_json::json!({"n": n})),
+                };
+                if let Err(e) = client.create_workflow(&req).await {
+                    shared.record(Instant::now(), Err(Failed::from(e).during("start")));
+                    started.lock().unwrap().remove(&id);
+                    backlog.add_permits(1);
+                }
+            }
+        }));
+    }
+    for w in 0..cell.clients {
+        let Conn::Raftflow(client) = (cell.connect)(w) else {
+            return;
+        };
+        let (shared, started, backlog) = (shared.clone(), started.clone(), backlog.clone());
+        let worker = format!("{}-w{w}", cell.prefix);
+        handles.push(tokio::spawn(async move {
+            let poll = PollTasks {
+                types: vec!["bench".into()],
+                worker,
+                max: Some(1),
+                wait_ms: Some(500),
+                lease_ms: None,
+            };
+            while !shared.stop.load(Ordering::Relaxed) {
+                let list = match client.poll_tasks(&poll).await {
+                    Ok(list) => list,
+                    Err(e) => {
+                        shared.record(Instant::now(), Err(Failed::from(e).during("poll")));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                for task in list.tasks {
+                    let req = CompleteTask {
+                        lease_token: task.lease_token,
+                        output: None,
+                    };
+                    let result = client.complete_task(&task.id, &req).await;
+                    let result = result
+                        .map(drop)
+                        .map_err(|e| Failed::from(e).during("complete"));
+                    // Tasks left over from an earlier cell are done, but not counted.
+                    if let Some(t0) = started.lock().unwrap().remove(&task.workflow_id) {
+                        backlog.add_permits(1);
+                        shared.record(t0, result);
+                    }
+                }
+            }
+        }));
+    }
+}

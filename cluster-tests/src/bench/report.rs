@@ -1,0 +1,372 @@
+//! The bench's outputs: a line per cell as it finishes, a side-by-side table with the ratios,
+//! a JSON file and a PNG chart.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::load::Workload;
+use super::{Config, Row, System};
+use crate::jepsen::plot::register_font;
+
+/// The machine the numbers come from.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub etcd: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn describe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let etcd = std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_else(|| "not installed".into());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            etcd,
+            date: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn cpu_total(row: &Row) -> f64 {
+    row.measured.nodes.iter().map(|n| n.cpu_s).sum()
+}
+
+fn rss_max(row: &Row) -> f64 {
+    row.measured
+        .nodes
+        .iter()
+        .map(|n| n.peak_rss_mib)
+        .fold(0.0, f64::max)
+}
+
+fn errors(row: &Row) -> String {
+    if row.measured.errors.is_empty() {
+        return "-".into();
+    }
+    row.measured
+        .errors
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line per finished cell.
+pub fn print_row(row: &Row) {
+    let m = &row.measured;
+    let cpu: Vec<String> = m.nodes.iter().map(|n| format!("{:.1}", n.cpu_s)).collect();
+    println!(
+        "{:<8} {:<11} {:>4} clients {:>8.0} ops/s  p50 {:>6.2}  p99 {:>6.2}  p99.9 {:>6.2} ms  cpu s {}  rss {:.0} MiB{}  errors {}",
+        row.system.name(),
+        row.workload.name(),
+        row.clients,
+        m.ops_per_s,
+        m.p50_ms,
+        m.p99_ms,
+        m.p999_ms,
+        cpu.join("/"),
+        rss_max(row),
+        row.entries_per_fsync
+            .map(|e| format!("  {e:.1} entries/fsync"))
+            .unwrap_or_default(),
+        errors(row),
+    );
+    for (code, message) in &m.error_examples {
+        println!("         {code}: {message}");
+    }
+}
+
+fn find(rows: &[Row], system: System, workload: Workload, clients: usize) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.system == system && r.workload == workload && r.clients == clients)
+}
+
+/// raftflow's ops/s over etcd's for the same workload and clients.
+pub fn ratio(rows: &[Row], workload: Workload, clients: usize) -> Option<f64> {
+    let r = find(rows, System::Raftflow, workload, clients)?;
+    let e = find(rows, System::Etcd, workload, clients)?;
+    (e.measured.ops_per_s > 0.0).then(|| r.measured.ops_per_s / e.measured.ops_per_s)
+}
+
+/// The side-by-side table, as Markdown (it reads on a terminal too).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| workload | clients | raftflow ops/s | p50 / p99 / p99.9 ms | cpu s (3 nodes) | peak RSS MiB | etcd ops/s | p50 / p99 / p99.9 ms | cpu s (3 nodes) | peak RSS MiB | raftflow / etcd |\n\
+         |---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|\n",
+    );
+    let mut keys: Vec<(Workload, usize)> = Vec::new();
+    for r in rows {
+        if !keys.contains(&(r.workload, r.clients)) {
+            keys.push((r.workload, r.clients));
+        }
+    }
+    let cols = |r: Option<&Row>| -> String {
+        match r {
+            Some(r) => format!(
+                "{:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.0}",
+                r.measured.ops_per_s,
+                r.measured.p50_ms,
+                r.measured.p99_ms,
+                r.measured.p999_ms,
+                cpu_total(r),
+                rss_max(r)
+            ),
+            None => "- | - | - | -".into(),
+        }
+    };
+    for (workload, clients) in keys {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            workload.name(),
+            clients,
+            cols(find(rows, System::Raftflow, workload, clients)),
+            cols(find(rows, System::Etcd, workload, clients)),
+            ratio(rows, workload, clients)
+                .map(|x| format!("{x:.2}×"))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    let errs: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.measured.errors.is_empty())
+        .map(|r| {
+            format!(
+                "{} {} {}: {}",
+                r.system.name(),
+                r.workload.name(),
+                r.clients,
+                errors(r)
+            )
+        })
+        .collect();
+    out.push_str(&format!(
+        "\nerrors: {}\n",
+        if errs.is_empty() {
+            "none".to_string()
+        } else {
+            errs.join("; ")
+        }
+    ));
+    out
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    machine: &'a Machine,
+    config: &'a Config,
+    rows: &'a [Row],
+    ratios: Vec<RatioRow>,
+}
+
+#[derive(Serialize)]
+struct RatioRow {
+    workload: Workload,
+    clients: usize,
+    raftflow_over_etcd: f64,
+}
+
+pub fn write_json(
+    path: &Path,
+    machine: &Machine,
+    config: &Config,
+    rows: &[Row],
+) -> anyhow::Result<()> {
+    let mut ratios = Vec::new();
+    for r in rows.iter().filter(|r| r.system == System::Raftflow) {
+        if let Some(x) = ratio(rows, r.workload, r.clients) {
+            ratios.push(RatioRow {
+                workload: r.workload,
+                clients: r.clients,
+                raftflow_over_etcd: x,
+            });
+        }
+    }
+    let report = Report {
+        machine,
+        config,
+        rows,
+        ratios,
+    };
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+const WORKLOAD_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+/// Throughput (top) and p99 latency (bottom) against clients, one line per system and
+/// workload: raftflow solid with circles, etcd thin with triangles.
+pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    register_font()?;
+    let mut clients: Vec<usize> = rows.iter().map(|r| r.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    anyhow::ensure!(!clients.is_empty(), "nothing to plot");
+    let x_of = |c: usize| clients.iter().position(|&x| x == c).unwrap_or(0) as f64;
+    let root = BitMapBackend::new(path, (1100, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(450);
+    let x_max = clients.len() as f64 - 0.5;
+    let label = |x: &f64| {
+        clients
+            .get(x.round().max(0.0) as usize)
+            .filter(|_| (x - x.round()).abs() < 1e-6)
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    };
+    for (area, title, y_desc, value) in [
+        (
+            &top,
+            "committed operations per second",
+            "ops/s",
+            (|r: &Row| r.measured.ops_per_s) as fn(&Row) -> f64,
+        ),
+        (
+            &bottom,
+            "p99 latency",
+            "ms",
+            (|r: &Row| r.measured.p99_ms) as fn(&Row) -> f64,
+        ),
+    ] {
+        let y_max = rows.iter().map(value).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5..x_max, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("concurrent clients")
+            .y_desc(y_desc)
+            .x_labels(clients.len() * 2 + 1)
+            .x_label_formatter(&label)
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, workload) in Workload::ALL.iter().enumerate() {
+            let color = WORKLOAD_COLORS[i % WORKLOAD_COLORS.len()];
+            for system in [System::Raftflow, System::Etcd] {
+                let points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.system == system && r.workload == *workload)
+                    .map(|r| (x_of(r.clients), value(r)))
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                let (width, name) = match system {
+                    System::Raftflow => (3, format!("raftflow {}", workload.name())),
+                    System::Etcd => (1, format!("etcd {}", workload.name())),
+                };
+                let style = color.stroke_width(width);
+                chart
+                    .draw_series(LineSeries::new(points.clone(), style))?
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+                match system {
+                    System::Raftflow => {
+                        chart.draw_series(
+                            points.iter().map(|&p| Circle::new(p, 4, color.filled())),
+                        )?;
+                    }
+                    System::Etcd => {
+                        chart.draw_series(
+                            points
+                                .iter()
+                                .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+                        )?;
+                    }
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load::Measured;
+
+    fn row(system: System, workload: Workload, clients: usize, ops: f64) -> Row {
+        Row {
+            system,
+            workload,
+            clients,
+            measured: Measured {
+                ops: ops as u64,
+                seconds: 1.0,
+                ops_per_s: ops,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                p999_ms: 3.0,
+                errors: Default::default(),
+                error_examples: Default::default(),
+                nodes: Vec::new(),
+                generator_cpu_s: 0.0,
+            },
+            entries_per_fsync: None,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_the_same_workload_and_clients() {
+        let rows = vec![
+            row(System::Raftflow, Workload::Transitions, 64, 3000.0),
+            row(System::Etcd, Workload::Transitions, 64, 2000.0),
+            row(System::Etcd, Workload::Transitions, 256, 2000.0),
+            row(System::Raftflow, Workload::Tasks, 64, 500.0),
+        ];
+        assert_eq!(ratio(&rows, Workload::Transitions, 64), Some(1.5));
+        assert_eq!(ratio(&rows, Workload::Transitions, 256), None);
+        assert_eq!(ratio(&rows, Workload::Tasks, 64), None);
+        let t = table(&rows);
+        assert!(t.contains("| transitions | 64 | 3000 |"), "{t}");
+        assert!(t.contains("1.50×"), "{t}");
+        assert!(t.contains("| tasks | 64 | 500 |"), "{t}");
+    }
+}
