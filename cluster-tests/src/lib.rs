@@ -175,6 +175,10 @@ impl Cluster {
         cluster
     }
 
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
+    }
+
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.node(id).log.clone()
     }

@@ -73,7 +73,12 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
     assert!(report::ratio(&rows, Workload::Transitions, 4).is_some());
     let dir = tempfile::tempdir().unwrap();
     let machine = report::Machine::describe();
-    report::write_json(&dir.path().join("bench.json"), &machine, &config, &rows).unwrap();
+    let extras = report::Extras {
+        machine: &machine,
+        idle: None,
+        restart: None,
+    };
+    report::write_json(&dir.path().join("bench.json"), &extras, &config, &rows).unwrap();
     report::plot(&dir.path().join("chart.png"), &rows).unwrap();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();

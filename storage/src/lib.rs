@@ -57,10 +57,6 @@ impl Store {
         // Bound open files and memtable memory for a node with many groups.
         opts.set_max_open_files(512);
         opts.set_write_buffer_size(32 << 20);
-        // Writes only fill the WAL's buffer; the syncer writes and fsyncs it once per batch
-        // (`FlushWAL(sync)`), so a write costs no system call. A crash loses a suffix of the
-        // unsynced writes, never a write acknowledged after a sync.
-        opts.set_manual_wal_flush(true);
         let db = DB::open_cf(&opts, path, [CF_LOG, CF_RAFT, CF_STATE])?;
         let db = Arc::new(db);
         let syncer = Syncer::start(db.clone());

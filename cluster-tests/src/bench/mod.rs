@@ -203,3 +203,182 @@ async fn wal_counters(addrs: &[String]) -> (f64, f64) {
     }
     total
 }
+
+/// What idle groups cost: each node's CPU while nothing but heartbeats runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleResult {
+    pub groups: u64,
+    pub seconds: f64,
+    /// Per node, percent of one core.
+    pub cpu_percent: Vec<f64>,
+    pub rss_mib: Vec<f64>,
+}
+
+/// Starts a cluster with `groups` data groups, lets leadership settle, then measures each
+/// node's CPU over `seconds` with no client load.
+pub async fn idle(groups: u64, seconds: u64, bin: Option<PathBuf>) -> anyhow::Result<IdleResult> {
+    let cluster = Cluster::launch(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    });
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    cluster.wait_balanced(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let before = procstat::Usage::sample_all(&pids);
+    let start = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let peaks: Vec<u64> = pids.iter().map(|&p| procstat::rss_bytes(p)).collect();
+    let usage = procstat::Usage::since(&before, &peaks);
+    Ok(IdleResult {
+        groups,
+        seconds: elapsed,
+        cpu_percent: usage.iter().map(|u| u.cpu_s / elapsed * 100.0).collect(),
+        rss_mib: usage.iter().map(|u| u.peak_rss_mib).collect(),
+    })
+}
+
+/// How a node holding many workflows comes back after `kill -9`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestartResult {
+    pub workflows: u64,
+    pub load_seconds: f64,
+    /// From the restart to `/readyz` answering 200.
+    pub ready_seconds: f64,
+    /// From the restart to a linearizable read of a workflow through the node.
+    pub serving_seconds: f64,
+    /// The node's resident size when it became ready, and the highest seen until then.
+    pub rss_at_ready_mib: f64,
+    pub peak_rss_mib: f64,
+    pub data_dir_mib: f64,
+}
+
+/// Loads `workflows` workflows with 256 clients, kills node 3 with SIGKILL, restarts it
+/// and times how long it takes to be ready and to serve.
+pub async fn restart(
+    workflows: u64,
+    groups: u64,
+    bin: Option<PathBuf>,
+) -> anyhow::Result<RestartResult> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut cluster = Cluster::launch(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    });
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    cluster.wait_balanced(Duration::from_secs(60)).await?;
+    cluster
+        .client(1)
+        .put_definition("bench-pingpong", &load::pingpong())
+        .await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..256usize {
+        let client = Client::new(
+            &cluster.nodes[c % cluster.nodes.len()].client,
+            REQUEST_TIMEOUT,
+        );
+        let next = next.clone();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= workflows {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let req = raftflow_api::types::CreateWorkflow {
+                    id: Some(format!("restart-{n}")),
+                    definition: "bench-pingpong".into(),
+                    version: None,
+                    context: None,
+                };
+                let mut tries = 0;
+                while let Err(e) = client.create_workflow(&req).await {
+                    tries += 1;
+                    anyhow::ensure!(e.is_transient() && tries < 20, "create restart-{n}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    let progress = {
+        let next = next.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprint!(
+                    "\r    loaded {:>9} of {workflows} ",
+                    next.load(Ordering::Relaxed).min(workflows)
+                );
+            }
+        })
+    };
+    for h in handles {
+        h.await??;
+    }
+    progress.abort();
+    eprintln!();
+    let load_seconds = started.elapsed().as_secs_f64();
+    // Let node 3 catch up and apply everything before it is killed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let data_dir_mib = dir_size(&cluster.data_dir(3)) as f64 / (1024.0 * 1024.0);
+    cluster.kill9(3);
+    let restarted = std::time::Instant::now();
+    cluster.restart(3);
+    let pid = cluster.node(3).pid().unwrap_or(0);
+    let probe = cluster.probe(3);
+    let mut peak = 0u64;
+    let ready_seconds = loop {
+        peak = peak.max(procstat::rss_bytes(pid));
+        if probe.ready().await {
+            break restarted.elapsed().as_secs_f64();
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "node 3 never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rss_at_ready = procstat::rss_bytes(pid);
+    let serving_seconds = loop {
+        if probe
+            .get_workflow(&format!("restart-{}", workflows / 2), false)
+            .await
+            .is_ok()
+        {
+            break restarted.elapsed().as_secs_f64();
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "node 3 never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(RestartResult {
+        workflows,
+        load_seconds,
+        ready_seconds,
+        serving_seconds,
+        rss_at_ready_mib: rss_at_ready as f64 / (1024.0 * 1024.0),
+        peak_rss_mib: peak.max(rss_at_ready) as f64 / (1024.0 * 1024.0),
+        data_dir_mib,
+    })
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

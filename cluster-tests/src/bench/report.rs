@@ -182,9 +182,18 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// What the report carries besides the cells.
+#[derive(Serialize)]
+pub struct Extras<'a> {
+    pub machine: &'a Machine,
+    pub idle: Option<&'a super::IdleResult>,
+    pub restart: Option<&'a super::RestartResult>,
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
-    machine: &'a Machine,
+    #[serde(flatten)]
+    extras: &'a Extras<'a>,
     config: &'a Config,
     rows: &'a [Row],
     ratios: Vec<RatioRow>,
@@ -199,7 +208,7 @@ struct RatioRow {
 
 pub fn write_json(
     path: &Path,
-    machine: &Machine,
+    extras: &Extras<'_>,
     config: &Config,
     rows: &[Row],
 ) -> anyhow::Result<()> {
@@ -214,7 +223,7 @@ pub fn write_json(
         }
     }
     let report = Report {
-        machine,
+        extras,
         config,
         rows,
         ratios,

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use clap::Parser;
 use raftflow_cluster_tests::bench::load::Workload;
 use raftflow_cluster_tests::bench::report::{self, Machine};
-use raftflow_cluster_tests::bench::{run, Config, System};
+use raftflow_cluster_tests::bench::{idle, restart, run, Config, System};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Comma-separated: create, transitions, read-mix, tasks.
+    /// Comma-separated: create, transitions, read-mix, tasks (empty: none).
     #[arg(long, default_value = "create,transitions,read-mix,tasks")]
     workloads: String,
     /// Comma-separated numbers of concurrent clients.
@@ -31,6 +31,12 @@ struct Args {
     /// Tokio worker threads per raftflow node (default: one per core).
     #[arg(long)]
     node_threads: Option<usize>,
+    /// Also measure the CPU of a cluster with this many idle groups (0: skip).
+    #[arg(long, default_value_t = 64)]
+    idle_groups: u64,
+    /// Also time a kill -9 and restart of a node holding this many workflows (0: skip).
+    #[arg(long, default_value_t = 0)]
+    restart_workflows: u64,
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
@@ -45,6 +51,13 @@ fn list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> anyhow::Re
         .collect()
 }
 
+fn join(xs: &[f64], decimals: usize) -> String {
+    xs.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -54,7 +67,11 @@ async fn main() -> anyhow::Result<()> {
             "etcd" => Some(System::Etcd),
             _ => None,
         })?,
-        workloads: list(&args.workloads, "workload", Workload::parse)?,
+        workloads: if args.workloads.is_empty() {
+            Vec::new()
+        } else {
+            list(&args.workloads, "workload", Workload::parse)?
+        },
         concurrency: list(&args.concurrency, "concurrency", |s| {
             s.parse().ok().filter(|&n: &usize| (1..=4096).contains(&n))
         })?,
@@ -74,13 +91,50 @@ async fn main() -> anyhow::Result<()> {
         config.duration_s,
         config.warmup_s
     );
-    let rows = run(&config).await?;
-    let table = report::table(&rows);
+    let rows = if config.workloads.is_empty() {
+        Vec::new()
+    } else {
+        run(&config).await?
+    };
+    let mut table = report::table(&rows);
+    let idle = if args.idle_groups > 0 {
+        let r = idle(args.idle_groups, 10, args.bin.clone()).await?;
+        table.push_str(&format!(
+            "\nidle: {} groups, CPU per node {} % of a core, RSS {} MiB\n",
+            r.groups,
+            join(&r.cpu_percent, 1),
+            join(&r.rss_mib, 0)
+        ));
+        Some(r)
+    } else {
+        None
+    };
+    let restarted = if args.restart_workflows > 0 {
+        let r = restart(args.restart_workflows, args.groups, args.bin.clone()).await?;
+        table.push_str(&format!(
+            "\nrestart: node 3 holding {} workflows ({:.0} MiB on disk, loaded in {:.0} s) ready {:.2} s and serving {:.2} s after kill -9; RSS {:.0} MiB at ready, peak {:.0} MiB\n",
+            r.workflows, r.data_dir_mib, r.load_seconds, r.ready_seconds, r.serving_seconds, r.rss_at_ready_mib, r.peak_rss_mib
+        ));
+        Some(r)
+    } else {
+        None
+    };
     println!("\n{table}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("table.md"), &table)?;
-    report::write_json(&args.out.join("bench.json"), &machine, &config, &rows)?;
-    report::plot(&args.out.join("chart.png"), &rows)?;
+    report::write_json(
+        &args.out.join("bench.json"),
+        &report::Extras {
+            machine: &machine,
+            idle: idle.as_ref(),
+            restart: restarted.as_ref(),
+        },
+        &config,
+        &rows,
+    )?;
+    if !rows.is_empty() {
+        report::plot(&args.out.join("chart.png"), &rows)?;
+    }
     println!(
         "wrote {0}/table.md, {0}/bench.json, {0}/chart.png",
         args.out.display()
