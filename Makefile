@@ -52,10 +52,12 @@ fmt:
 
 # raftflow and etcd side by side: fresh three-node clusters of each on loopback, every workload
 # (create, transitions, read-mix, tasks) at 1, 16, 64 and 256 clients. Writes table.md,
-# bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5).
+# bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5); also the
+# CPU of 64 idle groups, and with RESTART_WORKFLOWS=N a kill -9 restart of a node holding N.
 bench: deps
 	@scripts/deps.sh bench
 	cargo build $(CARGO_PROFILE) --workspace --bins
 	$(CARGO_TARGET_DIR)/release/raftflow-bench --duration-s $${DURATION_S:-5} \
 	  $${CONCURRENCY:+--concurrency $$CONCURRENCY} $${WORKLOADS:+--workloads $$WORKLOADS} \
+	  $${RESTART_WORKFLOWS:+--restart-workflows $$RESTART_WORKFLOWS} \
 	  --out bench-report/$$(date +%Y%m%d-%H%M%S)
