@@ -83,6 +83,10 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("bench.json")).unwrap()).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), rows.len());
+    // The chart can be drawn again from the JSON alone.
+    let again = report::read_rows(&dir.path().join("bench.json")).unwrap();
+    assert_eq!(again.len(), rows.len());
+    assert_eq!(again[1].measured.ops, rows[1].measured.ops);
     assert!(
         std::fs::metadata(dir.path().join("chart.png"))
             .unwrap()

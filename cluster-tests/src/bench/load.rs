@@ -15,7 +15,7 @@ use super::etcd::{EtcdClient, EtcdError};
 use super::procstat::Usage;
 
 /// What each client does in a loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Create a new workflow (etcd: put a new key if it does not exist).
@@ -186,7 +186,7 @@ impl Conn {
 }
 
 /// What one cell of the run measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Measured {
     pub ops: u64,
     pub seconds: f64,

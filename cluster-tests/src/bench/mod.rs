@@ -21,7 +21,7 @@ use crate::{Cluster, Spec};
 use etcd::{EtcdClient, EtcdCluster};
 use load::{Cell, Conn, Measured, Workload};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Raftflow,
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// One cell of the run: a system, a workload, a number of clients.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Row {
     pub system: System,
     pub workload: Workload,
@@ -78,21 +78,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
     for &system in &config.systems {
         match system {
             System::Raftflow => {
-                let cluster = Cluster::launch(Spec {
-                    groups: config.groups,
-                    bin: config.bin.clone(),
-                    env: config
-                        .node_threads
-                        .map(|n| vec![("TOKIO_WORKER_THREADS".into(), n.to_string())])
-                        .unwrap_or_default(),
-                    ..Spec::default()
-                });
-                cluster
-                    .wait_ready(Duration::from_secs(60))
-                    .await
-                    .context("raftflow cluster")?;
-                // The balancer moves leaders in the first seconds; measure the steady state.
-                cluster.wait_balanced(Duration::from_secs(60)).await?;
+                let env = config
+                    .node_threads
+                    .map(|n| vec![("TOKIO_WORKER_THREADS".into(), n.to_string())])
+                    .unwrap_or_default();
+                let cluster = settled_cluster(config.groups, config.bin.clone(), env).await?;
                 let admin = cluster.client(1);
                 admin
                     .put_definition("bench-pingpong", &load::pingpong())
@@ -158,6 +148,27 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A fresh three-node raftflow cluster, ready and with leadership where the balancer leaves
+/// it (it moves leaders in the first seconds): what every measurement starts from.
+async fn settled_cluster(
+    groups: u64,
+    bin: Option<PathBuf>,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::launch(Spec {
+        groups,
+        bin,
+        env,
+        ..Spec::default()
+    });
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .context("raftflow cluster")?;
+    cluster.wait_balanced(Duration::from_secs(60)).await?;
+    Ok(cluster)
+}
+
 async fn cell(
     config: &Config,
     system: System,
@@ -217,13 +228,7 @@ pub struct IdleResult {
 /// Starts a cluster with `groups` data groups, lets leadership settle, then measures each
 /// node's CPU over `seconds` with no client load.
 pub async fn idle(groups: u64, seconds: u64, bin: Option<PathBuf>) -> anyhow::Result<IdleResult> {
-    let cluster = Cluster::launch(Spec {
-        groups,
-        bin,
-        ..Spec::default()
-    });
-    cluster.wait_ready(Duration::from_secs(60)).await?;
-    cluster.wait_balanced(Duration::from_secs(60)).await?;
+    let cluster = settled_cluster(groups, bin, Vec::new()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let before = procstat::Usage::sample_all(&pids);
@@ -264,13 +269,7 @@ pub async fn restart(
 ) -> anyhow::Result<RestartResult> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let mut cluster = Cluster::launch(Spec {
-        groups,
-        bin,
-        ..Spec::default()
-    });
-    cluster.wait_ready(Duration::from_secs(60)).await?;
-    cluster.wait_balanced(Duration::from_secs(60)).await?;
+    let mut cluster = settled_cluster(groups, bin, Vec::new()).await?;
     cluster
         .client(1)
         .put_definition("bench-pingpong", &load::pingpong())

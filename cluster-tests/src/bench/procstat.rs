@@ -35,7 +35,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// What one node process used during a measured window.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub pid: u32,
     pub cpu_s: f64,

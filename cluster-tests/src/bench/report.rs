@@ -232,6 +232,16 @@ pub fn write_json(
         .with_context(|| format!("write {}", path.display()))
 }
 
+/// The rows of a `bench.json` written by [`write_json`], to draw its chart again.
+pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        rows: Vec<Row>,
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(serde_json::from_slice::<Saved>(&bytes)?.rows)
+}
+
 const WORKLOAD_COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -262,24 +272,31 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     for (area, title, y_desc, value) in [
         (
             &top,
-            "committed operations per second",
+            "committed operations per second (log scale)",
             "ops/s",
             (|r: &Row| r.measured.ops_per_s) as fn(&Row) -> f64,
         ),
         (
             &bottom,
-            "p99 latency",
+            "p99 latency (log scale)",
             "ms",
             (|r: &Row| r.measured.p99_ms) as fn(&Row) -> f64,
         ),
     ] {
-        let y_max = rows.iter().map(value).fold(1.0, f64::max) * 1.1;
+        // Logarithmic: the task workload's latency is ten times the others'.
+        let y_max = rows.iter().map(value).fold(1.0, f64::max) * 1.5;
+        let y_min = rows
+            .iter()
+            .map(value)
+            .filter(|v| *v > 0.0)
+            .fold(y_max, f64::min)
+            / 1.5;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(70)
-            .build_cartesian_2d(-0.5..x_max, 0.0..y_max)?;
+            .build_cartesian_2d(-0.5..x_max, (y_min..y_max).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("concurrent clients")

@@ -40,6 +40,9 @@ struct Args {
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
+    /// Run nothing: draw `chart.png` beside this `bench.json` again.
+    #[arg(long)]
+    plot_only: Option<PathBuf>,
     /// The raftflow binary (default: beside this one).
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -61,6 +64,12 @@ fn join(xs: &[f64], decimals: usize) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(json) = &args.plot_only {
+        let chart = json.with_file_name("chart.png");
+        report::plot(&chart, &report::read_rows(json)?)?;
+        println!("wrote {}", chart.display());
+        return Ok(());
+    }
     let config = Config {
         systems: list(&args.systems, "system", |s| match s {
             "raftflow" => Some(System::Raftflow),
