@@ -131,7 +131,12 @@ impl Cluster {
 
     /// Starts a cluster as `spec` says.
     pub fn launch(spec: Spec) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("RAFTFLOW_KEEP_DATA").is_some() {
+            // For a post-mortem: the nodes' data directories and logs outlive the run.
+            dir.disable_cleanup(true);
+            eprintln!("keeping the cluster's data under {}", dir.path().display());
+        }
         let nodes: Vec<NodeProc> = (1..=spec.nodes)
             .map(|id| {
                 let (client, peer) = if spec.own_ips {

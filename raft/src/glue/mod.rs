@@ -87,6 +87,11 @@ pub(crate) fn raft_config(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: keep_behind,
         enable_pre_vote: Some(true),
+        // A leader sends entries to followers before its own fsync covers them, so after a
+        // crash its log may lack a tail that a follower holds. Resuming leadership in the same
+        // term would then write different entries under the same log ids, and that follower
+        // would keep (and apply) the old ones. A restarted node always stands for a new term.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Arc::new(config.validate().expect("raft config is valid"))
