@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use raftflow_api::ApiConfig;
 use raftflow_raft::{
-    NodeAddr, NodeConfig, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES,
+    NodeAddr, NodeConfig, Timing, DEFAULT_MIN_FREE_DISK_BYTES, LOG_KEPT_BEHIND_SNAPSHOT,
+    SNAPSHOT_EVERY_ENTRIES,
 };
 
 /// Flags of `raftflow serve`. Every flag also reads `RAFTFLOW_<NAME>` and the TOML key `<name>`
@@ -201,6 +202,10 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or(LOG_KEPT_BEHIND_SNAPSHOT),
         // Leave from our own address, so cutting 127.0.0.1 <-> 127.0.0.2 cuts exactly that link.
         bind_source_ip: peer_ip.filter(|ip| !ip.is_unspecified()),
+        min_free_disk_bytes: args
+            .min_free_disk_bytes
+            .or(file.min_free_disk_bytes)
+            .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
     };
     let defaults = ApiConfig::default();
     let api = ApiConfig {
@@ -213,22 +218,11 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.write_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.write_timeout),
-        forward_timeout: Duration::from_millis(
-            args.write_timeout_ms
-                .or(file.write_timeout_ms)
-                .unwrap_or(defaults.write_timeout.as_millis() as u64)
-                + 1000,
-        ),
         max_inflight_requests: args
             .max_inflight_requests
             .or(file.max_inflight_requests)
             .unwrap_or(defaults.max_inflight_requests)
             .max(1),
-        min_free_disk_bytes: args
-            .min_free_disk_bytes
-            .or(file.min_free_disk_bytes)
-            .unwrap_or(defaults.min_free_disk_bytes),
-        data_dir: node.data_dir.clone(),
         source_ip: node.bind_source_ip,
     };
     Ok(Config {

@@ -114,6 +114,7 @@ impl From<RaftError> for ApiError {
                 leader: Some((id, _)),
             } => ApiError::unavailable(format!("node {id} leads the group; retry")),
             RaftError::Unavailable(m) => ApiError::unavailable(m),
+            RaftError::StorageFull(m) => ApiError::storage_full(m),
             RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
             other => ApiError::internal(other.to_string()),
         }

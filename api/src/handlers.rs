@@ -1,20 +1,19 @@
-//! Route handlers. Each finds the group that owns the request, serves it when this node leads
-//! that group, and otherwise forwards it once to the leader's client address.
+//! Route handlers. Each finds the group that owns the request and hands the work to the
+//! node: a write is committed by the group's leader (this node, or over the peer connection),
+//! a linearizable read is served from this node's replica once it has applied the leader's
+//! read index.
 
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, OriginalUri, Path, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use raftflow_raft::{
-    tables, Command, DefinitionVersion, Error as RaftError, NodeAddr, Outcome, META_GROUP,
-};
+use raftflow_raft::{tables, Command, DefinitionVersion, Error as RaftError, Outcome, META_GROUP};
 use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
 
 use crate::error::{ApiError, ApiResult};
@@ -22,8 +21,6 @@ use crate::extract::{JsonBody, QueryParams};
 use crate::types::*;
 use crate::AppState;
 
-/// Marks a request one node forwarded to another; such a request is never forwarded again.
-pub const FORWARDED_HEADER: &str = "x-raftflow-forwarded";
 /// Most history rows one read returns.
 const MAX_HISTORY_ROWS: usize = 100_000;
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -33,33 +30,6 @@ const MAX_LIST_LIMIT: usize = 1000;
 const LIST_SCAN_FACTOR: usize = 10;
 /// How long a create waits for this node's replica of the meta group to show a definition.
 const DEFINITION_WAIT: Duration = Duration::from_millis(1000);
-
-/// Where a request came from and where it points, for forwarding.
-pub struct Hop {
-    forwarded: bool,
-    method: Method,
-    path_and_query: String,
-}
-
-impl FromRequestParts<AppState> for Hop {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        let uri = parts
-            .extensions
-            .get::<OriginalUri>()
-            .map(|u| u.0.clone())
-            .unwrap_or_else(|| parts.uri.clone());
-        Ok(Hop {
-            forwarded: parts.headers.contains_key(FORWARDED_HEADER),
-            method: parts.method.clone(),
-            path_and_query: uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-        })
-    }
-}
 
 /// A failure of local work: an API error, or a Raft error that may mean "ask the leader".
 pub enum Failure {
@@ -79,122 +49,33 @@ impl From<RaftError> for Failure {
     }
 }
 
-/// Runs `local` when this node leads `group`; otherwise, or when leadership moved while
-/// `local` ran, forwards the request (with `body`) to the leader once.
-pub(crate) async fn on_leader<F, Fut>(
-    state: &AppState,
-    hop: &Hop,
-    group: u64,
-    body: Option<Vec<u8>>,
-    local: F,
-) -> ApiResult<Response>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Response, Failure>>,
-{
-    let node = &state.node;
-    match node.leader_of(group) {
-        Some((id, _)) if id == node.id() => {}
-        Some((_, addr)) if !hop.forwarded => return forward(state, &addr, hop, body).await,
-        _ => {
-            return Err(ApiError::unavailable(format!(
-                "group {group} has no leader reachable from node {}",
-                node.id()
-            )))
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Api(e) => e,
+            Failure::Raft(e) => e.into(),
         }
     }
-    match local().await {
-        Ok(r) => Ok(r),
-        Err(Failure::Api(e)) => Err(e),
-        Err(Failure::Raft(RaftError::NotLeader {
-            leader: Some((id, addr)),
-        })) if !hop.forwarded && id != node.id() => forward(state, &addr, hop, body).await,
-        Err(Failure::Raft(e)) => Err(e.into()),
-    }
 }
 
-async fn forward(
-    state: &AppState,
-    leader: &NodeAddr,
-    hop: &Hop,
-    body: Option<Vec<u8>>,
+/// Answers with what `work` produced, or its failure as an API error.
+pub(crate) async fn served(
+    work: impl Future<Output = Result<Response, Failure>>,
 ) -> ApiResult<Response> {
-    forward_to(state, leader, hop.method.clone(), &hop.path_and_query, body).await
+    work.await.map_err(ApiError::from)
 }
 
-/// Sends a request to the leader at `leader` as a forwarded request (never forwarded again)
-/// and relays its answer.
-pub(crate) async fn forward_to(
-    state: &AppState,
-    leader: &NodeAddr,
-    method: Method,
-    path_and_query: &str,
-    body: Option<Vec<u8>>,
-) -> ApiResult<Response> {
-    let url = format!("http://{}{}", leader.client, path_and_query);
-    let mut req = state
-        .http
-        .request(method, &url)
-        .header(FORWARDED_HEADER, state.node.id().to_string())
-        .timeout(state.config.forward_timeout);
-    if let Some(b) = body {
-        req = req.header(header::CONTENT_TYPE, "application/json").body(b);
-    }
-    let resp = req.send().await.map_err(|e| {
-        ApiError::unavailable(format!(
-            "forwarding to the leader at {} failed: {e}",
-            leader.client
-        ))
-    })?;
-    let status = resp.status();
-    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("reading the leader's answer failed: {e}")))?;
-    let mut out = (status, bytes).into_response();
-    if let Some(ct) = content_type {
-        out.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
-    if let Some(ra) = retry_after {
-        out.headers_mut().insert(header::RETRY_AFTER, ra);
-    }
-    Ok(out)
-}
-
-/// Free bytes on the filesystem holding `path`, if the OS tells.
-fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs on success.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it initialised `st`.
-    let st = unsafe { st.assume_init() };
-    Some(st.f_bavail * st.f_frsize)
-}
-
+/// Commits `command` on the leader of `group` (wherever it is) within the write timeout.
 pub(crate) async fn propose(
     state: &AppState,
     group: u64,
     command: Command,
 ) -> Result<Outcome, Failure> {
-    if let Some(free) = available_disk_bytes(&state.config.data_dir) {
-        if free < state.config.min_free_disk_bytes {
-            return Err(ApiError::storage_full(format!(
-                "the data disk has {free} bytes free, below the {} bytes writes need",
-                state.config.min_free_disk_bytes
-            ))
-            .into());
-        }
-    }
     match tokio::time::timeout(
         state.config.write_timeout,
-        state.node.propose(group, command),
+        state
+            .node
+            .commit(group, command, state.config.write_timeout),
     )
     .await
     {
@@ -207,8 +88,10 @@ pub(crate) async fn propose(
     }
 }
 
+/// Waits until a following read of this node's replica of `group` is linearizable.
 pub(crate) async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
-    match tokio::time::timeout(state.config.write_timeout, state.node.read_barrier(group)).await {
+    let timeout = state.config.write_timeout;
+    match tokio::time::timeout(timeout, state.node.linearize(group, timeout)).await {
         Ok(r) => Ok(r?),
         Err(_) => {
             Err(ApiError::unavailable(format!("group {group} has no quorum right now")).into())
@@ -278,10 +161,10 @@ impl ReadParams {
     }
 }
 
-/// Serves a read from this node's replica directly (`local`) or after the leader's read index.
+/// Serves a read from this node's replica: directly (`local`), or once the replica has applied
+/// the leader's read index (linearizable).
 pub(crate) async fn read<F>(
     state: &AppState,
-    hop: &Hop,
     group: u64,
     params: &ReadParams,
     read: F,
@@ -290,18 +173,13 @@ where
     F: FnOnce() -> Result<Response, Failure>,
 {
     let stale_mutant = raftflow_raft::mutant::active() == raftflow_raft::mutant::Mutant::StaleRead;
-    if params.local()? || stale_mutant {
-        return match read() {
-            Ok(r) => Ok(r),
-            Err(Failure::Api(e)) => Err(e),
-            Err(Failure::Raft(e)) => Err(e.into()),
-        };
-    }
-    on_leader(state, hop, group, None, || async move {
-        read_barrier(state, group).await?;
+    let answer = async {
+        if !(params.local()? || stale_mutant) {
+            read_barrier(state, group).await?;
+        }
         read()
-    })
-    .await
+    };
+    answer.await.map_err(ApiError::from)
 }
 
 // ---- definitions ---------------------------------------------------------------------------
@@ -314,7 +192,6 @@ where
         (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_definition(
     State(state): State<AppState>,
-    hop: Hop,
     Path(name): Path<String>,
     JsonBody(mut body): JsonBody<Value>,
 ) -> ApiResult<Response> {
@@ -340,8 +217,7 @@ pub async fn put_definition(
         return Err(ApiError::invalid_definition(problems));
     }
     let json = serde_json::to_string(&def).map_err(|e| ApiError::internal(e.to_string()))?;
-    let forward_body = Some(json.clone().into_bytes());
-    on_leader(&state, &hop, META_GROUP, forward_body, || async {
+    served(async {
         match propose(&state, META_GROUP, Command::PutDefinition { name, json }).await? {
             Outcome::Definition { stored, created } => {
                 let status = if created {
@@ -382,12 +258,11 @@ fn definition_view(stored: DefinitionVersion) -> ApiResult<DefinitionView> {
     responses((status = 200, body = DefinitionView), (status = 404, body = ErrorBody)))]
 pub async fn get_definition(
     State(state): State<AppState>,
-    hop: Hop,
     Path(name): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_name("definition name", &name)?;
-    read(&state, &hop, META_GROUP, &params, || {
+    read(&state, META_GROUP, &params, || {
         let store = state.node.store();
         let latest = tables::read_latest_version(store, META_GROUP, &name)?
             .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
@@ -404,7 +279,6 @@ pub async fn get_definition(
     responses((status = 200, body = DefinitionView), (status = 404, body = ErrorBody)))]
 pub async fn get_definition_version(
     State(state): State<AppState>,
-    hop: Hop,
     Path((name, version)): Path<(String, String)>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
@@ -412,7 +286,7 @@ pub async fn get_definition_version(
     let version: u32 = version.parse().map_err(|_| {
         ApiError::bad_request(format!("version {version:?} is not a positive integer"))
     })?;
-    read(&state, &hop, META_GROUP, &params, || {
+    read(&state, META_GROUP, &params, || {
         let stored = tables::read_definition(state.node.store(), META_GROUP, &name, version)?
             .ok_or_else(|| {
                 ApiError::not_found(format!("definition {name:?} has no version {version}"))
@@ -426,10 +300,9 @@ pub async fn get_definition_version(
 #[utoipa::path(get, path = "/v1/definitions", responses((status = 200, body = DefinitionList)))]
 pub async fn list_definitions(
     State(state): State<AppState>,
-    hop: Hop,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
-    read(&state, &hop, META_GROUP, &params, || {
+    read(&state, META_GROUP, &params, || {
         let list = tables::list_definitions(state.node.store(), META_GROUP)?;
         let definitions = list
             .into_iter()
@@ -485,7 +358,6 @@ async fn resolve_definition(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_workflow(
     State(state): State<AppState>,
-    hop: Hop,
     JsonBody(mut req): JsonBody<CreateWorkflow>,
 ) -> ApiResult<Response> {
     let id = req
@@ -506,8 +378,7 @@ pub async fn create_workflow(
     })
     .to_string();
     let group = state.node.group_of(&id);
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let def = resolve_definition(&state, &req.definition, req.version).await?;
         let command = Command::CreateWorkflow {
             id,
@@ -544,7 +415,6 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn send_event(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<SendEvent>,
 ) -> ApiResult<Response> {
@@ -559,8 +429,7 @@ pub async fn send_event(
     }
     let payload_json = object_text("payload", req.payload.clone())?;
     let group = state.node.group_of(&id);
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let command = Command::Event {
             id,
             event: req.event,
@@ -579,15 +448,13 @@ pub async fn send_event(
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn cancel_workflow(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CancelWorkflow>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
     check_request_id(&req.request_id)?;
     let group = state.node.group_of(&id);
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let command = Command::Cancel {
             id,
             reason: req.reason,
@@ -605,13 +472,12 @@ pub async fn cancel_workflow(
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody)))]
 pub async fn get_workflow(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
     let group = state.node.group_of(&id);
-    read(&state, &hop, group, &params, || {
+    read(&state, group, &params, || {
         let rec = tables::read_workflow(state.node.store(), group, &id)?
             .ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
         Ok(json_response(
@@ -629,13 +495,12 @@ pub async fn get_workflow(
     responses((status = 200, body = HistoryView), (status = 404, body = ErrorBody)))]
 pub async fn get_history(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
     let group = state.node.group_of(&id);
-    read(&state, &hop, group, &params, || {
+    read(&state, group, &params, || {
         let store = state.node.store();
         if tables::read_workflow(store, group, &id)?.is_none() {
             return Err(ApiError::not_found(format!("workflow {id:?} not found")).into());

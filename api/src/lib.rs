@@ -25,10 +25,9 @@ use utoipa::OpenApi;
 use raftflow_raft::RaftNode;
 
 pub use error::{ApiError, RETRY_AFTER_SECS};
-pub use handlers::FORWARDED_HEADER;
 
-/// A leader that does not accept a connection this fast is treated as unreachable.
-const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A peer that does not accept a health probe's connection this fast is unreachable.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -37,16 +36,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long a write or read barrier may wait for its group before answering 503.
     pub write_timeout: Duration,
-    /// How long a forwarded request may take on the leader (a little more than the leader's
-    /// own write timeout, so its 503 arrives rather than ours).
-    pub forward_timeout: Duration,
     /// Requests served at once; more are shed with 429 `overloaded`.
     pub max_inflight_requests: usize,
-    /// Writes are refused with 507 `storage_full` while the data disk has less free space.
-    pub min_free_disk_bytes: u64,
-    /// The node's data directory (for the free-space check).
-    pub data_dir: std::path::PathBuf,
-    /// Forwarded requests leave from this address (fault tests cut links between node IPs).
+    /// Health probes of peers (`/v1/cluster`) leave from this address (fault tests cut links
+    /// between node IPs).
     pub source_ip: Option<std::net::IpAddr>,
 }
 
@@ -55,10 +48,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 1 << 20,
             write_timeout: Duration::from_secs(5),
-            forward_timeout: Duration::from_secs(10),
             max_inflight_requests: 4096,
-            min_free_disk_bytes: 64 << 20,
-            data_dir: std::path::PathBuf::from("."),
             source_ip: None,
         }
     }
@@ -76,10 +66,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(node: Arc<RaftNode>, config: ApiConfig) -> Self {
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
             .local_address(config.source_ip)
-            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+            .connect_timeout(PROBE_CONNECT_TIMEOUT)
             .build()
             .expect("http client builds");
         AppState {

@@ -3,15 +3,15 @@
 //!
 //! A poll looks at this node's replica of each group for ready tasks of the requested types
 //! (a hint; it may trail the leader a little), and asks each group that has some to lease
-//! them: a replicated `LeaseTasks` command on the group's leader, here or on the node it is
-//! forwarded to. With nothing ready it waits for this node's state machines to signal a newly
+//! them: a replicated `LeaseTasks` command on the group's leader, here or over the peer
+//! connection. With nothing ready it waits for this node's state machines to signal a newly
 //! ready task, up to `wait_ms`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,8 +23,7 @@ use raftflow_workflow::{is_valid_id, is_valid_name};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::handlers::{
-    check_id, forward_to, json_response, object_text, on_leader, propose, read, Failure, Hop,
-    ReadParams,
+    check_id, json_response, object_text, propose, read, served, Failure, ReadParams,
 };
 use crate::types::*;
 use crate::AppState;
@@ -112,8 +111,9 @@ fn lease_view(t: LeasedTask) -> TaskLease {
     }
 }
 
-/// Leases up to `max` tasks from `group`, whose leader this node is.
-async fn lease_here(
+/// Leases up to `max` tasks from `group` on its leader (this node, or over the peer
+/// connection).
+async fn lease_in_group(
     state: &AppState,
     group: u64,
     req: &PollTasks,
@@ -131,55 +131,12 @@ async fn lease_here(
     }
 }
 
-/// Leases up to `max` tasks from `group` on its leader (this node or the one it forwards to).
-async fn lease_in_group(
-    state: &AppState,
-    group: u64,
-    req: &PollTasks,
-    max: u32,
-) -> ApiResult<Vec<TaskLease>> {
-    let node = &state.node;
-    match node.leader_of(group) {
-        Some((id, _)) if id == node.id() => match lease_here(state, group, req, max).await {
-            Ok(tasks) => Ok(tasks),
-            Err(Failure::Api(e)) => Err(e),
-            Err(Failure::Raft(e)) => Err(e.into()),
-        },
-        Some((_, addr)) => {
-            let body = PollTasks {
-                max: Some(max),
-                wait_ms: None,
-                ..req.clone()
-            };
-            let body = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-            let path = format!("/v1/tasks/poll?group={group}");
-            let resp = forward_to(state, &addr, Method::POST, &path, Some(body)).await?;
-            let status = resp.status();
-            let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-                .await
-                .map_err(|e| ApiError::unavailable(format!("reading a lease answer: {e}")))?;
-            if !status.is_success() {
-                return Err(ApiError::unavailable(format!(
-                    "leasing from group {group} failed with {status}"
-                )));
-            }
-            let list: TaskList = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::internal(format!("bad lease answer: {e}")))?;
-            Ok(list.tasks)
-        }
-        None => Err(ApiError::unavailable(format!(
-            "group {group} has no leader right now"
-        ))),
-    }
-}
-
 /// Lease ready tasks of the given types from every group; long-poll up to `wait_ms` when
 /// none is ready.
 #[utoipa::path(post, path = "/v1/tasks/poll", request_body = PollTasks,
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn poll_tasks(
     State(state): State<AppState>,
-    hop: Hop,
     QueryParams(params): QueryParams<PollParams>,
     JsonBody(req): JsonBody<PollTasks>,
 ) -> ApiResult<Response> {
@@ -190,9 +147,8 @@ pub async fn poll_tasks(
         if !groups.contains(&group) {
             return Err(ApiError::bad_request(format!("no data group {group}")));
         }
-        let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-        return on_leader(&state, &hop, group, Some(body), || async {
-            let tasks = lease_here(&state, group, &req, max).await?;
+        return served(async {
+            let tasks = lease_in_group(&state, group, &req, max).await?;
             Ok(json_response(StatusCode::OK, &TaskList { tasks }))
         })
         .await;
@@ -216,6 +172,7 @@ pub async fn poll_tasks(
             match lease_in_group(&state, group, &req, left).await {
                 Ok(mut got) => tasks.append(&mut got),
                 Err(e) => {
+                    let e = ApiError::from(e);
                     tracing::debug!(group, error = %e.message, "lease failed; trying other groups")
                 }
             }
@@ -239,14 +196,12 @@ pub async fn poll_tasks(
         (status = 409, body = ErrorBody)))]
 pub async fn complete_task(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
     let output_json = object_text("output", req.output.clone())?;
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let command = Command::CompleteTask {
             task_id: id,
             token: req.lease_token,
@@ -265,7 +220,6 @@ pub async fn complete_task(
         (status = 409, body = ErrorBody)))]
 pub async fn fail_task(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     JsonBody(mut req): JsonBody<FailTask>,
 ) -> ApiResult<Response> {
@@ -277,8 +231,7 @@ pub async fn fail_task(
         }
         req.error.truncate(end);
     }
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let command = Command::FailTask {
             task_id: id,
             token: req.lease_token,
@@ -297,14 +250,12 @@ pub async fn fail_task(
         (status = 409, body = ErrorBody)))]
 pub async fn heartbeat_task(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<HeartbeatTask>,
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
     check_lease_ms(req.lease_ms)?;
-    let body = serde_json::to_vec(&req).map_err(|e| ApiError::internal(e.to_string()))?;
-    on_leader(&state, &hop, group, Some(body), || async {
+    served(async {
         let command = Command::HeartbeatTask {
             task_id: id,
             token: req.lease_token,
@@ -336,12 +287,11 @@ pub async fn heartbeat_task(
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]
 pub async fn get_task(
     State(state): State<AppState>,
-    hop: Hop,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
-    read(&state, &hop, group, &params, || {
+    read(&state, group, &params, || {
         let rec = tables::read_task(state.node.store(), group, &id)?
             .ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
         Ok(json_response(StatusCode::OK, &TaskView::from(rec.task)))

@@ -327,17 +327,20 @@ async fn overloaded_node_sheds_with_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_short_of_disk_refuses_writes_with_507() {
-    // Demand a petabyte free: every write must be refused while reads still work.
-    let cluster = Cluster::start(1, 1, &["--min-free-disk-bytes", "1125899906842624"]);
+    // Demand a petabyte free: every write must be refused while reads still work, also when
+    // it reaches the leader through another node.
+    let cluster = Cluster::start(3, 1, &["--min-free-disk-bytes", "1125899906842624"]);
     cluster.wait_ready(READY).await.unwrap();
-    let h = Http::new(&cluster.node(1).client);
-    h.put("/v1/definitions/counter", counter_definition())
-        .await
-        .expect(507, "storage_full");
-    h.get("/v1/definitions/counter")
-        .await
-        .expect(404, "not_found");
-    assert_eq!(h.get("/v1/definitions").await.status, 200);
+    for id in 1..=3 {
+        let h = Http::new(&cluster.node(id).client);
+        h.put("/v1/definitions/counter", counter_definition())
+            .await
+            .expect(507, "storage_full");
+        h.get("/v1/definitions/counter")
+            .await
+            .expect(404, "not_found");
+        assert_eq!(h.get("/v1/definitions").await.status, 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,9 @@ pub mod tables;
 
 pub use command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal};
 pub use glue::{NodeAddr, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES};
-pub use node::{GroupStatus, NodeConfig, RaftCounters, RaftNode, META_GROUP};
+pub use node::{
+    GroupStatus, NodeConfig, RaftCounters, RaftNode, DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP,
+};
 pub use raftflow_storage::{Store, SyncStats};
 
 /// Errors of the raft layer; each maps to one API error code.
@@ -27,6 +29,9 @@ pub enum Error {
     /// No leader or no quorum right now.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The leader's data disk is (nearly) full: writes are refused.
+    #[error("storage full: {0}")]
+    StorageFull(String),
     #[error("storage: {0}")]
     Storage(#[from] raftflow_storage::StorageError),
     #[error("io: {0}")]

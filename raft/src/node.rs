@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
@@ -17,7 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::command::{Command, Outcome, Stamped};
 use crate::glue::log_store::GroupLogStore;
-use crate::glue::network::{serve_peers, GroupNetwork, PeerClients, Registry};
+use crate::glue::network::{
+    serve_peers, Forward, ForwardError, ForwardReply, Forwarder, GroupNetwork, PeerClients,
+    Registry,
+};
 use crate::glue::state_machine::GroupStateMachine;
 use crate::glue::{raft_config, NodeAddr, Raft, ServerState, Timing};
 use crate::ring::SlotTable;
@@ -26,6 +30,8 @@ use crate::{Error, Result};
 
 /// The metadata group: membership, definitions. Data groups are `1..=groups`.
 pub const META_GROUP: u64 = 0;
+/// A leader refuses client writes below this much free disk unless configured otherwise.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 64 << 20;
 /// How often the balancer looks at leadership.
 const BALANCE_EVERY: Duration = Duration::from_secs(1);
 /// How often bootstrap asks peers whether the cluster already exists.
@@ -53,6 +59,8 @@ pub struct NodeConfig {
     pub log_kept_behind_snapshot: u64,
     /// Bind outgoing peer connections to this source address.
     pub bind_source_ip: Option<IpAddr>,
+    /// A leader refuses client writes while its data disk has less free space.
+    pub min_free_disk_bytes: u64,
 }
 
 /// Leadership and progress of one group as this node sees it.
@@ -85,10 +93,57 @@ pub struct RaftNode {
     config: NodeConfig,
     store: Arc<Store>,
     registry: Arc<Registry>,
+    clients: Arc<PeerClients>,
     slots: SlotTable,
     counters: RaftCounters,
     signals: Arc<Signals>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Serves forwarded work for the node while it exists.
+struct ServeForwarded(std::sync::Weak<RaftNode>);
+
+impl Forwarder for ServeForwarded {
+    fn serve(
+        &self,
+        group: u64,
+        work: Forward,
+    ) -> BoxFuture<'static, std::result::Result<ForwardReply, ForwardError>> {
+        let node = self.0.upgrade();
+        Box::pin(async move {
+            let Some(node) = node else {
+                return Err(ForwardError::Unavailable("node is shutting down".into()));
+            };
+            node.serve_forwarded(group, work)
+                .await
+                .map_err(|e| match e {
+                    Error::NotLeader { leader } => {
+                        ForwardError::NotLeader(leader.map(|(id, _)| id))
+                    }
+                    Error::Unavailable(m) => ForwardError::Unavailable(m),
+                    Error::StorageFull(m) => ForwardError::StorageFull(m),
+                    Error::Storage(s) if s.is_no_space() => {
+                        ForwardError::StorageFull(s.to_string())
+                    }
+                    other => ForwardError::Failed(other.to_string()),
+                })
+        })
+    }
+}
+
+/// Free bytes on the filesystem holding `path`, if the OS tells.
+fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail * st.f_frsize)
 }
 
 fn now_ms() -> u64 {
@@ -147,10 +202,12 @@ impl RaftNode {
             config,
             store,
             registry: registry.clone(),
+            clients: clients.clone(),
             counters: RaftCounters::default(),
             signals,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
+        registry.set_forwarder(Arc::new(ServeForwarded(Arc::downgrade(&node))));
         let mut tasks = vec![tokio::spawn(serve_peers(listener, registry))];
         tasks.push(tokio::spawn(node.clone().bootstrap(clients)));
         tasks.push(tokio::spawn(node.clone().balance_leaders()));
@@ -315,14 +372,14 @@ impl RaftNode {
         }
     }
 
-    /// Waits until this node, as leader of `group`, has confirmed its leadership with a quorum
-    /// and applied everything committed before the call (openraft's read index).
-    pub async fn read_barrier(&self, group: u64) -> Result<()> {
+    /// The log index a linearizable read of `group` must see applied, from this node as the
+    /// group's leader once it has confirmed its leadership with a quorum (Raft's read index).
+    async fn read_index(&self, group: u64) -> Result<u64> {
         let raft = self.raft(group)?;
         self.check_quorum_contact(&raft, group)?;
         self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
-        match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
+        match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
                     leader: f
@@ -332,6 +389,154 @@ impl RaftNode {
             }
             Err(e) => Err(Error::Unavailable(e.to_string())),
         }
+    }
+
+    /// Waits until this node's replica of `group` has applied `index`.
+    async fn await_applied(&self, group: u64, index: u64) -> Result<()> {
+        let raft = self.raft(group)?;
+        let applied = raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index);
+        if applied >= Some(index) {
+            return Ok(());
+        }
+        raft.wait(None)
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("group {group}: {e}")))
+    }
+
+    /// Makes a following read of this node's replica of `group` linearizable: takes the read
+    /// index from the group's leader (this node, or over the peer connection, as etcd serves
+    /// reads on followers) and waits until this replica has applied it.
+    pub async fn linearize(&self, group: u64, timeout: Duration) -> Result<()> {
+        let work = || Forward::ReadIndex {
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let here = || -> BoxFuture<'_, Result<ForwardReply>> {
+            Box::pin(
+                async move { Ok(ForwardReply::ReadIndex(Some(self.read_index(group).await?))) },
+            )
+        };
+        match self.route(group, timeout, work, here).await? {
+            ForwardReply::ReadIndex(Some(index)) => self.await_applied(group, index).await,
+            ForwardReply::ReadIndex(None) => Ok(()),
+            other => Err(Error::Fatal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Commits a client's `command` on the leader of `group`, wherever it is: here, or over
+    /// the peer connection to the leader this node knows.
+    pub async fn commit(&self, group: u64, command: Command, timeout: Duration) -> Result<Outcome> {
+        let work = || Forward::Propose {
+            command: command.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let here = || -> BoxFuture<'_, Result<ForwardReply>> {
+            let command = command.clone();
+            Box::pin(async move {
+                Ok(ForwardReply::Outcome(Box::new(
+                    self.commit_here(group, command).await?,
+                )))
+            })
+        };
+        match self.route(group, timeout, work, here).await? {
+            ForwardReply::Outcome(o) => Ok(*o),
+            other => Err(Error::Fatal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Runs client work on the leader of `group`: `here()` when that is this node, else
+    /// `work()` over the peer connection. When the node asked turns out not to lead, follows
+    /// its hint once.
+    async fn route<'a>(
+        &'a self,
+        group: u64,
+        timeout: Duration,
+        work: impl Fn() -> Forward,
+        here: impl Fn() -> BoxFuture<'a, Result<ForwardReply>>,
+    ) -> Result<ForwardReply> {
+        let mut leader = self.leader_of(group);
+        let mut hops = 0;
+        loop {
+            let (id, addr) = leader.ok_or(Error::NotLeader { leader: None })?;
+            let result = if id == self.id {
+                here().await
+            } else {
+                self.clients
+                    .forward(id, &addr.peer, group, work(), timeout)
+                    .await
+                    .map_err(|e| self.forward_error(e))
+            };
+            hops += 1;
+            match result {
+                Err(Error::NotLeader {
+                    leader: Some((next, next_addr)),
+                }) if hops < 2 && next != id => leader = Some((next, next_addr)),
+                r => return r,
+            }
+        }
+    }
+
+    fn forward_error(&self, e: ForwardError) -> Error {
+        match e {
+            ForwardError::NotLeader(leader) => Error::NotLeader {
+                leader: leader
+                    .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+            },
+            ForwardError::Unavailable(m) => Error::Unavailable(m),
+            ForwardError::StorageFull(m) => Error::StorageFull(m),
+            ForwardError::Failed(m) => Error::Fatal(m),
+        }
+    }
+
+    /// A client write on this node as the group's leader: refused while the data disk is
+    /// nearly full, else proposed.
+    async fn commit_here(&self, group: u64, command: Command) -> Result<Outcome> {
+        if let Some(free) = available_disk_bytes(&self.config.data_dir) {
+            if free < self.config.min_free_disk_bytes {
+                return Err(Error::StorageFull(format!(
+                    "the data disk of node {} has {free} bytes free, below the {} bytes writes need",
+                    self.id, self.config.min_free_disk_bytes
+                )));
+            }
+        }
+        self.propose(group, command).await
+    }
+
+    /// Serves work another node forwarded, as the leader of `group`.
+    async fn serve_forwarded(&self, group: u64, work: Forward) -> Result<ForwardReply> {
+        let (timeout_ms, work) = match work {
+            Forward::Propose {
+                command,
+                timeout_ms,
+            } => (timeout_ms, Ok(command)),
+            Forward::ReadIndex { timeout_ms } => (timeout_ms, Err(())),
+        };
+        let timeout = Duration::from_millis(timeout_ms);
+        let served = async {
+            if !self.is_leader(group) {
+                return Err(Error::NotLeader {
+                    leader: self.leader_of(group),
+                });
+            }
+            match work {
+                Ok(command) => Ok(ForwardReply::Outcome(Box::new(
+                    self.commit_here(group, command).await?,
+                ))),
+                Err(()) => Ok(ForwardReply::ReadIndex(Some(self.read_index(group).await?))),
+            }
+        };
+        tokio::time::timeout(timeout, served)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "group {group} did not answer within {timeout_ms} ms; a write may still apply"
+                )))
+            })
     }
 
     /// Every group's status as this node sees it: the meta group first.

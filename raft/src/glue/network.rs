@@ -4,6 +4,10 @@
 //! A frame is `len (u32 BE) ‖ codec(Envelope)`. Requests carry an id and a group; responses
 //! carry the id back, so many RPCs of many groups are in flight on one connection at once. The
 //! writer flushes only when its queue is empty, so a burst of RPCs leaves in few syscalls.
+//!
+//! Besides Raft's own RPCs, the connection carries client work a node hands to a group's
+//! leader ([`Forward`]): a command to propose, or a request for a read index. So a request that
+//! lands on a follower costs one more bincode frame each way, not a second HTTP request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -26,9 +30,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NodeAddr, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::command::{Command, Outcome};
 
 /// Sent in every frame; a peer speaking another version is refused.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted (snapshots travel in one frame).
 pub const MAX_FRAME_BYTES: usize = 512 << 20;
 /// Frames queued for one connection's writer before senders wait.
@@ -70,6 +75,46 @@ enum PeerRpc {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// Whether the group exists here and has Raft state (used before bootstrapping a cluster).
     Initialized,
+    /// Client work for the group's leader.
+    Forward(Forward),
+}
+
+/// Client work a node hands to the leader of a group over the peer connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Forward {
+    /// Propose `command` and answer its outcome; give up after `timeout_ms`.
+    Propose { command: Command, timeout_ms: u64 },
+    /// Confirm leadership with a quorum and answer the log index a linearizable read must see
+    /// applied (etcd's ReadIndex, served to a follower).
+    ReadIndex { timeout_ms: u64 },
+}
+
+/// The leader's answer to a [`Forward`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Outcome(Box<Outcome>),
+    ReadIndex(Option<u64>),
+}
+
+/// Why a [`Forward`] was not served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// The receiver does not lead the group; it names the node it believes does.
+    NotLeader(Option<u64>),
+    /// No leader, no quorum, a timeout or an unreachable peer: retry later.
+    Unavailable(String),
+    /// The leader's data disk is (nearly) full.
+    StorageFull(String),
+    Failed(String),
+}
+
+/// Serves forwarded client work on the leader (implemented by the node).
+pub trait Forwarder: Send + Sync + 'static {
+    fn serve(
+        &self,
+        group: u64,
+        work: Forward,
+    ) -> futures::future::BoxFuture<'static, Result<ForwardReply, ForwardError>>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,15 +125,23 @@ enum PeerReply {
     Snapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     Initialized(bool),
+    Forward(Result<ForwardReply, ForwardError>),
 }
 
-/// The groups this node runs, by id: where incoming peer RPCs go.
+/// The groups this node runs, by id, and who serves forwarded work: where incoming peer RPCs
+/// go.
 #[derive(Default)]
 pub struct Registry {
     groups: RwLock<BTreeMap<u64, Raft>>,
+    forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
 }
 
 impl Registry {
+    /// Sets who serves forwarded work; until then it is refused as unavailable.
+    pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(f);
+    }
+
     pub fn insert(&self, group: u64, raft: Raft) {
         self.groups
             .write()
@@ -172,6 +225,13 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>) -> io::Res
 }
 
 async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerReply, String> {
+    if let PeerRpc::Forward(work) = rpc {
+        let reply = match registry.forwarder.get() {
+            Some(f) => f.serve(group, work).await,
+            None => Err(ForwardError::Unavailable("node is starting".into())),
+        };
+        return Ok(PeerReply::Forward(reply));
+    }
     let Some(raft) = registry.get(group) else {
         if matches!(rpc, PeerRpc::Initialized) {
             return Ok(PeerReply::Initialized(false));
@@ -202,6 +262,7 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
         PeerRpc::Initialized => {
             PeerReply::Initialized(raft.is_initialized().await.map_err(|e| s(&e))?)
         }
+        PeerRpc::Forward(_) => unreachable!("served above"),
     })
 }
 
@@ -481,6 +542,31 @@ impl PeerClients {
             Err(CallError::Remote(m)) => Err(io::Error::other(m)),
         }
     }
+
+    /// Hands `work` for `group` to node `target` (its leader, as far as this node knows).
+    pub async fn forward(
+        &self,
+        target: u64,
+        addr: &str,
+        group: u64,
+        work: Forward,
+        timeout: Duration,
+    ) -> Result<ForwardReply, ForwardError> {
+        match self
+            .conn(target, addr)
+            .call(group, PeerRpc::Forward(work), timeout)
+            .await
+        {
+            Ok(PeerReply::Forward(r)) => r,
+            Ok(_) => Err(ForwardError::Failed("unexpected reply kind".into())),
+            Err(CallError::Unreachable(e) | CallError::Network(e)) => {
+                Err(ForwardError::Unavailable(format!(
+                    "the leader (node {target}) is unreachable: {e}"
+                )))
+            }
+            Err(CallError::Remote(m)) => Err(ForwardError::Unavailable(m)),
+        }
+    }
 }
 
 /// openraft's network factory for one group.
@@ -658,5 +744,57 @@ mod tests {
                 reply: Ok(PeerReply::Initialized(true))
             }
         ));
+    }
+
+    struct Echo;
+
+    impl Forwarder for Echo {
+        fn serve(
+            &self,
+            group: u64,
+            work: Forward,
+        ) -> futures::future::BoxFuture<'static, Result<ForwardReply, ForwardError>> {
+            Box::pin(async move {
+                match work {
+                    Forward::ReadIndex { timeout_ms } => {
+                        Ok(ForwardReply::ReadIndex(Some(group * 1000 + timeout_ms)))
+                    }
+                    Forward::Propose { .. } => Err(ForwardError::NotLeader(Some(group))),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarded_work_reaches_the_forwarder_and_its_answer_comes_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let registry = Arc::new(Registry::default());
+        let server = tokio::spawn(serve_peers(listener, registry.clone()));
+        let clients = PeerClients::new(None);
+        let ask = |work| clients.forward(2, &addr, 7, work, Duration::from_secs(5));
+
+        let early = ask(Forward::ReadIndex { timeout_ms: 5 }).await;
+        assert!(
+            matches!(early, Err(ForwardError::Unavailable(ref m)) if m.contains("starting")),
+            "{early:?}"
+        );
+
+        registry.set_forwarder(Arc::new(Echo));
+        let read = ask(Forward::ReadIndex { timeout_ms: 5 }).await;
+        assert!(
+            matches!(read, Ok(ForwardReply::ReadIndex(Some(7005)))),
+            "{read:?}"
+        );
+        let write = ask(Forward::Propose {
+            command: Command::Tick,
+            timeout_ms: 5,
+        })
+        .await;
+        assert!(
+            matches!(write, Err(ForwardError::NotLeader(Some(7)))),
+            "{write:?}"
+        );
+        server.abort();
     }
 }
