@@ -129,11 +129,40 @@ enum PeerReply {
 }
 
 /// The groups this node runs, by id, and who serves forwarded work: where incoming peer RPCs
-/// go.
+/// go. It also notes when each group last heard from a leader or candidate (for the node's
+/// election timers).
 #[derive(Default)]
 pub struct Registry {
-    groups: RwLock<BTreeMap<u64, Raft>>,
+    groups: RwLock<BTreeMap<u64, (Raft, Arc<Contact>)>>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+}
+
+/// When a group last received an append (a leader's) or a vote request (a candidate's).
+#[derive(Debug)]
+pub struct Contact {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    at_ms: AtomicU64,
+}
+
+impl Contact {
+    fn new() -> Self {
+        Contact {
+            epoch: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.at_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last contact (or since the group started here).
+    pub fn silence(&self) -> Duration {
+        let last = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
 }
 
 impl Registry {
@@ -146,7 +175,7 @@ impl Registry {
         self.groups
             .write()
             .expect("registry lock")
-            .insert(group, raft);
+            .insert(group, (raft, Arc::new(Contact::new())));
     }
 
     pub fn get(&self, group: u64) -> Option<Raft> {
@@ -154,7 +183,7 @@ impl Registry {
             .read()
             .expect("registry lock")
             .get(&group)
-            .cloned()
+            .map(|(r, _)| r.clone())
     }
 
     pub fn all(&self) -> Vec<(u64, Raft)> {
@@ -162,8 +191,26 @@ impl Registry {
             .read()
             .expect("registry lock")
             .iter()
-            .map(|(g, r)| (*g, r.clone()))
+            .map(|(g, (r, _))| (*g, r.clone()))
             .collect()
+    }
+
+    /// Every group with its contact record.
+    pub fn all_with_contact(&self) -> Vec<(u64, Raft, Arc<Contact>)> {
+        self.groups
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(g, (r, c))| (*g, r.clone(), c.clone()))
+            .collect()
+    }
+
+    fn get_with_contact(&self, group: u64) -> Option<(Raft, Arc<Contact>)> {
+        self.groups
+            .read()
+            .expect("registry lock")
+            .get(&group)
+            .cloned()
     }
 }
 
@@ -232,12 +279,15 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
         };
         return Ok(PeerReply::Forward(reply));
     }
-    let Some(raft) = registry.get(group) else {
+    let Some((raft, contact)) = registry.get_with_contact(group) else {
         if matches!(rpc, PeerRpc::Initialized) {
             return Ok(PeerReply::Initialized(false));
         }
         return Err(format!("group {group} is not served by this node"));
     };
+    if matches!(rpc, PeerRpc::Append(_) | PeerRpc::Vote(_)) {
+        contact.touch();
+    }
     let s = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match rpc {
         PeerRpc::Append(req) => {
