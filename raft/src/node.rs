@@ -422,13 +422,10 @@ impl RaftNode {
             timeout_ms: timeout.as_millis() as u64,
         };
         let here = || -> BoxFuture<'_, Result<ForwardReply>> {
-            Box::pin(
-                async move { Ok(ForwardReply::ReadIndex(Some(self.read_index(group).await?))) },
-            )
+            Box::pin(async move { Ok(ForwardReply::ReadIndex(self.read_index(group).await?)) })
         };
         match self.route(group, timeout, work, here).await? {
-            ForwardReply::ReadIndex(Some(index)) => self.await_applied(group, index).await,
-            ForwardReply::ReadIndex(None) => Ok(()),
+            ForwardReply::ReadIndex(index) => self.await_applied(group, index).await,
             other => Err(Error::Fatal(format!("unexpected reply {other:?}"))),
         }
     }
@@ -514,28 +511,23 @@ impl RaftNode {
 
     /// Serves work another node forwarded, as the leader of `group`.
     async fn serve_forwarded(&self, group: u64, work: Forward) -> Result<ForwardReply> {
-        let (timeout_ms, work) = match work {
-            Forward::Propose {
-                command,
-                timeout_ms,
-            } => (timeout_ms, Ok(command)),
-            Forward::ReadIndex { timeout_ms } => (timeout_ms, Err(())),
+        let timeout_ms = match &work {
+            Forward::Propose { timeout_ms, .. } | Forward::ReadIndex { timeout_ms } => *timeout_ms,
         };
-        let timeout = Duration::from_millis(timeout_ms);
         let served = async {
             if !self.is_leader(group) {
                 return Err(Error::NotLeader {
                     leader: self.leader_of(group),
                 });
             }
-            match work {
-                Ok(command) => Ok(ForwardReply::Outcome(Box::new(
-                    self.commit_here(group, command).await?,
-                ))),
-                Err(()) => Ok(ForwardReply::ReadIndex(Some(self.read_index(group).await?))),
-            }
+            Ok(match work {
+                Forward::Propose { command, .. } => {
+                    ForwardReply::Outcome(Box::new(self.commit_here(group, command).await?))
+                }
+                Forward::ReadIndex { .. } => ForwardReply::ReadIndex(self.read_index(group).await?),
+            })
         };
-        tokio::time::timeout(timeout, served)
+        tokio::time::timeout(Duration::from_millis(timeout_ms), served)
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Unavailable(format!(

@@ -93,7 +93,7 @@ pub enum Forward {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardReply {
     Outcome(Box<Outcome>),
-    ReadIndex(Option<u64>),
+    ReadIndex(u64),
 }
 
 /// Why a [`Forward`] was not served.
@@ -807,7 +807,7 @@ mod tests {
             Box::pin(async move {
                 match work {
                     Forward::ReadIndex { timeout_ms } => {
-                        Ok(ForwardReply::ReadIndex(Some(group * 1000 + timeout_ms)))
+                        Ok(ForwardReply::ReadIndex(group * 1000 + timeout_ms))
                     }
                     Forward::Propose { .. } => Err(ForwardError::NotLeader(Some(group))),
                 }
@@ -833,7 +833,7 @@ mod tests {
         registry.set_forwarder(Arc::new(Echo));
         let read = ask(Forward::ReadIndex { timeout_ms: 5 }).await;
         assert!(
-            matches!(read, Ok(ForwardReply::ReadIndex(Some(7005)))),
+            matches!(read, Ok(ForwardReply::ReadIndex(7005))),
             "{read:?}"
         );
         let write = ask(Forward::Propose {
