@@ -130,4 +130,48 @@ mod conformance {
     async fn openraft_storage_suite_passes() {
         Suite::test_all(Builder).await.expect("storage suite");
     }
+
+    /// The snapshot openraft builds (only for its meta) has the current position but no rows,
+    /// and installing it fails instead of wiping a replica; the one a follower gets has both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_snapshot_is_meta_only_and_cannot_be_installed() {
+        use openraft::entry::RaftEntry;
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+        let log_id = openraft::testing::log_id::<TypeConfig>;
+
+        let (_dir, _log, mut sm) = Builder.build().await.unwrap();
+        let entry = super::Entry::new_blank(log_id(1, 1, 1));
+        let stream = futures::stream::iter([Ok((entry, None))]);
+        sm.apply(stream).await.unwrap();
+
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 1, 1)));
+        assert!(built.snapshot.is_empty());
+        let full = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(full.meta, built.meta);
+        assert!(!full.snapshot.is_empty());
+
+        let (_dir2, _log2, mut other) = Builder.build().await.unwrap();
+        assert!(other
+            .install_snapshot(&built.meta, built.snapshot)
+            .await
+            .is_err());
+        other
+            .install_snapshot(&full.meta, full.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(
+            other.applied_state().await.unwrap().0,
+            Some(log_id(1, 1, 1))
+        );
+    }
 }

@@ -352,12 +352,35 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(None);
         }
         // Built fresh from the rows: always at or after any purge point, never stored twice.
-        let mut builder = self.get_snapshot_builder().await;
-        Ok(Some(builder.build_snapshot().await?))
+        Ok(Some(export_snapshot(self.group, self.store.clone()).await?))
     }
 }
 
-/// Builds a snapshot from a consistent RocksDB view while apply goes on.
+/// Every row of `group` from one consistent RocksDB view (taken while apply goes on), with
+/// the applied position the rows are at: what a follower installs.
+async fn export_snapshot(group: u64, store: Arc<Store>) -> Result<Snapshot, io::Error> {
+    let rows = tokio::task::spawn_blocking(move || store.export_group_state(group))
+        .await
+        .map_err(io::Error::other)??;
+    let applied: Applied = match rows.iter().find(|(k, _)| k.as_slice() == tables::APPLIED) {
+        Some((_, v)) => codec::decode(v)?,
+        None => Applied::default(),
+    };
+    Ok(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+        },
+        snapshot: codec::encode(&rows)?,
+    })
+}
+
+/// openraft's snapshot builder. openraft builds a snapshot every `snapshot_every` entries
+/// only to learn how far it may purge the log: it keeps the meta and drops the data, and a
+/// follower that needs a snapshot gets [`RaftStateMachine::get_current_snapshot`], built fresh
+/// from the rows. The rows in RocksDB are the snapshot, so this reads just the applied row
+/// instead of copying the group's whole state each time. Its empty data does not decode, so
+/// it could never be installed by mistake.
 pub struct GroupSnapshotBuilder {
     group: u64,
     store: Arc<Store>,
@@ -367,21 +390,16 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (group, store) = (self.group, self.store.clone());
-        let rows = tokio::task::spawn_blocking(move || store.export_group_state(group))
-            .await
-            .map_err(io::Error::other)??;
-        let applied: Applied = match rows.iter().find(|(k, _)| k.as_slice() == tables::APPLIED) {
-            Some((_, v)) => codec::decode(v)?,
+        let applied: Applied = match self.store.get_state(self.group, tables::APPLIED)? {
+            Some(bytes) => codec::decode(&bytes)?,
             None => Applied::default(),
         };
-        let data = codec::encode(&rows)?;
         Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership,
             },
-            snapshot: data,
+            snapshot: Vec::new(),
         })
     }
 }
