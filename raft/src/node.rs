@@ -133,6 +133,38 @@ impl Forwarder for ServeForwarded {
     }
 }
 
+/// Where a node records the number of data groups its cluster was created with.
+const GROUPS_KEY: &str = "data-groups";
+
+/// The number of data groups is fixed when a cluster is created: workflows hash to groups by
+/// it, so a node started with another number would look for them in the wrong groups (and
+/// groups it never had would wait for a leader forever). The first start records the number;
+/// later starts must match it.
+fn check_group_count(store: &Store, groups: u64) -> Result<()> {
+    match store.get_raft_meta(META_GROUP, GROUPS_KEY)? {
+        Some(bytes) => {
+            let created: u64 = raftflow_storage::codec::decode(&bytes)?;
+            if created != groups {
+                return Err(Error::Config(format!(
+                    "this data directory belongs to a cluster created with {created} data groups, \
+                     not {groups}: the number of groups is fixed when a cluster is created"
+                )));
+            }
+            Ok(())
+        }
+        None => {
+            let mut batch = raftflow_storage::Batch::default();
+            store.put_raft_meta(
+                &mut batch,
+                META_GROUP,
+                GROUPS_KEY,
+                &raftflow_storage::codec::encode(&groups)?,
+            );
+            Ok(store.write_synced(batch)?)
+        }
+    }
+}
+
 /// Free bytes on the filesystem holding `path`, if the OS tells.
 fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -174,6 +206,7 @@ impl RaftNode {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("create {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("db"))?;
+        check_group_count(&store, config.groups)?;
         let registry = Arc::new(Registry::default());
         let clients = PeerClients::new(config.bind_source_ip);
         let signals = Arc::new(Signals::default());
@@ -797,5 +830,25 @@ impl RaftNode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_keeps_the_group_count_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            check_group_count(&store, 4).unwrap();
+            check_group_count(&store, 4).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        check_group_count(&store, 4).expect("the same number after a reopen");
+        let err = check_group_count(&store, 8).unwrap_err().to_string();
+        assert!(err.contains("created with 4 data groups, not 8"), "{err}");
+        assert!(check_group_count(&store, 2).is_err());
     }
 }
