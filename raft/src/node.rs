@@ -547,12 +547,8 @@ impl RaftNode {
         let timeout_ms = match &work {
             Forward::Propose { timeout_ms, .. } | Forward::ReadIndex { timeout_ms } => *timeout_ms,
         };
+        // A node that no longer leads answers NotLeader with its hint from openraft itself.
         let served = async {
-            if !self.is_leader(group) {
-                return Err(Error::NotLeader {
-                    leader: self.leader_of(group),
-                });
-            }
             Ok(match work {
                 Forward::Propose { command, .. } => {
                     ForwardReply::Outcome(Box::new(self.commit_here(group, command).await?))

@@ -179,19 +179,13 @@ impl Registry {
     }
 
     pub fn get(&self, group: u64) -> Option<Raft> {
-        self.groups
-            .read()
-            .expect("registry lock")
-            .get(&group)
-            .map(|(r, _)| r.clone())
+        self.get_with_contact(group).map(|(r, _)| r)
     }
 
     pub fn all(&self) -> Vec<(u64, Raft)> {
-        self.groups
-            .read()
-            .expect("registry lock")
-            .iter()
-            .map(|(g, (r, _))| (*g, r.clone()))
+        self.all_with_contact()
+            .into_iter()
+            .map(|(g, r, _)| (g, r))
             .collect()
     }
 

@@ -31,6 +31,14 @@ struct Applied {
     membership: StoredMembership,
 }
 
+/// The applied row of `group` as stored (nothing applied yet: the default).
+fn read_applied(store: &Store, group: u64) -> io::Result<Applied> {
+    Ok(match store.get_state(group, tables::APPLIED)? {
+        Some(bytes) => codec::decode(&bytes)?,
+        None => Applied::default(),
+    })
+}
+
 pub(crate) fn applied_index(row: &[u8]) -> crate::Result<Option<u64>> {
     let a: Applied = codec::decode(row)?;
     Ok(a.last_applied.map(|l| l.index))
@@ -47,10 +55,7 @@ pub struct GroupStateMachine {
 
 impl GroupStateMachine {
     pub fn open(group: u64, store: Arc<Store>, signals: Arc<Signals>) -> io::Result<Self> {
-        let applied = match store.get_state(group, tables::APPLIED)? {
-            Some(bytes) => codec::decode(&bytes)?,
-            None => Applied::default(),
-        };
+        let applied = read_applied(&store, group)?;
         let sm = GroupStateMachine {
             group,
             store,
@@ -390,10 +395,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let applied: Applied = match self.store.get_state(self.group, tables::APPLIED)? {
-            Some(bytes) => codec::decode(&bytes)?,
-            None => Applied::default(),
-        };
+        let applied = read_applied(&self.store, self.group)?;
         Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: applied.last_applied,
