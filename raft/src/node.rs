@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -99,6 +99,7 @@ pub struct RaftNode {
     slots: SlotTable,
     counters: RaftCounters,
     signals: Arc<Signals>,
+    free_disk: FreeDisk,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -161,6 +162,28 @@ fn check_group_count(store: &Store, groups: u64) -> Result<()> {
                 &raftflow_storage::codec::encode(&groups)?,
             );
             Ok(store.write_synced(batch)?)
+        }
+    }
+}
+
+/// How long a reading of the data disk's free bytes serves writes before it is taken again.
+const FREE_DISK_TTL: Duration = Duration::from_millis(100);
+
+/// The data disk's free bytes, read at most every [`FREE_DISK_TTL`] (a `statvfs` per write
+/// was a tenth of a leader's system calls); the limit is a margin, so 100 ms is fresh enough.
+#[derive(Default)]
+struct FreeDisk(std::sync::Mutex<Option<(Instant, Option<u64>)>>);
+
+impl FreeDisk {
+    fn bytes(&self, path: &std::path::Path) -> Option<u64> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((at, free)) if at.elapsed() < FREE_DISK_TTL => free,
+            _ => {
+                let free = available_disk_bytes(path);
+                *last = Some((Instant::now(), free));
+                free
+            }
         }
     }
 }
@@ -242,6 +265,7 @@ impl RaftNode {
             clients: clients.clone(),
             counters: RaftCounters::default(),
             signals,
+            free_disk: FreeDisk::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         registry.set_forwarder(Arc::new(ServeForwarded(Arc::downgrade(&node))));
@@ -531,7 +555,7 @@ impl RaftNode {
     /// A client write on this node as the group's leader: refused while the data disk is
     /// nearly full, else proposed.
     async fn commit_here(&self, group: u64, command: Command) -> Result<Outcome> {
-        if let Some(free) = available_disk_bytes(&self.config.data_dir) {
+        if let Some(free) = self.free_disk.bytes(&self.config.data_dir) {
             if free < self.config.min_free_disk_bytes {
                 return Err(Error::StorageFull(format!(
                     "the data disk of node {} has {free} bytes free, below the {} bytes writes need",

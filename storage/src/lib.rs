@@ -63,6 +63,10 @@ impl Store {
         // unsynced writes, never a write acknowledged after a sync. A `kill -9` thus loses
         // what a power cut would, which the failure tests' kills exercise.
         opts.set_manual_wal_flush(true);
+        // A writer that finds another writing waits on a condition variable instead of
+        // spinning and yielding first: on a node sharing few cores with its peers the
+        // spinning only takes time from the writer it waits for.
+        opts.set_enable_write_thread_adaptive_yield(false);
         let db = DB::open_cf(&opts, path, [CF_LOG, CF_RAFT, CF_STATE])?;
         let db = Arc::new(db);
         let syncer = Syncer::start(db.clone());
