@@ -16,7 +16,7 @@ use raftflow_workflow::{self as workflow, Definition, EventOrigin, JsonObject};
 use serde::{Deserialize, Serialize};
 
 use super::engine::At;
-use super::tx::Tx;
+use super::tx::{RowCache, Tx};
 use super::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::command::{Command, DefinitionVersion, Outcome, Refusal, Stamped};
 use crate::signals::Signals;
@@ -50,6 +50,8 @@ pub struct GroupStateMachine {
     applied: Applied,
     /// Parsed pinned definitions: `(name, version)` -> definition. Versions are immutable.
     definitions: HashMap<(String, u32), Arc<Definition>>,
+    /// The workflow and task rows this group wrote last (see [`RowCache`]).
+    cache: RowCache,
     signals: Arc<Signals>,
 }
 
@@ -61,6 +63,7 @@ impl GroupStateMachine {
             store,
             applied,
             definitions: HashMap::new(),
+            cache: RowCache::default(),
             signals,
         };
         sm.publish_deadline()?;
@@ -274,7 +277,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let store = self.store.clone();
-        let mut tx = Tx::new(self.group, &store);
+        // Lent to the transaction for reads while `execute` borrows the state machine; an
+        // error below leaves an empty cache, which is always correct.
+        let cache = std::mem::take(&mut self.cache);
+        let mut tx = Tx::new(self.group, &store, &cache);
         let mut replies = Vec::new();
         let mut last_stamp = None;
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -308,7 +314,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let applied = codec::encode(&self.applied)?;
         store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
-        store.write(tx.batch)?;
+        let written = tx.write()?;
+        self.cache = cache;
+        self.cache.absorb(written);
         if let Some(stamp) = last_stamp {
             self.signals.observe_stamp(self.group, stamp);
         }
@@ -337,6 +345,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
+        self.cache.clear();
         self.store.replace_group_state(self.group, &rows)?;
         let reopened =
             GroupStateMachine::open(self.group, self.store.clone(), self.signals.clone())?;
@@ -403,5 +412,100 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
             },
             snapshot: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+
+    const GROUP: u64 = 3;
+    const DEF: &str = r#"{"name": "pp", "initial": "ping", "states": {"ping": {"on": {"flip": "pong"}}, "pong": {"on": {"flop": "ping"}}}}"#;
+
+    fn entry(index: u64, command: Command) -> super::super::Entry {
+        openraft::Entry {
+            log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Stamped {
+                at_ms: 1_000 + index,
+                command,
+            }),
+        }
+    }
+
+    fn create(index: u64) -> super::super::Entry {
+        entry(
+            index,
+            Command::CreateWorkflow {
+                id: "wf".into(),
+                definition: "pp".into(),
+                version: 1,
+                definition_json: DEF.into(),
+                context_json: "{}".into(),
+                fingerprint: "f".into(),
+            },
+        )
+    }
+
+    fn flip(index: u64, expected: u64) -> super::super::Entry {
+        entry(
+            index,
+            Command::Event {
+                id: "wf".into(),
+                event: "flip".into(),
+                payload_json: None,
+                expected_revision: Some(expected),
+                request_id: None,
+            },
+        )
+    }
+
+    async fn apply(sm: &mut GroupStateMachine, entries: Vec<super::super::Entry>) {
+        let s = stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        sm.apply(s).await.unwrap();
+    }
+
+    fn revision(store: &Store) -> u64 {
+        tables::read_workflow(store, GROUP, "wf")
+            .unwrap()
+            .unwrap()
+            .workflow
+            .revision
+    }
+
+    /// Applies read the workflow rows they wrote from the cache, and an installed snapshot
+    /// empties it: the next command sees the snapshot's row, not the cached later one.
+    #[tokio::test]
+    async fn the_row_cache_serves_written_rows_and_an_installed_snapshot_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = GroupStateMachine::open(GROUP, store.clone(), Default::default()).unwrap();
+        apply(&mut sm, vec![create(1)]).await;
+        assert_eq!(sm.cache.len(), 1, "the new workflow row is cached");
+        let at_1 = sm.get_current_snapshot().await.unwrap().unwrap();
+
+        apply(&mut sm, vec![flip(2, 1)]).await;
+        assert_eq!(revision(&store), 2);
+        // The cached row is what the next command reads: hide the stored one to prove it.
+        let mut batch = raftflow_storage::Batch::default();
+        store.delete_state(&mut batch, GROUP, &tables::workflow_key("wf"));
+        store.write(batch).unwrap();
+        let tx_cache = std::mem::take(&mut sm.cache);
+        let tx = Tx::new(GROUP, &store, &tx_cache);
+        let rec: WorkflowRecord = tx.get_decoded(&tables::workflow_key("wf")).unwrap();
+        assert_eq!(rec.workflow.revision, 2);
+        drop(tx);
+        sm.cache = tx_cache;
+
+        sm.install_snapshot(&at_1.meta, at_1.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(sm.cache.len(), 0);
+        assert_eq!(revision(&store), 1);
+        // From revision 1 again: a stale cached revision 2 would refuse this event.
+        apply(&mut sm, vec![flip(2, 1)]).await;
+        assert_eq!(revision(&store), 2);
     }
 }

@@ -1,5 +1,6 @@
 //! The writes of one `apply` call: a RocksDB batch, and an ordered overlay so that later
-//! entries of the same call read (and scan) what earlier ones wrote or deleted.
+//! entries of the same call read (and scan) what earlier ones wrote or deleted; and the
+//! group's cache of rows that later calls read again.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -7,9 +8,94 @@ use std::ops::Bound;
 use raftflow_storage::{codec, Batch, Store};
 use serde::Serialize;
 
+use crate::tables;
+
+/// The most bytes of rows one group's [`RowCache`] holds.
+pub(crate) const ROW_CACHE_BYTES: usize = 2 << 20;
+/// Rows larger than this are not cached (a workflow with a huge context).
+const ROW_CACHE_MAX_ROW: usize = 64 << 10;
+
+/// The workflow and task rows a group's state machine wrote last, by key: what the next
+/// command on the same workflow or task reads first. Only the state machine writes its group's
+/// rows, so a cached row stays current until the state machine writes that row again, which
+/// updates it here too; an installed snapshot empties it. A hit saves a RocksDB point lookup,
+/// whose memtable search is the dearest step of applying a transition.
+pub(crate) struct RowCache {
+    rows: lru::LruCache<Vec<u8>, Vec<u8>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl RowCache {
+    pub(crate) fn new(limit: usize) -> Self {
+        RowCache {
+            rows: lru::LruCache::unbounded(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn cached(key: &[u8]) -> bool {
+        key.starts_with(tables::WORKFLOWS) || key.starts_with(tables::TASKS)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.rows.peek(key)
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.rows.pop(key) {
+            self.bytes -= key.len() + old.len();
+        }
+    }
+
+    /// Records what a written transaction left in the rows it touched.
+    pub(crate) fn absorb(&mut self, written: Written) {
+        for (key, value) in written.0 {
+            if !Self::cached(&key) {
+                continue;
+            }
+            self.remove(&key);
+            match value {
+                Some(v) if v.len() <= ROW_CACHE_MAX_ROW => {
+                    self.bytes += key.len() + v.len();
+                    self.rows.put(key, v);
+                }
+                _ => {}
+            }
+        }
+        while self.bytes > self.limit {
+            let Some((k, v)) = self.rows.pop_lru() else {
+                break;
+            };
+            self.bytes -= k.len() + v.len();
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+impl Default for RowCache {
+    fn default() -> Self {
+        RowCache::new(ROW_CACHE_BYTES)
+    }
+}
+
+/// The rows a written [`Tx`] changed.
+pub(crate) struct Written(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
+
 pub(crate) struct Tx<'a> {
     group: u64,
     store: &'a Store,
+    cache: &'a RowCache,
     pub(crate) batch: Batch,
     /// key -> new value, or `None` for a deleted row.
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -20,10 +106,11 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(group: u64, store: &'a Store) -> Self {
+    pub(crate) fn new(group: u64, store: &'a Store, cache: &'a RowCache) -> Self {
         Tx {
             group,
             store,
+            cache,
             batch: Batch::default(),
             overlay: BTreeMap::new(),
             made_ready: false,
@@ -34,6 +121,9 @@ impl<'a> Tx<'a> {
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         if let Some(v) = self.overlay.get(key) {
             return v.clone();
+        }
+        if let Some(v) = self.cache.get(key) {
+            return Some(v.clone());
         }
         self.store
             .get_state(self.group, key)
@@ -64,6 +154,13 @@ impl<'a> Tx<'a> {
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
         self.store.delete_state(&mut self.batch, self.group, &key);
         self.overlay.insert(key, None);
+    }
+
+    /// Writes the batch (not synced: the log is) and returns the rows it wrote, for
+    /// [`RowCache::absorb`].
+    pub(crate) fn write(self) -> raftflow_storage::Result<Written> {
+        self.store.write(self.batch)?;
+        Ok(Written(self.overlay))
     }
 
     /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
@@ -107,7 +204,8 @@ mod tests {
             store.put_state(&mut batch, 1, k.as_bytes(), b"v");
         }
         store.write(batch).unwrap();
-        let mut tx = Tx::new(1, &store);
+        let cache = RowCache::default();
+        let mut tx = Tx::new(1, &store, &cache);
         tx.delete(b"q/a".to_vec());
         tx.delete(b"q/b".to_vec());
         tx.put_encoded(b"q/bb".to_vec(), &1u8);
@@ -130,5 +228,51 @@ mod tests {
             .map(|(k, _)| String::from_utf8(k).unwrap())
             .collect();
         assert_eq!(after, ["q/bb", "q/c", "q/d"]);
+    }
+
+    #[test]
+    fn the_row_cache_keeps_workflow_and_task_rows_within_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut cache = RowCache::new(1000);
+        let write = |cache: &RowCache, rows: &[(&str, Option<usize>)]| {
+            let mut tx = Tx::new(1, &store, cache);
+            for (k, v) in rows {
+                match v {
+                    Some(n) => tx.put_encoded(k.as_bytes().to_vec(), &vec![7u8; *n]),
+                    None => tx.delete(k.as_bytes().to_vec()),
+                }
+            }
+            tx.write().unwrap()
+        };
+        let w = write(
+            &cache,
+            &[
+                ("w/a", Some(100)),
+                ("t/x", Some(100)),
+                ("h/a\0\0", Some(100)),
+            ],
+        );
+        cache.absorb(w);
+        assert_eq!(cache.len(), 2, "history rows are not read back: not cached");
+        assert!(cache.get(b"w/a").is_some() && cache.get(b"t/x").is_some());
+
+        let w = write(
+            &cache,
+            &[("t/x", None), ("w/big", Some(ROW_CACHE_MAX_ROW + 1))],
+        );
+        cache.absorb(w);
+        assert_eq!(cache.len(), 1, "deleted and oversized rows are not cached");
+
+        // Rows past the byte limit push out the least recently written.
+        for i in 0..20 {
+            let key = format!("w/{i}");
+            let w = write(&cache, &[(key.as_str(), Some(100))]);
+            cache.absorb(w);
+        }
+        assert!(cache.bytes <= 1000);
+        assert!(cache.get(b"w/19").is_some());
+        assert!(cache.get(b"w/a").is_none());
+        assert_eq!(cache.len(), cache.rows.iter().count());
     }
 }
