@@ -20,6 +20,9 @@ pub struct Machine {
     pub kernel: String,
     pub etcd: String,
     pub date: String,
+    /// fdatasync of a small write on the disk the clusters use, before the run (p50, p99):
+    /// hosts differ, and drift, most in this.
+    pub fsync_us: [f64; 2],
 }
 
 impl Machine {
@@ -55,8 +58,26 @@ impl Machine {
             date: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
+            fsync_us: fsync_latency_us(500).unwrap_or([0.0; 2]),
         }
     }
+}
+
+/// p50 and p99 of `n` fdatasyncs, each after a 512-byte append, in the temporary directory
+/// the clusters' data directories are made in.
+fn fsync_latency_us(n: usize) -> std::io::Result<[f64; 2]> {
+    use std::io::Write;
+    let mut file = tempfile::tempfile()?;
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        file.write_all(&[7u8; 512])?;
+        let t = std::time::Instant::now();
+        file.sync_data()?;
+        took.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    took.sort_by(f64::total_cmp);
+    let at = |p: f64| took[((n as f64 * p) as usize).min(n - 1)].round();
+    Ok([at(0.5), at(0.99)])
 }
 
 fn cpu_total(row: &Row) -> f64 {

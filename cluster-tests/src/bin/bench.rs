@@ -92,10 +92,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let machine = Machine::describe();
     println!(
-        "raftflow-bench: {} ({} cores, {} GiB), {}; {} s per cell after {} s warm-up",
+        "raftflow-bench: {} ({} cores, {} GiB, fdatasync p50 {} / p99 {} µs), {}; {} s per cell after {} s warm-up",
         machine.cpu,
         machine.cores,
         machine.memory_gib,
+        machine.fsync_us[0],
+        machine.fsync_us[1],
         machine.etcd,
         config.duration_s,
         config.warmup_s
