@@ -1,9 +1,10 @@
 //! openraft's `RaftLogStorage` for one group over the node's shared RocksDB.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -17,16 +18,101 @@ const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_PURGED: &str = "purged";
 
-/// The log of one group. Cheap to clone: every clone shares the node's store.
+/// The most entries, and encoded bytes of entries, one group keeps in [`Recent`].
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 1 << 20;
+
+/// The entries this group appended last: a contiguous run of the log's tail, so that a
+/// leader's replication reads what it has just written without a RocksDB iterator and a
+/// decode. Every append, truncation and purge changes it under the same lock as it writes the
+/// store, so it always equals the stored entries of its indices.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.index())
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        if let Some((last, _)) = self.entries.back() {
+            if entry.index() != last.index() + 1 {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            let Some((_, size)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Entries `start..end`, if all of them are here.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.index();
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let (from, to) = ((start - first) as usize, (end - first) as usize);
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+
+    /// Drops the entries with `index >= from`.
+    fn truncate(&mut self, from: u64) {
+        while let Some((e, size)) = self.entries.back() {
+            if e.index() < from {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries with `index <= upto`.
+    fn purge(&mut self, upto: u64) {
+        while let Some((e, size)) = self.entries.front() {
+            if e.index() > upto {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// The log of one group. Cheap to clone: every clone shares the node's store and the group's
+/// recent entries.
 #[derive(Clone)]
 pub struct GroupLogStore {
     group: u64,
     store: Arc<Store>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl GroupLogStore {
     pub fn new(group: u64, store: Arc<Store>) -> Self {
-        GroupLogStore { group, store }
+        GroupLogStore {
+            group,
+            store,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
@@ -64,6 +150,9 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = index_range(&range);
+        if let Some(entries) = self.recent().range(start, end) {
+            return Ok(entries);
+        }
         let rows = self.store.log_range(self.group, start, end)?;
         let mut out = Vec::with_capacity(rows.len());
         for (index, bytes) in rows {
@@ -134,16 +223,22 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
-        let mut count = 0u64;
+        let mut written = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry)?;
             self.store
                 .put_log(&mut batch, self.group, entry.index(), &bytes);
-            count += 1;
+            written.push((entry, bytes.len()));
         }
+        let count = written.len() as u64;
         // Written now, so it can be read back at once; acknowledged once the syncer's next
         // fsync covers it.
+        let mut recent = self.recent();
         self.store.write(batch)?;
+        for (entry, size) in written {
+            recent.push(entry, size);
+        }
+        drop(recent);
         self.store
             .syncer()
             .sync(count, Box::new(move |r| callback.io_completed(r)));
@@ -154,6 +249,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let mut batch = WriteBatch::default();
         self.store.delete_log_from(&mut batch, self.group, from);
+        let mut recent = self.recent();
+        recent.truncate(from);
         self.store.write(batch)?;
         Ok(())
     }
@@ -164,7 +261,56 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let mut batch = self.meta_batch(META_PURGED, &log_id)?;
         self.store
             .delete_log_upto(&mut batch, self.group, log_id.index());
+        let mut recent = self.recent();
+        recent.purge(log_id.index());
         self.store.write(batch)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry::new_blank(openraft::testing::log_id::<TypeConfig>(1, 1, index))
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|es| es.iter().map(|e| e.index()).collect())
+    }
+
+    #[test]
+    fn recent_entries_are_a_contiguous_tail_within_their_bounds() {
+        let mut r = Recent::default();
+        for i in 5..=9 {
+            r.push(blank(i), 10);
+        }
+        assert_eq!(indexes(r.range(6, 9)), Some(vec![6, 7, 8]));
+        assert_eq!(indexes(r.range(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        // Anything not wholly here is read from the store.
+        assert_eq!(indexes(r.range(4, 7)), None);
+        assert_eq!(indexes(r.range(8, 11)), None);
+        assert_eq!(indexes(r.range(7, u64::MAX)), None);
+
+        r.truncate(8);
+        assert_eq!(indexes(r.range(5, 8)), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(r.range(5, 9)), None);
+        r.purge(5);
+        assert_eq!(indexes(r.range(6, 8)), Some(vec![6, 7]));
+        assert_eq!(r.bytes, 20);
+
+        // An entry that does not follow the tail starts a new run.
+        r.push(blank(3), 10);
+        assert_eq!(indexes(r.range(3, 4)), Some(vec![3]));
+        assert_eq!(indexes(r.range(6, 7)), None);
+        assert_eq!(r.bytes, 10);
+
+        // Bounded in bytes: the oldest entries go first.
+        for i in 4..4 + 300 {
+            r.push(blank(i), RECENT_BYTES / 200);
+        }
+        assert!(r.bytes <= RECENT_BYTES);
+        assert_eq!(r.first_index(), Some(4 + 300 - 200));
     }
 }
