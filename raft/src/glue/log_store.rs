@@ -313,4 +313,42 @@ mod tests {
         assert!(r.bytes <= RECENT_BYTES);
         assert_eq!(r.first_index(), Some(4 + 300 - 200));
     }
+
+    /// Through the store's own calls: a read after a purge does not get purged entries, one
+    /// after a truncation not truncated ones, and one after a re-append under a new term the
+    /// new entries.
+    #[tokio::test]
+    async fn reads_follow_truncation_re_append_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = GroupLogStore::new(1, Store::open(dir.path()).unwrap());
+        let at = |term, index| openraft::testing::log_id::<TypeConfig>(term, 1, index);
+        let entries = |term, range: std::ops::RangeInclusive<u64>| -> Vec<Entry> {
+            range.map(|i| Entry::new_blank(at(term, i))).collect()
+        };
+        let ids = |es: Vec<Entry>| -> Vec<(u64, u64)> {
+            es.iter()
+                .map(|e| (e.log_id().leader_id.term, e.index()))
+                .collect()
+        };
+        log.append(entries(1, 1..=5), IOFlushed::noop())
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(log.try_get_log_entries(2..5).await.unwrap()),
+            [(1, 2), (1, 3), (1, 4)]
+        );
+
+        log.purge(at(1, 2)).await.unwrap();
+        assert_eq!(ids(log.try_get_log_entries(1..4).await.unwrap()), [(1, 3)]);
+
+        log.truncate_after(Some(at(1, 3))).await.unwrap();
+        assert_eq!(ids(log.try_get_log_entries(3..6).await.unwrap()), [(1, 3)]);
+        log.append(entries(2, 4..=6), IOFlushed::noop())
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(log.try_get_log_entries(3..7).await.unwrap()),
+            [(1, 3), (2, 4), (2, 5), (2, 6)]
+        );
+    }
 }

@@ -50,8 +50,9 @@ pub struct GroupStateMachine {
     applied: Applied,
     /// Parsed pinned definitions: `(name, version)` -> definition. Versions are immutable.
     definitions: HashMap<(String, u32), Arc<Definition>>,
-    /// The workflow and task rows this group wrote last (see [`RowCache`]).
-    cache: RowCache,
+    /// The workflow and task rows this group wrote last (see [`RowCache`]); lent to each
+    /// apply's transaction, so `None` while one runs or after one failed (then empty again).
+    cache: Option<RowCache>,
     signals: Arc<Signals>,
 }
 
@@ -63,7 +64,7 @@ impl GroupStateMachine {
             store,
             applied,
             definitions: HashMap::new(),
-            cache: RowCache::default(),
+            cache: None,
             signals,
         };
         sm.publish_deadline()?;
@@ -277,10 +278,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let store = self.store.clone();
-        // Lent to the transaction for reads while `execute` borrows the state machine; an
-        // error below leaves an empty cache, which is always correct.
-        let cache = std::mem::take(&mut self.cache);
-        let mut tx = Tx::new(self.group, &store, &cache);
+        // An error below leaves no cache, so the next apply starts an empty one: always correct.
+        let cache = self.cache.take().unwrap_or_default();
+        let mut tx = Tx::new(self.group, &store, cache);
         let mut replies = Vec::new();
         let mut last_stamp = None;
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -314,9 +314,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let applied = codec::encode(&self.applied)?;
         store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
-        let written = tx.write()?;
-        self.cache = cache;
-        self.cache.absorb(written);
+        self.cache = Some(tx.commit()?);
         if let Some(stamp) = last_stamp {
             self.signals.observe_stamp(self.group, stamp);
         }
@@ -345,7 +343,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
-        self.cache.clear();
+        self.cache = None;
         self.store.replace_group_state(self.group, &rows)?;
         let reopened =
             GroupStateMachine::open(self.group, self.store.clone(), self.signals.clone())?;
@@ -483,7 +481,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut sm = GroupStateMachine::open(GROUP, store.clone(), Default::default()).unwrap();
         apply(&mut sm, vec![create(1)]).await;
-        assert_eq!(sm.cache.len(), 1, "the new workflow row is cached");
+        let cached = |sm: &GroupStateMachine| sm.cache.as_ref().map_or(0, |c| c.len());
+        assert_eq!(cached(&sm), 1, "the new workflow row is cached");
         let at_1 = sm.get_current_snapshot().await.unwrap().unwrap();
 
         apply(&mut sm, vec![flip(2, 1)]).await;
@@ -492,17 +491,15 @@ mod tests {
         let mut batch = raftflow_storage::Batch::default();
         store.delete_state(&mut batch, GROUP, &tables::workflow_key("wf"));
         store.write(batch).unwrap();
-        let tx_cache = std::mem::take(&mut sm.cache);
-        let tx = Tx::new(GROUP, &store, &tx_cache);
+        let tx = Tx::new(GROUP, &store, sm.cache.take().unwrap());
         let rec: WorkflowRecord = tx.get_decoded(&tables::workflow_key("wf")).unwrap();
         assert_eq!(rec.workflow.revision, 2);
-        drop(tx);
-        sm.cache = tx_cache;
+        sm.cache = Some(tx.commit().unwrap());
 
         sm.install_snapshot(&at_1.meta, at_1.snapshot)
             .await
             .unwrap();
-        assert_eq!(sm.cache.len(), 0);
+        assert_eq!(cached(&sm), 0);
         assert_eq!(revision(&store), 1);
         // From revision 1 again: a stale cached revision 2 would refuse this event.
         apply(&mut sm, vec![flip(2, 1)]).await;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::tables;
 
 /// The most bytes of rows one group's [`RowCache`] holds.
-pub(crate) const ROW_CACHE_BYTES: usize = 2 << 20;
+const ROW_CACHE_BYTES: usize = 2 << 20;
 /// Rows larger than this are not cached (a workflow with a huge context).
 const ROW_CACHE_MAX_ROW: usize = 64 << 10;
 
@@ -50,8 +50,8 @@ impl RowCache {
     }
 
     /// Records what a written transaction left in the rows it touched.
-    pub(crate) fn absorb(&mut self, written: Written) {
-        for (key, value) in written.0 {
+    fn absorb(&mut self, overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        for (key, value) in overlay {
             if !Self::cached(&key) {
                 continue;
             }
@@ -72,11 +72,6 @@ impl RowCache {
         }
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.rows.clear();
-        self.bytes = 0;
-    }
-
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
@@ -89,13 +84,10 @@ impl Default for RowCache {
     }
 }
 
-/// The rows a written [`Tx`] changed.
-pub(crate) struct Written(BTreeMap<Vec<u8>, Option<Vec<u8>>>);
-
 pub(crate) struct Tx<'a> {
     group: u64,
     store: &'a Store,
-    cache: &'a RowCache,
+    cache: RowCache,
     pub(crate) batch: Batch,
     /// key -> new value, or `None` for a deleted row.
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -106,7 +98,9 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(group: u64, store: &'a Store, cache: &'a RowCache) -> Self {
+    /// A transaction that reads through `cache` and hands it back, updated, from
+    /// [`Tx::commit`].
+    pub(crate) fn new(group: u64, store: &'a Store, cache: RowCache) -> Self {
         Tx {
             group,
             store,
@@ -156,11 +150,11 @@ impl<'a> Tx<'a> {
         self.overlay.insert(key, None);
     }
 
-    /// Writes the batch (not synced: the log is) and returns the rows it wrote, for
-    /// [`RowCache::absorb`].
-    pub(crate) fn write(self) -> raftflow_storage::Result<Written> {
+    /// Writes the batch (not synced: the log is) and returns the cache with the rows it wrote.
+    pub(crate) fn commit(mut self) -> raftflow_storage::Result<RowCache> {
         self.store.write(self.batch)?;
-        Ok(Written(self.overlay))
+        self.cache.absorb(self.overlay);
+        Ok(self.cache)
     }
 
     /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
@@ -204,8 +198,7 @@ mod tests {
             store.put_state(&mut batch, 1, k.as_bytes(), b"v");
         }
         store.write(batch).unwrap();
-        let cache = RowCache::default();
-        let mut tx = Tx::new(1, &store, &cache);
+        let mut tx = Tx::new(1, &store, RowCache::default());
         tx.delete(b"q/a".to_vec());
         tx.delete(b"q/b".to_vec());
         tx.put_encoded(b"q/bb".to_vec(), &1u8);
@@ -220,7 +213,7 @@ mod tests {
         assert_eq!(keys(&tx, 2), ["q/bb", "q/c"]);
         assert_eq!(tx.get(b"q/a"), None);
         assert!(tx.get(b"q/c").is_some());
-        store.write(std::mem::take(&mut tx.batch)).unwrap();
+        tx.commit().unwrap();
         let after: Vec<_> = store
             .scan_state(1, b"q/", None, 10)
             .unwrap()
@@ -234,8 +227,7 @@ mod tests {
     fn the_row_cache_keeps_workflow_and_task_rows_within_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut cache = RowCache::new(1000);
-        let write = |cache: &RowCache, rows: &[(&str, Option<usize>)]| {
+        let write = |cache: RowCache, rows: &[(&str, Option<usize>)]| {
             let mut tx = Tx::new(1, &store, cache);
             for (k, v) in rows {
                 match v {
@@ -243,36 +235,34 @@ mod tests {
                     None => tx.delete(k.as_bytes().to_vec()),
                 }
             }
-            tx.write().unwrap()
+            tx.commit().unwrap()
         };
-        let w = write(
-            &cache,
+        let cache = write(
+            RowCache::new(1000),
             &[
                 ("w/a", Some(100)),
                 ("t/x", Some(100)),
                 ("h/a\0\0", Some(100)),
             ],
         );
-        cache.absorb(w);
         assert_eq!(cache.len(), 2, "history rows are not read back: not cached");
         assert!(cache.get(b"w/a").is_some() && cache.get(b"t/x").is_some());
 
-        let w = write(
-            &cache,
+        let mut cache = write(
+            cache,
             &[("t/x", None), ("w/big", Some(ROW_CACHE_MAX_ROW + 1))],
         );
-        cache.absorb(w);
         assert_eq!(cache.len(), 1, "deleted and oversized rows are not cached");
 
         // Rows past the byte limit push out the least recently written.
         for i in 0..20 {
             let key = format!("w/{i}");
-            let w = write(&cache, &[(key.as_str(), Some(100))]);
-            cache.absorb(w);
+            cache = write(cache, &[(key.as_str(), Some(100))]);
         }
         assert!(cache.bytes <= 1000);
         assert!(cache.get(b"w/19").is_some());
         assert!(cache.get(b"w/a").is_none());
-        assert_eq!(cache.len(), cache.rows.iter().count());
+        let held: usize = cache.rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(cache.bytes, held, "the byte count is the rows' sizes");
     }
 }
