@@ -137,6 +137,13 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
             );
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was refused unread, so the connection cannot carry another request:
+            // say so, or a client that finished sending it would pool a connection the
+            // server is about to close and lose its next request on it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
