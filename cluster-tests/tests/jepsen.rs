@@ -51,9 +51,16 @@ fn run(fault: &str, seed: u64, mutant: Option<&str>) -> Outcome {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);
-    let _ = std::fs::remove_dir_all(&out);
+    let code = output.status.code().unwrap_or(-1);
+    // A run that did not end as expected keeps its histories and logs for a look afterwards.
+    let expected = if mutant.is_some() { 1 } else { 0 };
+    if code == expected {
+        let _ = std::fs::remove_dir_all(&out);
+    } else {
+        println!("kept the report of this run: {}", out.display());
+    }
     Outcome {
-        code: output.status.code().unwrap_or(-1),
+        code,
         stdout,
         verdict,
     }

@@ -115,10 +115,24 @@ pub fn check_unique(ops: &[Paired]) -> Vec<String> {
             .filter(|o| o.f == "create" && (o.is_ok() || o.is_info()))
             .filter_map(|o| creator(&o.invoke_value))
             .collect();
+        // What the creates of `c` were told, for the report.
+        let told = |c: u64| -> String {
+            let answers: Vec<String> = ops
+                .iter()
+                .filter(|o| o.f == "create" && creator(&o.invoke_value) == Some(c))
+                .map(|o| format!("{:?} {}", o.outcome, o.result_value))
+                .collect();
+            if answers.is_empty() {
+                "no create by it was recorded".into()
+            } else {
+                format!("its creates were told: {}", answers.join("; "))
+            }
+        };
         for r in ops.iter().filter(|o| o.f == "read" && o.is_ok()) {
             match creator(&r.result_value) {
                 Some(c) if !possible.contains(&c) => anomalies.push(format!(
-                    "{key}: final workflow was created by {c}, whose create failed or never ran"
+                    "{key}: final workflow was created by {c}, whose create failed or never ran ({})",
+                    told(c)
                 )),
                 Some(c) if !ok_creators.is_empty() && !ok_creators.contains(&c) => anomalies.push(format!(
                     "{key}: final workflow was created by {c}, but {ok_creators:?} were told they won"

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -39,18 +40,32 @@ pub struct Op {
 pub struct Recorder {
     start: Instant,
     ops: Mutex<Vec<Op>>,
+    next_process: AtomicU64,
 }
+
+/// Process ids from [`Recorder::process`] stay below this; fixed ids of the harness's own
+/// processes (the nemesis, the final reads) lie above it.
+pub const CLIENT_PROCESSES: u64 = 1 << 60;
 
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
             start: Instant::now(),
             ops: Mutex::new(Vec::new()),
+            next_process: AtomicU64::new(1),
         }
     }
 }
 
 impl Recorder {
+    /// A process id no one has used: for a new client, and for a client whose last operation
+    /// ended unknown (that process may still be running it, so it never invokes again).
+    pub fn process(&self) -> u64 {
+        let p = self.next_process.fetch_add(1, Ordering::Relaxed);
+        assert!(p < CLIENT_PROCESSES, "out of client process ids");
+        p
+    }
+
     pub fn elapsed_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -203,6 +218,35 @@ pub fn pair(ops: &[Op]) -> Vec<Paired> {
     out
 }
 
+/// A history is well formed when each process runs one operation at a time: it invokes only
+/// after its last operation ended, and ends only an operation it invoked. Otherwise pairing
+/// mixes two clients' operations, and a checker would judge one's invocation by another's end.
+pub fn check_processes(ops: &[Op]) -> Vec<String> {
+    let mut open: std::collections::HashMap<u64, &Op> = std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    for op in ops {
+        match op.kind {
+            OpType::Invoke => {
+                if let Some(prev) = open.insert(op.process, op) {
+                    problems.push(format!(
+                        "process {} invoked {} {} (op {}) while its {} {} (op {}) was open",
+                        op.process, op.f, op.key, op.index, prev.f, prev.key, prev.index
+                    ));
+                }
+            }
+            _ => {
+                if open.remove(&op.process).is_none() {
+                    problems.push(format!(
+                        "process {} ended {} {} (op {}) that it never invoked",
+                        op.process, op.f, op.key, op.index
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// Builds a history from `(process, type, f, key, value)` rows, one time step each: for the
 /// checkers' tests.
 #[cfg(test)]
@@ -222,4 +266,60 @@ pub(crate) fn history_of(rows: &[(u64, OpType, &str, &str, Value)]) -> Vec<Paire
         })
         .collect();
     pair(&ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(index: u64, process: u64, kind: OpType, f: &str) -> Op {
+        Op {
+            index,
+            process,
+            kind,
+            f: f.into(),
+            key: "k".into(),
+            value: Value::Null,
+            time: index,
+            node: 1,
+        }
+    }
+
+    #[test]
+    fn a_process_with_two_open_operations_is_reported() {
+        use OpType::*;
+        let good = [
+            op(0, 1, Invoke, "create"),
+            op(1, 2, Invoke, "create"),
+            op(2, 1, Info, "create"),
+            op(3, 2, Ok, "create"),
+            op(4, 2, Invoke, "read"),
+        ];
+        assert_eq!(check_processes(&good), Vec::<String>::new());
+        // Two clients sharing process 7: the create's invocation would be paired with the
+        // poll's failure.
+        let shared = [
+            op(0, 7, Invoke, "create"),
+            op(1, 7, Invoke, "tpoll"),
+            op(2, 7, Fail, "tpoll"),
+            op(3, 7, Ok, "create"),
+        ];
+        let problems = check_processes(&shared).join("\n");
+        assert!(
+            problems.contains("while its create k (op 0) was open"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("ended create k (op 3) that it never invoked"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn fresh_processes_are_distinct() {
+        let rec = Recorder::default();
+        let ids: std::collections::BTreeSet<u64> = (0..1000).map(|_| rec.process()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|&p| p < CLIENT_PROCESSES));
+    }
 }

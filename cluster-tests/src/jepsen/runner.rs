@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::checkers::{check_appends, check_cluster, check_unique};
-use super::history::{pair, write_jsonl, Op, OpType, Recorder};
+use super::history::{check_processes, pair, write_jsonl, Op, OpType, Recorder, CLIENT_PROCESSES};
 use super::linear::{self, Verdict};
 use super::nemesis::{Fault, Nemesis, LIBFAKETIME};
 use super::tasks::{self, check_tasks, TaskWorkload};
@@ -27,8 +27,9 @@ pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
 /// Nemesis cycle: this long with the fault, then this long healed.
 pub const FAULT_PERIOD: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Process ids of the nemesis, the leader sampler and the digest reader.
-pub const NEMESIS_PROCESS: u64 = 1_000_000;
+/// Process ids of the nemesis, the leader sampler and the digest reader (above every client's,
+/// which come from [`Recorder::process`]).
+pub const NEMESIS_PROCESS: u64 = CLIENT_PROCESSES + 1_000_000;
 const SAMPLER_PROCESS: u64 = NEMESIS_PROCESS + 1;
 const DIGEST_PROCESS: u64 = NEMESIS_PROCESS + 2;
 const REGISTER_CLIENTS: u64 = 4;
@@ -116,7 +117,7 @@ fn is_write_indeterminate(e: &ClientError) -> bool {
 
 async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut process = slot;
+    let mut process = ctx.rec.process();
     let mut generation = 0u64;
     while !ctx.stop.load(Ordering::Relaxed) {
         let key = format!("reg-{}-{generation}-{slot}", ctx.run);
@@ -165,7 +166,7 @@ async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                 Err(e) if is_write_indeterminate(&e) => {
                     op.info(json!(e.to_string()));
                     // A process with an unknown outcome retires; a fresh one takes over.
-                    process += 100;
+                    process = ctx.rec.process();
                     known = None;
                 }
                 Err(e) => op.fail(json!(e.to_string())),
@@ -185,7 +186,7 @@ fn history_values(h: &raftflow_api::types::HistoryView) -> Vec<u64> {
 
 async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut process = 10 + slot;
+    let mut process = ctx.rec.process();
     let mut generation = 0u64;
     while !ctx.stop.load(Ordering::Relaxed) {
         let key = format!("app-{}-{generation}-{slot}", ctx.run);
@@ -230,7 +231,7 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                 }
                 Err(e) if is_write_indeterminate(&e) => {
                     op.info(json!(e.to_string()));
-                    process += 100;
+                    process = ctx.rec.process();
                     retry = Some(v);
                 }
                 Err(e) => op.fail(json!(e.to_string())),
@@ -258,7 +259,7 @@ async fn unique_round(ctx: Arc<Ctx>, n: u64) {
             // A create with an unknown outcome is retried once with the same request.
             for attempt in 0..2u64 {
                 let node = 1 + (p + attempt + n) % 3;
-                let process = 50_000 + creator + attempt * 1_000_000_000;
+                let process = ctx.rec.process();
                 let op = ctx
                     .rec
                     .invoke(process, "create", &key, json!({"creator": creator}), node);
@@ -307,8 +308,8 @@ async fn leader_sampler(ctx: Arc<Ctx>) {
     }
 }
 
-/// Processes 90001-90003 read every key from node 1-3 at the end of a run.
-pub const FINAL_READ_PROCESS: u64 = 90_000;
+/// Processes `FINAL_READ_PROCESS + 1..=3` read every key from node 1-3 at the end of a run.
+pub const FINAL_READ_PROCESS: u64 = CLIENT_PROCESSES;
 
 /// Records one final read (`f`) of `key` on `node`.
 async fn final_read(
@@ -465,6 +466,8 @@ pub fn judge(ops: &[Op]) -> Judgement {
         check_tasks(&paired, FINAL_READ_PROCESS),
     );
     anomalies.insert("whole-cluster".to_string(), cluster_anomalies);
+    // A malformed history would make every checker above judge the wrong pairs.
+    anomalies.insert("history".to_string(), check_processes(ops));
     Judgement {
         valid: anomalies.values().all(Vec::is_empty) && unknown.is_empty(),
         unknown,

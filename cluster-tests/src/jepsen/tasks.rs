@@ -95,7 +95,7 @@ impl TaskWorkload {
     pub fn spawn(self: &Arc<Self>, seed: u64) -> Vec<tokio::task::JoinHandle<()>> {
         let mut handles = Vec::new();
         for c in 0..CREATORS {
-            handles.push(tokio::spawn(self.clone().creator(c, seed ^ (0x300 + c))));
+            handles.push(tokio::spawn(self.clone().creator(seed ^ (0x300 + c))));
         }
         for w in 0..WORKERS {
             handles.push(tokio::spawn(self.clone().worker(w, seed ^ (0x400 + w))));
@@ -103,9 +103,9 @@ impl TaskWorkload {
         handles
     }
 
-    async fn creator(self: Arc<Self>, slot: u64, seed: u64) {
+    async fn creator(self: Arc<Self>, seed: u64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut process = 60_000 + slot;
+        let mut process = self.rec.process();
         while !self.stop.load(Ordering::Relaxed) {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let key = format!("{KEY_PREFIX}{}-{n}", self.run);
@@ -122,7 +122,7 @@ impl TaskWorkload {
                 Ok(_) => op.ok(Value::Null),
                 Err(e) if indeterminate(&e) => {
                     op.info(json!(e.to_string()));
-                    process += 100;
+                    process = self.rec.process();
                 }
                 Err(e) => op.fail(json!(e.to_string())),
             }
@@ -132,7 +132,7 @@ impl TaskWorkload {
 
     async fn worker(self: Arc<Self>, slot: u64, seed: u64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut process = 70_000 + slot;
+        let mut process = self.rec.process();
         let name = format!("w{slot}");
         while !self.workers_stop.load(Ordering::Relaxed) {
             let node = rng.gen_range(1..=3u64);
@@ -161,7 +161,7 @@ impl TaskWorkload {
                     // expires and the task goes to someone else.
                     if indeterminate(&e) {
                         op.info(json!(e.to_string()));
-                        process += 100;
+                        process = self.rec.process();
                     } else {
                         op.fail(json!(e.to_string()));
                     }
@@ -238,7 +238,7 @@ impl TaskWorkload {
             }
             Err(e) if indeterminate(&e) => {
                 op.info(json!(e.to_string()));
-                *process += 100;
+                *process = self.rec.process();
                 false
             }
             Err(e) => {
