@@ -8,6 +8,8 @@
 //! While writers keep coming (the last batch had more than one request), a batch of fewer than
 //! [`GATHER_ENTRIES`] entries waits up to [`GATHER_WAIT`] for more before it syncs: on a
 //! CPU-bound node an fsync and its wake-ups cost more than the wait. A lone writer never waits.
+//! Writers wake the thread only when that ends its wait (the queue was empty, or the gathered
+//! batch is full), not for every request it gathers.
 
 use std::collections::VecDeque;
 use std::io;
@@ -56,6 +58,34 @@ struct Pending {
     requests: VecDeque<Request>,
     entries: u64,
     closed: bool,
+    /// What the syncer thread is waiting for, so that a writer wakes it only when the wait is
+    /// over: a wake-up that finds the batch still short costs two context switches for nothing.
+    waiting: Waiting,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Syncing, or about to look at the queue: no wake-up needed.
+    #[default]
+    No,
+    /// The queue was empty: any request ends the wait.
+    ForRequests,
+    /// Gathering a batch: only a full one ends the wait early.
+    ForBatch,
+}
+
+impl Pending {
+    fn batch_full(&self) -> bool {
+        self.entries >= GATHER_ENTRIES || self.requests.len() >= MAX_SYNC_BATCH
+    }
+
+    fn wants_wake(&self) -> bool {
+        match self.waiting {
+            Waiting::No => false,
+            Waiting::ForRequests => true,
+            Waiting::ForBatch => self.batch_full(),
+        }
+    }
 }
 
 pub struct Syncer {
@@ -90,8 +120,11 @@ impl Syncer {
         }
         pending.requests.push_back(Request { entries, done });
         pending.entries += entries;
+        let wake = pending.wants_wake();
         drop(pending);
-        self.queue.wake.notify_one();
+        if wake {
+            self.queue.wake.notify_one();
+        }
     }
 
     /// Waits until every write made before this call is on disk.
@@ -135,16 +168,20 @@ fn run(db: Arc<DB>, queue: Arc<Queue>, stats: Arc<SyncStats>) {
                 if pending.closed {
                     return;
                 }
+                pending.waiting = Waiting::ForRequests;
                 queue.wake.wait(&mut pending);
+                pending.waiting = Waiting::No;
             }
             if busy && !pending.closed {
                 let gather_until = Instant::now() + GATHER_WAIT;
-                while pending.entries < GATHER_ENTRIES && pending.requests.len() < MAX_SYNC_BATCH {
-                    if queue
+                while !pending.batch_full() && !pending.closed {
+                    pending.waiting = Waiting::ForBatch;
+                    let timed_out = queue
                         .wake
                         .wait_until(&mut pending, gather_until)
-                        .timed_out()
-                    {
+                        .timed_out();
+                    pending.waiting = Waiting::No;
+                    if timed_out {
                         break;
                     }
                 }
