@@ -165,7 +165,7 @@ pub async fn poll_tasks(
             if left == 0 {
                 break;
             }
-            match tables::has_ready(state.node.store(), group, &req.types) {
+            match tables::has_ready(state.node.store(), state.node.signals(), group, &req.types) {
                 Ok(true) => {}
                 _ => continue,
             }

@@ -1,7 +1,7 @@
 //! How applied state reaches the tasks that wait on it: long polls wait for a task to become
 //! ready, and each group leader's clock waits for the group's next deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ pub struct Signals {
     deadlines_changed: Notify,
     /// Per group: a stamp this replica applied and when (on its monotonic clock).
     clocks: Mutex<BTreeMap<u64, (u64, Instant)>>,
+    /// Per group and task type: the last ready-queue key a lease took on this replica.
+    ready_floors: Mutex<BTreeMap<u64, HashMap<String, Vec<u8>>>>,
 }
 
 /// How far a leader's stamp may run ahead of the group's time as this node extrapolates it
@@ -29,6 +31,7 @@ impl Default for Signals {
             deadlines: Mutex::new(BTreeMap::new()),
             deadlines_changed: Notify::new(),
             clocks: Mutex::new(BTreeMap::new()),
+            ready_floors: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -36,6 +39,39 @@ impl Default for Signals {
 impl Signals {
     pub fn task_ready(&self) {
         self.ready.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Where scans of `group`'s ready queue of `task_type` may start: just after the last key
+    /// a lease took. Every key up to it is deleted, since a lease takes the queue's first keys
+    /// and a key's `seq` is the log index that made its task ready, so a key queued later
+    /// sorts after it. Starting there skips the deletion markers of every task leased before,
+    /// which RocksDB's iterator would otherwise step over one by one until compaction.
+    pub fn ready_floor(&self, group: u64, task_type: &str) -> Option<Vec<u8>> {
+        let floors = self.ready_floors.lock().expect("floors lock");
+        floors.get(&group)?.get(task_type).cloned()
+    }
+
+    /// Records that a lease in `group` took the ready-queue keys of `task_type` up to `last`.
+    pub fn raise_ready_floor(&self, group: u64, task_type: &str, last: &[u8]) {
+        let mut key = last.to_vec();
+        key.push(0); // the smallest key after `last`
+        let mut floors = self.ready_floors.lock().expect("floors lock");
+        let of_group = floors.entry(group).or_default();
+        match of_group.get_mut(task_type) {
+            Some(floor) if *floor >= key => {}
+            Some(floor) => *floor = key,
+            None => {
+                of_group.insert(task_type.to_string(), key);
+            }
+        }
+    }
+
+    /// Forgets `group`'s floors (its state was replaced by a snapshot).
+    pub fn forget_ready_floors(&self, group: u64) {
+        self.ready_floors
+            .lock()
+            .expect("floors lock")
+            .remove(&group);
     }
 
     /// A receiver that sees every later [`Signals::task_ready`].

@@ -24,6 +24,7 @@ use raftflow_storage::{codec, Store};
 use raftflow_workflow::{HistoryRow, Task, Workflow};
 
 use crate::command::DefinitionVersion;
+use crate::signals::Signals;
 use crate::Result;
 
 pub const APPLIED: &[u8] = b"a";
@@ -184,11 +185,13 @@ pub fn read_task(store: &Store, group: u64, task_id: &str) -> Result<Option<Task
     get(store, group, &task_key(task_id))
 }
 
-/// Whether this replica of `group` has a ready task of any of `types`.
-pub fn has_ready(store: &Store, group: u64, types: &[String]) -> Result<bool> {
+/// Whether this replica of `group` has a ready task of any of `types` (after the queue's
+/// floor: see [`Signals::ready_floor`]).
+pub fn has_ready(store: &Store, signals: &Signals, group: u64, types: &[String]) -> Result<bool> {
     for t in types {
+        let floor = signals.ready_floor(group, t);
         if !store
-            .scan_state(group, &ready_prefix(t), None, 1)?
+            .scan_state_from(group, &ready_prefix(t), floor.as_deref(), 1)?
             .is_empty()
         {
             return Ok(true);
@@ -197,12 +200,18 @@ pub fn has_ready(store: &Store, group: u64, types: &[String]) -> Result<bool> {
     Ok(false)
 }
 
-/// The earliest deadline (lease expiry, retry, timer) of `group` on this replica.
-pub fn next_deadline(store: &Store, group: u64) -> Result<Option<u64>> {
+/// The earliest deadline (lease expiry, retry, timer) of `group` on this replica, with its
+/// key, looking only from `from` on (when given: no live deadline sorts before it).
+pub fn next_deadline(
+    store: &Store,
+    group: u64,
+    from: Option<&[u8]>,
+) -> Result<Option<(u64, Vec<u8>)>> {
     Ok(store
-        .scan_state(group, DEADLINES, None, 1)?
-        .first()
-        .map(|(k, _)| parse_deadline_key(k).0))
+        .scan_state_from(group, DEADLINES, from, 1)?
+        .into_iter()
+        .next()
+        .map(|(k, _)| (parse_deadline_key(&k).0, k)))
 }
 
 /// The definition a data group pinned for its workflows of `name` v`version`.

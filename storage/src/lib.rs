@@ -194,17 +194,30 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let from = after.map(|a| {
+            let mut k = a.to_vec();
+            k.push(0); // the smallest key strictly after `a`
+            k
+        });
+        self.scan_state_from(group, prefix, from.as_deref(), limit)
+    }
+
+    /// Rows of `group` whose key starts with `prefix` and sorts at or after `from` (when
+    /// given), at most `limit`. Keys are returned without the group prefix.
+    pub fn scan_state_from(
+        &self,
+        group: u64,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let full_prefix = state_key(group, prefix);
         let mut ro = ReadOptions::default();
         if let Some(upper) = prefix_upper_bound(&full_prefix) {
             ro.set_iterate_upper_bound(upper);
         }
-        let start = match after {
-            Some(a) => {
-                let mut k = state_key(group, a);
-                k.push(0); // the smallest key strictly after `a`
-                k
-            }
+        let start = match from {
+            Some(f) => state_key(group, f).max(full_prefix.clone()),
             None => full_prefix.clone(),
         };
         let it = self.db.iterator_cf_opt(

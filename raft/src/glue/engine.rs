@@ -82,7 +82,13 @@ impl GroupStateMachine {
             if !seen_types.insert(task_type) {
                 continue;
             }
-            for key in tx.scan_keys(&tables::ready_prefix(task_type), left) {
+            let floor = self.signals.ready_floor(self.group, task_type);
+            let keys = tx.scan_keys(&tables::ready_prefix(task_type), floor.as_deref(), left);
+            if let Some(last) = keys.last() {
+                // Every key this lease takes is the queue's first: later scans start after.
+                self.signals.raise_ready_floor(self.group, task_type, last);
+            }
+            for key in keys {
                 let task_id = tables::task_of_ready_key(&key, task_type);
                 let mut trec = self.task_record(tx, &task_id);
                 unqueue(tx, &mut trec);
@@ -224,7 +230,8 @@ impl GroupStateMachine {
 
     /// Acts on every deadline at or before the entry's time, oldest first, up to a bound.
     pub(super) fn tick(&mut self, tx: &mut Tx, at: At) -> Outcome {
-        for key in tx.scan_keys(tables::DEADLINES, MAX_DEADLINES_PER_TICK) {
+        let from = self.deadline_from.clone();
+        for key in tx.scan_keys(tables::DEADLINES, from.as_deref(), MAX_DEADLINES_PER_TICK) {
             let (due_ms, kind, id) = tables::parse_deadline_key(&key);
             if due_ms > at.now_ms {
                 break;

@@ -53,28 +53,42 @@ pub struct GroupStateMachine {
     /// The workflow and task rows this group wrote last (see [`RowCache`]); lent to each
     /// apply's transaction, so `None` while one runs or after one failed (then empty again).
     cache: Option<RowCache>,
-    signals: Arc<Signals>,
+    pub(super) signals: Arc<Signals>,
+    /// Where scans of the deadline index start: no live deadline sorts before it. Handled
+    /// deadlines are deleted from the front of the index, and RocksDB's iterator steps over
+    /// each deletion marker until compaction; this skips them. A write of an earlier
+    /// deadline moves it back. `None`: from the start.
+    pub(super) deadline_from: Option<Vec<u8>>,
 }
 
 impl GroupStateMachine {
     pub fn open(group: u64, store: Arc<Store>, signals: Arc<Signals>) -> io::Result<Self> {
         let applied = read_applied(&store, group)?;
-        let sm = GroupStateMachine {
+        let mut sm = GroupStateMachine {
             group,
             store,
             applied,
             definitions: HashMap::new(),
             cache: None,
             signals,
+            deadline_from: None,
         };
         sm.publish_deadline()?;
         Ok(sm)
     }
 
     /// Tells the leader's clock when this group next needs a tick.
-    fn publish_deadline(&self) -> io::Result<()> {
-        let due = tables::next_deadline(&self.store, self.group).map_err(io::Error::other)?;
-        self.signals.set_deadline(self.group, due);
+    fn publish_deadline(&mut self) -> io::Result<()> {
+        let next = tables::next_deadline(&self.store, self.group, self.deadline_from.as_deref())
+            .map_err(io::Error::other)?;
+        // Nothing live from here on: later scans start past every possible deadline, until a
+        // new one is written.
+        self.deadline_from = Some(match &next {
+            Some((_, key)) => key.clone(),
+            None => tables::deadline_key(u64::MAX, u8::MAX, ""),
+        });
+        self.signals
+            .set_deadline(self.group, next.map(|(due, _)| due));
         Ok(())
     }
 
@@ -314,6 +328,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let applied = codec::encode(&self.applied)?;
         store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
+        if let Some(low) = tx.lowest_deadline.take() {
+            if self.deadline_from.as_ref().is_some_and(|from| low < *from) {
+                self.deadline_from = Some(low);
+            }
+        }
         self.cache = Some(tx.commit()?);
         if let Some(stamp) = last_stamp {
             self.signals.observe_stamp(self.group, stamp);
@@ -344,6 +363,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     ) -> Result<(), io::Error> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
         self.cache = None;
+        self.signals.forget_ready_floors(self.group);
         self.store.replace_group_state(self.group, &rows)?;
         let reopened =
             GroupStateMachine::open(self.group, self.store.clone(), self.signals.clone())?;
@@ -355,6 +375,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             )));
         }
         self.applied = reopened.applied;
+        self.deadline_from = reopened.deadline_from;
         self.definitions.clear();
         Ok(())
     }
@@ -471,6 +492,111 @@ mod tests {
             .unwrap()
             .workflow
             .revision
+    }
+
+    const TASK_DEF: &str = r#"{"name": "job", "initial": "work", "states": {"work": {"task": {"type": "t"}, "on": {"task.completed": "done"}}, "done": {"terminal": "succeeded"}}}"#;
+
+    fn create_job(index: u64, id: &str) -> super::super::Entry {
+        entry(
+            index,
+            Command::CreateWorkflow {
+                id: id.into(),
+                definition: "job".into(),
+                version: 1,
+                definition_json: TASK_DEF.into(),
+                context_json: "{}".into(),
+                fingerprint: id.into(),
+            },
+        )
+    }
+
+    fn lease(index: u64, max: u32, lease_ms: u64) -> super::super::Entry {
+        entry(
+            index,
+            Command::LeaseTasks {
+                types: vec!["t".into()],
+                worker: "w".into(),
+                max,
+                lease_ms: Some(lease_ms),
+            },
+        )
+    }
+
+    /// The workflows whose tasks wait in the ready queue, in queue order (read from the store,
+    /// without any floor).
+    fn queued(store: &Store) -> Vec<String> {
+        store
+            .scan_state(GROUP, &tables::ready_prefix("t"), None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| tables::task_of_ready_key(&k, "t"))
+            .map(|task| {
+                raftflow_workflow::task::workflow_of_task(&task)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn ready(sm: &GroupStateMachine) -> bool {
+        tables::has_ready(&sm.store, &sm.signals, GROUP, &["t".to_string()]).unwrap()
+    }
+
+    fn published_deadline(sm: &GroupStateMachine) -> Option<u64> {
+        let d = sm.signals.deadlines();
+        d.iter().find(|(g, _)| *g == GROUP).map(|(_, due)| *due)
+    }
+
+    /// Scans of the ready queue and of the deadline index start past what was taken or
+    /// handled, and still see every task queued and every deadline written later, an earlier
+    /// deadline included. (Entry `i` is stamped `1000 + i` ms.)
+    #[tokio::test]
+    async fn queue_and_deadline_scans_skip_what_is_gone_and_see_what_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = GroupStateMachine::open(GROUP, store.clone(), Default::default()).unwrap();
+        apply(
+            &mut sm,
+            vec![
+                create_job(1, "j1"),
+                create_job(2, "j2"),
+                create_job(3, "j3"),
+            ],
+        )
+        .await;
+        assert_eq!(queued(&store), ["j1", "j2", "j3"]);
+        assert!(ready(&sm));
+
+        // Oldest first; the floor moves past the taken key.
+        apply(&mut sm, vec![lease(4, 1, 60_000)]).await;
+        assert_eq!(queued(&store), ["j2", "j3"]);
+        assert!(sm.signals.ready_floor(GROUP, "t").is_some());
+        assert_eq!(published_deadline(&sm), Some(1004 + 60_000));
+
+        // A lease that ends before every deadline so far: the deadline scan must find it.
+        apply(&mut sm, vec![lease(5, 1, 1)]).await;
+        assert_eq!(queued(&store), ["j3"]);
+        assert_eq!(published_deadline(&sm), Some(1005 + 1));
+
+        apply(&mut sm, vec![lease(6, 10, 60_000)]).await;
+        assert!(queued(&store).is_empty());
+        assert!(!ready(&sm));
+
+        // A task queued after the floor is seen by the poll check and by the next lease.
+        apply(&mut sm, vec![create_job(7, "j4")]).await;
+        assert!(ready(&sm));
+        apply(&mut sm, vec![lease(8, 10, 60_000)]).await;
+        assert!(queued(&store).is_empty());
+        assert!(!ready(&sm));
+
+        // j2's lease expires: its task is queued again, after the floor, and leased again.
+        apply(&mut sm, vec![entry(20, Command::Tick)]).await;
+        assert_eq!(queued(&store), ["j2"]);
+        assert!(ready(&sm));
+        assert_eq!(published_deadline(&sm), Some(1004 + 60_000));
+        apply(&mut sm, vec![lease(21, 10, 60_000)]).await;
+        assert!(queued(&store).is_empty());
+        assert_eq!(published_deadline(&sm), Some(1004 + 60_000));
     }
 
     /// Applies read the workflow rows they wrote from the cache, and an installed snapshot

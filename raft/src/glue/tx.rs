@@ -95,6 +95,8 @@ pub(crate) struct Tx<'a> {
     pub(crate) made_ready: bool,
     /// The deadline index changed: tell the leader's clock once the batch is written.
     pub(crate) deadlines_touched: bool,
+    /// The smallest deadline-index key this transaction wrote.
+    pub(crate) lowest_deadline: Option<Vec<u8>>,
 }
 
 impl<'a> Tx<'a> {
@@ -109,6 +111,7 @@ impl<'a> Tx<'a> {
             overlay: BTreeMap::new(),
             made_ready: false,
             deadlines_touched: false,
+            lowest_deadline: None,
         }
     }
 
@@ -139,6 +142,11 @@ impl<'a> Tx<'a> {
     }
 
     pub(crate) fn put_encoded<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) {
+        if key.starts_with(tables::DEADLINES)
+            && self.lowest_deadline.as_ref().is_none_or(|low| key < *low)
+        {
+            self.lowest_deadline = Some(key.clone());
+        }
         let bytes = codec::encode(value).expect("state rows encode");
         self.store
             .put_state(&mut self.batch, self.group, &key, &bytes);
@@ -159,7 +167,14 @@ impl<'a> Tx<'a> {
 
     /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
     /// them (stored rows, minus rows deleted here, plus rows written here).
-    pub(crate) fn scan_keys(&self, prefix: &[u8], limit: usize) -> Vec<Vec<u8>> {
+    /// The first `limit` live keys under `prefix` (stored ones only from `from` on, when
+    /// given: the caller knows no stored key before it is live), as this transaction sees them.
+    pub(crate) fn scan_keys(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
         let in_overlay: Vec<(&Vec<u8>, bool)> = self
             .overlay
             .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), Bound::Unbounded))
@@ -169,7 +184,7 @@ impl<'a> Tx<'a> {
         // Every overlay entry may hide one stored row, so read that many more.
         let stored = self
             .store
-            .scan_state(self.group, prefix, None, limit + in_overlay.len())
+            .scan_state_from(self.group, prefix, from, limit + in_overlay.len())
             .unwrap_or_else(|e| panic!("group {}: state scan failed: {e}", self.group));
         let mut merged: BTreeMap<&[u8], bool> =
             stored.iter().map(|(k, _)| (k.as_slice(), true)).collect();
@@ -204,13 +219,18 @@ mod tests {
         tx.put_encoded(b"q/bb".to_vec(), &1u8);
         tx.put_encoded(b"q/d".to_vec(), &1u8);
         let keys = |tx: &Tx, n| -> Vec<String> {
-            tx.scan_keys(b"q/", n)
+            tx.scan_keys(b"q/", None, n)
                 .into_iter()
                 .map(|k| String::from_utf8(k).unwrap())
                 .collect()
         };
         assert_eq!(keys(&tx, 10), ["q/bb", "q/c", "q/d"]);
         assert_eq!(keys(&tx, 2), ["q/bb", "q/c"]);
+        // Stored keys only from `from` on; this transaction's own keys always.
+        let after_c: Vec<Vec<u8>> = tx.scan_keys(b"q/", Some(b"q/c\0"), 10);
+        assert_eq!(after_c, [b"q/bb".to_vec(), b"q/d".to_vec()]);
+        let from_c: Vec<Vec<u8>> = tx.scan_keys(b"q/", Some(b"q/c"), 10);
+        assert_eq!(from_c, [b"q/bb".to_vec(), b"q/c".to_vec(), b"q/d".to_vec()]);
         assert_eq!(tx.get(b"q/a"), None);
         assert!(tx.get(b"q/c").is_some());
         tx.commit().unwrap();
