@@ -16,7 +16,7 @@ pub struct Signals {
     deadlines_changed: Notify,
     /// Per group: a stamp this replica applied and when (on its monotonic clock).
     clocks: Mutex<BTreeMap<u64, (u64, Instant)>>,
-    /// Per group and task type: the last ready-queue key a lease took on this replica.
+    /// Per group and task type: where ready-queue scans start (see [`Signals::ready_floor`]).
     ready_floors: Mutex<BTreeMap<u64, HashMap<String, Vec<u8>>>>,
 }
 

@@ -166,9 +166,8 @@ impl<'a> Tx<'a> {
     }
 
     /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
-    /// them (stored rows, minus rows deleted here, plus rows written here).
-    /// The first `limit` live keys under `prefix` (stored ones only from `from` on, when
-    /// given: the caller knows no stored key before it is live), as this transaction sees them.
+    /// them (stored rows, minus rows deleted here, plus rows written here). With `from`, stored
+    /// rows are read only from that key on: the caller knows none before it is live.
     pub(crate) fn scan_keys(
         &self,
         prefix: &[u8],
