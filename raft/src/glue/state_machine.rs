@@ -454,18 +454,23 @@ mod tests {
         }
     }
 
-    fn create(index: u64) -> super::super::Entry {
+    /// Creates workflow `id` of the definition `json` (named `name`).
+    fn create_of(index: u64, id: &str, name: &str, json: &str) -> super::super::Entry {
         entry(
             index,
             Command::CreateWorkflow {
-                id: "wf".into(),
-                definition: "pp".into(),
+                id: id.into(),
+                definition: name.into(),
                 version: 1,
-                definition_json: DEF.into(),
+                definition_json: json.into(),
                 context_json: "{}".into(),
-                fingerprint: "f".into(),
+                fingerprint: id.into(),
             },
         )
+    }
+
+    fn create(index: u64) -> super::super::Entry {
+        create_of(index, "wf", "pp", DEF)
     }
 
     fn flip(index: u64, expected: u64) -> super::super::Entry {
@@ -497,17 +502,7 @@ mod tests {
     const TASK_DEF: &str = r#"{"name": "job", "initial": "work", "states": {"work": {"task": {"type": "t"}, "on": {"task.completed": "done"}}, "done": {"terminal": "succeeded"}}}"#;
 
     fn create_job(index: u64, id: &str) -> super::super::Entry {
-        entry(
-            index,
-            Command::CreateWorkflow {
-                id: id.into(),
-                definition: "job".into(),
-                version: 1,
-                definition_json: TASK_DEF.into(),
-                context_json: "{}".into(),
-                fingerprint: id.into(),
-            },
-        )
+        create_of(index, id, "job", TASK_DEF)
     }
 
     fn lease(index: u64, max: u32, lease_ms: u64) -> super::super::Entry {
@@ -581,6 +576,19 @@ mod tests {
         apply(&mut sm, vec![lease(6, 10, 60_000)]).await;
         assert!(queued(&store).is_empty());
         assert!(!ready(&sm));
+        // The poll check reads from the floor on: a queue row planted before it (which the
+        // floor's reasoning says cannot be live) is not read.
+        let planted = tables::ready_key("t", 0, "j0/task");
+        let mut batch = raftflow_storage::Batch::default();
+        store.put_state(&mut batch, GROUP, &planted, b"");
+        store.write(batch).unwrap();
+        assert!(!ready(&sm), "the scan started before the floor");
+        let mut batch = raftflow_storage::Batch::default();
+        store.delete_state(&mut batch, GROUP, &planted);
+        store.write(batch).unwrap();
+        // The deadline scans start at the first live deadline, j2's lease.
+        let from = sm.deadline_from.as_deref().expect("a deadline scan ran");
+        assert_eq!(tables::parse_deadline_key(from).0, 1005 + 1);
 
         // A task queued after the floor is seen by the poll check and by the next lease.
         apply(&mut sm, vec![create_job(7, "j4")]).await;
