@@ -53,8 +53,7 @@ impl Signals {
 
     /// Records that a lease in `group` took the ready-queue keys of `task_type` up to `last`.
     pub fn raise_ready_floor(&self, group: u64, task_type: &str, last: &[u8]) {
-        let mut key = last.to_vec();
-        key.push(0); // the smallest key after `last`
+        let key = raftflow_storage::key_after(last);
         let mut floors = self.ready_floors.lock().expect("floors lock");
         let of_group = floors.entry(group).or_default();
         match of_group.get_mut(task_type) {

@@ -64,7 +64,9 @@ pub struct TaskRecord {
 }
 
 fn join(table: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = table.to_vec();
+    let len = table.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.extend_from_slice(table);
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             k.push(0);

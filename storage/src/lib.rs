@@ -194,11 +194,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let from = after.map(|a| {
-            let mut k = a.to_vec();
-            k.push(0); // the smallest key strictly after `a`
-            k
-        });
+        let from = after.map(key_after);
         self.scan_state_from(group, prefix, from.as_deref(), limit)
     }
 
@@ -271,6 +267,14 @@ impl Store {
         }
         self.write_synced(batch)
     }
+}
+
+/// The smallest key that sorts strictly after `key`.
+pub fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(0);
+    k
 }
 
 fn log_key(group: u64, index: u64) -> [u8; 16] {
