@@ -43,6 +43,10 @@ const CLOCK_IDLE_CHECK: Duration = Duration::from_millis(100);
 const RAFT_TIMER_STEPS_PER_HEARTBEAT: u32 = 3;
 /// How soon the clock retries a tick that failed (lost leadership, no quorum).
 const TICK_RETRY: Duration = Duration::from_millis(50);
+/// A request that met a leadership change looks for the new leader again after this long,
+/// doubling up to `LEADER_RETRY_MAX` (a transfer takes a few ms; an election up to 1.5 s).
+const LEADER_RETRY_FIRST: Duration = Duration::from_millis(5);
+const LEADER_RETRY_MAX: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -509,8 +513,20 @@ impl RaftNode {
     }
 
     /// Runs client work on the leader of `group`: `here()` when that is this node, else
-    /// `work()` over the peer connection. When the node asked turns out not to lead, follows
-    /// its hint once.
+    /// `work()` over the peer connection to the leader this node knows.
+    ///
+    /// A leadership change (an election, or the balancer handing a group back to a node that
+    /// restarted) answers `NotLeader` for a few milliseconds up to an election timeout. Rather
+    /// than pass that on as a 503, this follows the hint of the node asked, and otherwise waits
+    /// for this node to learn of a leader, for up to half of `timeout`. `NotLeader` means the
+    /// work was not started (openraft refuses it before appending anything), so running it
+    /// again cannot apply it twice.
+    ///
+    /// A leader this node has not heard from for an election timeout is not asked: this node
+    /// is cut off from it (a partition) or it is gone and an election is under way. Within two
+    /// election timeouts an election with a quorum has usually ended, so the request waits as
+    /// above; after that the node is cut off and answers 503 at once, rather than after the
+    /// whole timeout of a forward that cannot arrive.
     async fn route<'a>(
         &'a self,
         group: u64,
@@ -518,25 +534,60 @@ impl RaftNode {
         work: impl Fn() -> Forward,
         here: impl Fn() -> BoxFuture<'a, Result<ForwardReply>>,
     ) -> Result<ForwardReply> {
+        let settle_until = Instant::now() + timeout / 2;
+        let mut pause = LEADER_RETRY_FIRST;
         let mut leader = self.leader_of(group);
-        let mut hops = 0;
+        let mut followed_hint = false;
+        let lost_after = Duration::from_millis(self.config.timing.election_max_ms);
+        let cut_off_error = |id: u64, quiet: Duration| {
+            Error::Unavailable(format!(
+                "group {group}: node {} has not heard from its leader (node {id}) for {} ms",
+                self.id,
+                quiet.as_millis()
+            ))
+        };
         loop {
-            let (id, addr) = leader.ok_or(Error::NotLeader { leader: None })?;
-            let result = if id == self.id {
-                here().await
-            } else {
-                self.clients
-                    .forward(id, &addr.peer, group, work(), timeout)
-                    .await
-                    .map_err(|e| self.forward_error(e))
+            let tried = leader.as_ref().map(|(id, _)| *id);
+            // The silent leader this round did not ask, and how long it has been silent.
+            let mut cut_off = None;
+            let result = match leader.take() {
+                None => Err(Error::NotLeader { leader: None }),
+                Some((id, _)) if id == self.id => here().await,
+                Some((id, addr)) => match self.registry.silence(group) {
+                    Some(quiet) if quiet > lost_after * 2 => return Err(cut_off_error(id, quiet)),
+                    Some(quiet) if quiet > lost_after => {
+                        cut_off = Some((id, quiet));
+                        Err(Error::NotLeader { leader: None })
+                    }
+                    _ => self
+                        .clients
+                        .forward(id, &addr.peer, group, work(), timeout)
+                        .await
+                        .map_err(|e| self.forward_error(e)),
+                },
             };
-            hops += 1;
-            match result {
-                Err(Error::NotLeader {
-                    leader: Some((next, next_addr)),
-                }) if hops < 2 && next != id => leader = Some((next, next_addr)),
+            let hint = match result {
+                Err(Error::NotLeader { leader: hint }) => hint,
                 r => return r,
+            };
+            // The node asked names another leader: ask it at once, once in a row.
+            if let Some(next) = hint.as_ref().filter(|(next, _)| Some(*next) != tried) {
+                if !followed_hint {
+                    followed_hint = true;
+                    leader = Some(next.clone());
+                    continue;
+                }
             }
+            if Instant::now() + pause > settle_until {
+                return Err(match cut_off {
+                    Some((id, quiet)) => cut_off_error(id, quiet),
+                    None => Error::NotLeader { leader: hint },
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEADER_RETRY_MAX);
+            followed_hint = false;
+            leader = self.leader_of(group).or(hint);
         }
     }
 
@@ -790,6 +841,9 @@ impl RaftNode {
                 let state = raft.metrics().borrow_watched().state;
                 match state {
                     ServerState::Leader => {
+                        // A leader hears from itself: when it steps down, its silence starts
+                        // now, not when it last followed someone.
+                        contact.touch();
                         if beat {
                             let _ = raft.trigger().heartbeat().await;
                         }

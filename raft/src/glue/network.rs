@@ -156,7 +156,8 @@ impl Contact {
         }
     }
 
-    fn touch(&self) {
+    /// Records contact now: a message from a leader or candidate, or this node leading.
+    pub(crate) fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.at_ms.fetch_max(ms, Ordering::Relaxed);
     }
@@ -200,6 +201,12 @@ impl Registry {
             .iter()
             .map(|(g, (r, c))| (*g, r.clone(), c.clone()))
             .collect()
+    }
+
+    /// Time since this node last heard from a leader or candidate of `group`, or led it.
+    pub fn silence(&self, group: u64) -> Option<Duration> {
+        let groups = self.groups.read().expect("registry lock");
+        groups.get(&group).map(|(_, contact)| contact.silence())
     }
 
     fn get_with_contact(&self, group: u64) -> Option<(Raft, Arc<Contact>)> {
@@ -257,8 +264,10 @@ async fn serve_connection(stream: TcpStream, registry: Arc<Registry>) -> io::Res
         };
         let registry = registry.clone();
         let tx = tx.clone();
+        // The RPC's future (openraft's append or a forwarded command) is large: boxed, it is
+        // copied once, not on every move of the task that runs it.
         tokio::spawn(async move {
-            let reply = handle(&registry, group, rpc).await;
+            let reply = Box::pin(handle(&registry, group, rpc)).await;
             if let Ok(bytes) = encode_frame(Frame::Response { id, reply }) {
                 let _ = tx.send(bytes).await;
             }
@@ -317,19 +326,18 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
 // ---- framing -------------------------------------------------------------------------------
 
 fn encode_frame(frame: Frame) -> io::Result<Vec<u8>> {
-    let body = codec::encode(&Envelope {
+    let envelope = Envelope {
         version: PEER_PROTOCOL_VERSION,
         frame,
-    })?;
-    if body.len() > MAX_FRAME_BYTES {
+    };
+    let mut out = codec::encode_after(4, &envelope)?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME_BYTES {
         return Err(io::Error::other(format!(
-            "frame of {} bytes is too large",
-            body.len()
+            "frame of {len} bytes is too large"
         )));
     }
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
 }
 
