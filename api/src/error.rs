@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// A 413 whose body was read to its end: the connection can carry the next request.
+    body_drained: bool,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            body_drained: false,
         }
     }
 
@@ -41,6 +44,14 @@ impl ApiError {
             "payload_too_large",
             format!("request body exceeds the limit of {limit} bytes"),
         )
+    }
+
+    /// The same refusal, once the body was read and dropped: no need to close the connection.
+    pub fn payload_too_large_drained(limit: usize) -> Self {
+        ApiError {
+            body_drained: true,
+            ..Self::payload_too_large(limit)
+        }
     }
 
     pub fn invalid_definition(problems: Vec<String>) -> Self {
@@ -137,7 +148,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
             );
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE && !self.body_drained {
             // The body was refused unread, so the connection cannot carry another request:
             // say so, or a client that finished sending it would pool a connection the
             // server is about to close and lose its next request on it.
@@ -149,3 +160,18 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_413_closes_the_connection_unless_its_body_was_read() {
+        let unread = ApiError::payload_too_large(10).into_response();
+        assert_eq!(unread.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(unread.headers().get(header::CONNECTION).unwrap(), "close");
+        let drained = ApiError::payload_too_large_drained(10).into_response();
+        assert_eq!(drained.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(drained.headers().get(header::CONNECTION).is_none());
+    }
+}

@@ -151,14 +151,24 @@ pub struct ReadParams {
 
 impl ReadParams {
     fn local(&self) -> ApiResult<bool> {
-        match self.consistency.as_deref() {
-            None | Some("linearizable") => Ok(false),
-            Some("local") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "consistency must be `linearizable` or `local`, not {other:?}"
-            ))),
-        }
+        parse_consistency(self.consistency.as_deref())
     }
+}
+
+/// Whether a read asked to skip the read index (`consistency=local`).
+fn parse_consistency(consistency: Option<&str>) -> ApiResult<bool> {
+    match consistency {
+        None | Some("linearizable") => Ok(false),
+        Some("local") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be `linearizable` or `local`, not {other:?}"
+        ))),
+    }
+}
+
+/// The failure suite's stale-read mutant skips every read index.
+fn stale_mutant() -> bool {
+    raftflow_raft::mutant::active() == raftflow_raft::mutant::Mutant::StaleRead
 }
 
 /// Serves a read from this node's replica: directly (`local`), or once the replica has applied
@@ -172,9 +182,8 @@ pub(crate) async fn read<F>(
 where
     F: FnOnce() -> Result<Response, Failure>,
 {
-    let stale_mutant = raftflow_raft::mutant::active() == raftflow_raft::mutant::Mutant::StaleRead;
     let answer = async {
-        if !(params.local()? || stale_mutant) {
+        if !(params.local()? || stale_mutant()) {
             read_barrier(state, group).await?;
         }
         read()
@@ -520,6 +529,8 @@ pub struct ListParams {
     pub state: Option<String>,
     pub limit: Option<usize>,
     pub page_token: Option<String>,
+    /// `linearizable` (default) or `local`.
+    pub consistency: Option<String>,
 }
 
 /// `{group}/{last id}`, hex-encoded so clients treat it as opaque.
@@ -546,16 +557,18 @@ fn decode_token(token: &str) -> ApiResult<(u64, Option<String>)> {
     Ok((group, (!after.is_empty()).then(|| after.to_string())))
 }
 
-/// Workflows of every group, filtered, in (group, id) order. Each group is read from this
-/// node's replica, which may trail the leader by a moment; read one workflow for a
-/// linearizable answer.
+/// Workflows of every group, filtered, in (group, id) order. Each group a page reads is read
+/// from this node's replica once it has applied that group's read index, so a page shows every
+/// write acknowledged before the request (`consistency=local` skips this and may be stale).
 #[utoipa::path(get, path = "/v1/workflows",
     params(("definition" = Option<String>, Query, description = "definition name"),
         ("status" = Option<String>, Query, description = "running | succeeded | failed | cancelled"),
         ("state" = Option<String>, Query, description = "current state"),
         ("limit" = Option<usize>, Query, description = "page size, default 100, max 1000"),
-        ("page_token" = Option<String>, Query, description = "from the previous page")),
-    responses((status = 200, body = WorkflowList), (status = 400, body = ErrorBody)))]
+        ("page_token" = Option<String>, Query, description = "from the previous page"),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `local`")),
+    responses((status = 200, body = WorkflowList), (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "a group the page reads has no quorum (`consistency=local` still answers)")))]
 pub async fn list_workflows(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<ListParams>,
@@ -582,11 +595,26 @@ pub async fn list_workflows(
     if !groups.contains(&group) {
         return Err(ApiError::bad_request("invalid page_token"));
     }
+    let linearizable = !(parse_consistency(params.consistency.as_deref())? || stale_mutant());
     let store = state.node.store();
     let mut out = Vec::new();
     let mut budget = limit * LIST_SCAN_FACTOR;
     let max_group = *groups.last().expect("at least one group");
+    // Every group up to this one has had its read index. The page's first group gets its own
+    // (most pages end in it); if the page goes on, every later group gets one at once, so a
+    // filtered listing over many groups waits for one round of read indexes, not one per group.
+    let mut linearized: Option<u64> = None;
     loop {
+        if linearizable && linearized.is_none_or(|done| done < group) {
+            let pending: Vec<u64> = match linearized {
+                None => vec![group],
+                Some(_) => groups.iter().copied().filter(|g| *g >= group).collect(),
+            };
+            futures::future::try_join_all(pending.iter().map(|g| read_barrier(&state, *g)))
+                .await
+                .map_err(ApiError::from)?;
+            linearized = pending.last().copied();
+        }
         let chunk = tables::scan_workflows(store, group, after.as_deref(), budget.min(limit * 2))
             .map_err(ApiError::from)?;
         let exhausted = chunk.len() < budget.min(limit * 2);
