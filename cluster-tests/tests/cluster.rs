@@ -166,6 +166,75 @@ async fn killing_a_group_leader_elects_a_new_one_and_loses_no_acknowledged_write
     }
 }
 
+/// When a node comes back, the balancer hands its preferred group back to it. Clients must
+/// not see that: a request that meets the handover waits for the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancers_handover_after_a_restart_fails_no_request() {
+    let mut cluster = Cluster::start(3, 3, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    cluster.wait_balanced(READY).await.unwrap();
+    let n2 = cluster.client(2);
+    define_counter(&n2).await;
+    // A workflow in group 1, whose preferred leader is node 1.
+    let mut id = None;
+    for i in 0..60 {
+        let candidate = format!("h-{i}");
+        let (_, wf) = n2
+            .create_workflow(&create(&candidate, "counter"))
+            .await
+            .unwrap();
+        if wf.group == 1 {
+            id = Some((candidate, wf.revision));
+            break;
+        }
+    }
+    let (id, mut rev) = id.expect("one of 60 ids hashes to group 1");
+    cluster.kill9(1);
+    let wf = eventually(Duration::from_secs(15), || async {
+        Ok(n2.send_event(&id, &tick(Some(rev))).await?)
+    })
+    .await
+    .unwrap();
+    rev = wf.revision;
+    let interim = cluster.leader_of(2, 1).await;
+    assert!(matches!(interim, Some(2 | 3)), "group 1 led by {interim:?}");
+
+    cluster.restart(1);
+    cluster.wait_ready(READY).await.unwrap();
+    // Write and read through every node until node 1 leads group 1 again, and a second on.
+    let clients = [cluster.client(1), cluster.client(2), cluster.client(3)];
+    let mut failures = Vec::new();
+    let mut handed_back_at = None;
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < Duration::from_secs(20)
+        && handed_back_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(1))
+    {
+        for c in &clients {
+            match c.send_event(&id, &tick(Some(rev))).await {
+                Ok(wf) => rev = wf.revision,
+                Err(e) => failures.push(format!("write: {e}")),
+            }
+            match c.get_workflow(&id, false).await {
+                Ok(wf) if wf.revision == rev => {}
+                Ok(wf) => failures.push(format!("read revision {} != {rev}", wf.revision)),
+                Err(e) => failures.push(format!("read: {e}")),
+            }
+            ops += 2;
+        }
+        if handed_back_at.is_none() && cluster.leader_of(2, 1).await == Some(1) {
+            handed_back_at = Some(Instant::now());
+        }
+    }
+    println!("{ops} requests around the handover of group 1 back to node 1");
+    assert!(handed_back_at.is_some(), "node 1 never led group 1 again");
+    assert!(
+        failures.is_empty(),
+        "{} of {ops} failed: {failures:?}",
+        failures.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_of_all_nodes_during_writes_keeps_every_acknowledged_transition() {
     let mut cluster = Cluster::start(3, 4, &[]);
@@ -429,22 +498,18 @@ async fn listing_pages_over_every_group_with_filters() {
 
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.node(3).client);
-    let list = |query: String| {
-        let (http, base) = (http.clone(), base.clone());
+    let list_on = |node, query: String| {
+        let http = http.clone();
+        let url = format!("http://{}/v1/workflows?{query}", cluster.node(node).client);
         async move {
-            let v: serde_json::Value = http
-                .get(format!("{base}/v1/workflows?{query}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
             v
         }
     };
-    // Every workflow exactly once over pages of 7, eventually (lists read local replicas).
-    let all = eventually(Duration::from_secs(5), || async {
+    let list = |query: String| list_on(3, query);
+    // Every workflow exactly once over pages of 7, on a node that may not lead any of these
+    // groups: a listing is linearizable, so it shows every acknowledged create at once.
+    let all = {
         let mut seen = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..20 {
@@ -461,13 +526,33 @@ async fn listing_pages_over_every_group_with_filters() {
                 None => break,
             }
         }
-        anyhow::ensure!(seen.len() == 30, "saw {} workflows", seen.len());
-        Ok(seen)
-    })
-    .await
-    .unwrap();
+        assert_eq!(seen.len(), 30, "saw {seen:?}");
+        seen
+    };
     let unique: std::collections::BTreeSet<_> = all.iter().collect();
     assert_eq!(unique.len(), 30, "a workflow was listed twice");
+    // Each transition acknowledged through node 1 is in the next listing on nodes 2 and 3.
+    let tick = SendEvent {
+        event: "tick".into(),
+        ..stop.clone()
+    };
+    for round in 0..100 {
+        let wf = c.send_event("l-01", &tick).await.unwrap();
+        for node in [2, 3] {
+            let page = list_on(node, "definition=counter&limit=1000".into()).await;
+            let listed = page["workflows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["id"] == "l-01")
+                .map(|w| w["revision"].as_u64().unwrap());
+            assert_eq!(
+                listed,
+                Some(wf.revision),
+                "round {round}: node {node} listed a stale l-01"
+            );
+        }
+    }
 
     let orders = list("definition=order&limit=1000".into()).await;
     assert_eq!(orders["workflows"].as_array().unwrap().len(), 5);
@@ -481,6 +566,15 @@ async fn listing_pages_over_every_group_with_filters() {
     assert_eq!(ids, vec![serde_json::json!("l-00")]);
     let created = list("state=created&definition=order".into()).await;
     assert_eq!(created["workflows"].as_array().unwrap().len(), 5);
+    // The reads above made node 3 apply every create, so its replica alone has them too.
+    let local = list("consistency=local&definition=order".into()).await;
+    assert_eq!(local["workflows"].as_array().unwrap().len(), 5);
+    let bad = http
+        .get(format!("{base}/v1/workflows?consistency=eventual"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 
     let defs: serde_json::Value = http
         .get(format!("{base}/v1/definitions"))

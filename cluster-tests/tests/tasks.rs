@@ -109,7 +109,7 @@ fn count(events: &[(String, String)], name: &str) -> usize {
 async fn an_expired_lease_is_handed_out_again_with_a_higher_token_and_the_old_one_is_refused() {
     let cluster = Cluster::start(3, 2, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let (n1, n2, n3) = (cluster.client(1), cluster.client(2), cluster.client(3));
     let def = task_then_timer("lease", "pack", json!({"lease_ms": 400}), 60_000);
@@ -195,7 +195,7 @@ async fn an_expired_lease_is_handed_out_again_with_a_higher_token_and_the_old_on
 async fn heartbeats_keep_a_lease_alive_past_its_length() {
     let cluster = Cluster::start(3, 2, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let (n1, n2) = (cluster.client(1), cluster.client(2));
     let def = task_then_timer("beat", "long", json!({"lease_ms": 500}), 60_000);
@@ -230,7 +230,7 @@ async fn heartbeats_keep_a_lease_alive_past_its_length() {
 async fn failed_attempts_back_off_exponentially_then_task_failed_fires() {
     let cluster = Cluster::start(3, 2, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let n1 = cluster.client(1);
     let spec = json!({"max_attempts": 3, "backoff_ms": 300, "backoff_multiplier": 2.0});
@@ -307,7 +307,7 @@ async fn failed_attempts_back_off_exponentially_then_task_failed_fires() {
 async fn a_timer_fires_once_on_time_and_once_after_its_leader_is_killed() {
     let mut cluster = Cluster::start(3, 2, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let n1 = cluster.client(1);
     let timer = json!({
@@ -354,7 +354,7 @@ async fn a_timer_fires_once_on_time_and_once_after_its_leader_is_killed() {
 async fn cancel_withdraws_a_leased_task_and_a_pending_timer() {
     let cluster = Cluster::start(3, 2, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let (n1, n2) = (cluster.client(1), cluster.client(2));
     n1.put_definition("cx", &task_then_timer("cx", "cx", json!({}), 300))
@@ -396,7 +396,7 @@ async fn cancel_withdraws_a_leased_task_and_a_pending_timer() {
 async fn a_new_task_wakes_a_waiting_poll_on_any_node_well_under_a_second() {
     let cluster = Cluster::start(3, 4, &[]);
     cluster.wait_ready(READY).await.unwrap();
-    // Writes right after start could meet the balancer moving a leader (a 503 to retry).
+    // Leadership settles first, so that no handover falls inside the polls and leases timed here.
     cluster.wait_balanced(READY).await.unwrap();
     let n1 = cluster.client(1);
     n1.put_definition("wake", &task_then_timer("wake", "wake", json!({}), 60_000))
