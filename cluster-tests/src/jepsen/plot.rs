@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::history::{Op, OpType};
-use super::runner::FINAL_READ_PROCESS;
+use super::history::{Op, OpType, CLIENT_PROCESSES};
+use super::runner::NEMESIS_PROCESS;
 
 /// A font Debian ships in `fonts-dejavu-core`.
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -22,10 +22,11 @@ type Points = Vec<(f64, f64)>;
 fn series(ops: &[Op]) -> (Points, Points, Points) {
     let mut invoked: HashMap<u64, u64> = HashMap::new();
     let mut per_second: Vec<Vec<f64>> = Vec::new();
-    for op in ops.iter().filter(|o| {
-        CLIENT_FUNCTIONS.contains(&o.f.as_str())
-            && !(FINAL_READ_PROCESS + 1..=FINAL_READ_PROCESS + 3).contains(&o.process)
-    }) {
+    // The clients' operations only: not the final reads, which sit above them with the nemesis.
+    for op in ops
+        .iter()
+        .filter(|o| CLIENT_FUNCTIONS.contains(&o.f.as_str()) && o.process < CLIENT_PROCESSES)
+    {
         match op.kind {
             OpType::Invoke => {
                 invoked.insert(op.process, op.time);
@@ -67,7 +68,7 @@ fn fault_periods(ops: &[Op]) -> Vec<(f64, f64)> {
     let mut start = None;
     for op in ops
         .iter()
-        .filter(|o| o.process == 1_000_000 && o.kind == OpType::Ok)
+        .filter(|o| o.process == NEMESIS_PROCESS && o.kind == OpType::Ok)
     {
         let t = op.time as f64 / 1e9;
         if op.f == "heal" {
@@ -167,4 +168,45 @@ pub fn plot(ops: &[Op], title: &str, path: &Path) -> anyhow::Result<()> {
     )?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::jepsen::runner::FINAL_READ_PROCESS;
+
+    fn op(process: u64, kind: OpType, f: &str, secs: f64) -> Op {
+        Op {
+            index: 0,
+            process,
+            kind,
+            f: f.into(),
+            key: String::new(),
+            value: Value::Null,
+            time: (secs * 1e9) as u64,
+            node: 0,
+        }
+    }
+
+    #[test]
+    fn faults_are_the_nemesis_periods_and_throughput_counts_only_clients() {
+        let ops = vec![
+            op(7, OpType::Invoke, "cas", 0.1),
+            op(7, OpType::Ok, "cas", 0.2),
+            op(NEMESIS_PROCESS, OpType::Invoke, "kill", 1.0),
+            op(NEMESIS_PROCESS, OpType::Ok, "kill", 1.5),
+            op(NEMESIS_PROCESS, OpType::Invoke, "heal", 4.0),
+            op(NEMESIS_PROCESS, OpType::Ok, "heal", 4.5),
+            op(NEMESIS_PROCESS, OpType::Ok, "heal-write", 4.6),
+            op(FINAL_READ_PROCESS + 1, OpType::Invoke, "read", 5.1),
+            op(FINAL_READ_PROCESS + 1, OpType::Ok, "read", 5.2),
+        ];
+        assert_eq!(fault_periods(&ops), vec![(1.5, 4.5)]);
+        let (tput, p50, _) = series(&ops);
+        assert_eq!(tput, vec![(0.5, 1.0)], "the final read is not a client's");
+        assert_eq!(p50.len(), 1);
+        assert!((p50[0].1 - 100.0).abs() < 1e-6, "{p50:?}");
+    }
 }

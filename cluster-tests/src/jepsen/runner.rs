@@ -88,7 +88,10 @@ impl Ctx {
     }
 }
 
-/// Retries an unrecorded setup step (creating a workflow before it is used) until it works.
+/// Retries an unrecorded setup step (creating a workflow before it is used) until it works,
+/// starting at `node` and moving to the next node on each retry: a client whose first node is
+/// cut off would otherwise sit out the whole fault in setup, recording nothing. (A create that
+/// timed out but took effect is answered 200 by the retry: same id, same definition.)
 async fn setup_create(ctx: &Ctx, node: u64, id: &str) -> bool {
     let req = raftflow_api::types::CreateWorkflow {
         id: Some(id.to_string()),
@@ -96,10 +99,11 @@ async fn setup_create(ctx: &Ctx, node: u64, id: &str) -> bool {
         version: Some(1),
         context: None,
     };
-    for _ in 0..50 {
+    for attempt in 0..50 {
         if ctx.stop.load(Ordering::Relaxed) {
             return false;
         }
+        let node = 1 + (node - 1 + attempt) % 3;
         if ctx.client(node).create_workflow(&req).await.is_ok() {
             return true;
         }
