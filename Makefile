@@ -7,7 +7,7 @@ export RAFTFLOW_GROUPS ?= 8
 # One profile for the binary, unit tests and cluster tests, so RocksDB is built once.
 CARGO_PROFILE := --release
 
-.PHONY: deps build cluster cluster-stop cluster-status mutants test jepsen lint fmt bench
+.PHONY: deps build cluster cluster-stop cluster-status mutants test jepsen lint fmt bench profile
 
 deps:
 	@scripts/deps.sh build
@@ -51,7 +51,8 @@ fmt:
 	cargo fmt --all
 
 # raftflow and etcd side by side: fresh three-node clusters of each on loopback, every workload
-# (create, transitions, read-mix, tasks) at 1, 16, 64 and 256 clients. Writes table.md,
+# (create, transitions, read-mix, tasks, and ping: an HTTP round trip with no work behind it, the
+# machine's floor) at 1, 16, 64 and 256 clients. Writes table.md,
 # bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5); also the
 # CPU of 64 idle groups, and with RESTART_WORKFLOWS=N a kill -9 restart of a node holding N.
 bench: deps
@@ -61,3 +62,10 @@ bench: deps
 	  $${CONCURRENCY:+--concurrency $$CONCURRENCY} $${WORKLOADS:+--workloads $$WORKLOADS} \
 	  $${RESTART_WORKFLOWS:+--restart-workflows $$RESTART_WORKFLOWS} \
 	  --out bench-report/$$(date +%Y%m%d-%H%M%S)
+
+# Instructions per transition, counted by callgrind (host timing drifts; counts do not): three
+# nodes under valgrind, N transitions (default 3000) from CLIENTS clients (default 64). Prints
+# them by node and by library; callgrind files under profile-report/<time>/.
+profile: build
+	@scripts/deps.sh profile
+	scripts/profile.sh profile-report/$$(date +%Y%m%d-%H%M%S) $${N:-3000} $${CLIENTS:-64}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (as root, with apt-get) or names the system packages raftflow needs to build, run
-# and test. Usage: scripts/deps.sh [build|cluster|test|bench]
+# and test. Usage: scripts/deps.sh [build|cluster|test|bench|profile]
 set -euo pipefail
 need=()
 # bindgen loads libclang itself (libclang.so or libclang-N.so), not libclang-cpp.
@@ -20,6 +20,11 @@ if [ "${1:-build}" = bench ]; then
   # The comparison runs etcd 3.4 from Debian; the chart draws its labels with DejaVu Sans.
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+fi
+if [ "${1:-build}" = profile ]; then
+  # Instruction counts of a transition: callgrind, and a Python driver.
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
 fi
 if [ "${1:-build}" = test ]; then
   # The failure suite: private network namespaces, packet filters, and a fake clock.

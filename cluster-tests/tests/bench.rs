@@ -44,7 +44,7 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
     };
     let rows = run(&config).await.expect("bench runs");
     // Every workload on raftflow, all but tasks on etcd.
-    assert_eq!(rows.len(), 4 + 3);
+    assert_eq!(rows.len(), 5 + 4);
     for row in &rows {
         let m = &row.measured;
         assert!(
@@ -66,13 +66,17 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
             .nodes
             .iter()
             .all(|n| n.cpu_s > 0.0 && n.peak_rss_mib > 1.0));
-        if row.system == System::Raftflow && row.workload != Workload::ReadMix {
+        // Reads and pings write nothing.
+        if row.system == System::Raftflow
+            && !matches!(row.workload, Workload::ReadMix | Workload::Ping)
+        {
             assert!(row.entries_per_fsync.unwrap_or(0.0) >= 1.0);
         }
     }
     assert!(report::ratio(&rows, Workload::Transitions, 4).is_some());
     let dir = tempfile::tempdir().unwrap();
     let machine = report::Machine::describe();
+    assert!(machine.fsync_us[0] > 0.0 && machine.wakeup_us[0] > 0.0);
     let extras = report::Extras {
         machine: &machine,
         idle: None,

@@ -153,21 +153,7 @@ impl EtcdClient {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| EtcdError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| EtcdError::Transport(e.to_string()))?;
-        if status != 200 {
-            return Err(EtcdError::Status(status));
-        }
+        let bytes = send(self.http.post(format!("{}{path}", self.base)).json(body)).await?;
         serde_json::from_slice(&bytes).map_err(|e| EtcdError::Transport(e.to_string()))
     }
 
@@ -192,6 +178,13 @@ impl EtcdClient {
         revision(&resp["header"]["revision"])
     }
 
+    /// `GET /version`: answered by the member's HTTP handler without Raft or disk.
+    pub async fn version(&self) -> Result<(), EtcdError> {
+        send(self.http.get(format!("{}/version", self.base)))
+            .await
+            .map(drop)
+    }
+
     /// A linearizable read: the key's `mod_revision` (0 when absent) and value.
     pub async fn get(&self, key: &str) -> Result<(u64, String), EtcdError> {
         let resp = self
@@ -207,6 +200,23 @@ impl EtcdClient {
             .unwrap_or_default();
         Ok((revision(&kv["mod_revision"])?, value))
     }
+}
+
+/// Sends `req` and returns the body of a 200 answer.
+async fn send(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, EtcdError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| EtcdError::Transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| EtcdError::Transport(e.to_string()))?;
+    if status != 200 {
+        return Err(EtcdError::Status(status));
+    }
+    Ok(bytes)
 }
 
 /// grpc-gateway writes int64 as a JSON string.

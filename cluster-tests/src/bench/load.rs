@@ -27,14 +27,20 @@ pub enum Workload {
     ReadMix,
     /// Single-task workflows end to end: start, poll, complete (raftflow only).
     Tasks,
+    /// An HTTP round trip that touches neither Raft nor the disk (raftflow: `GET /healthz`;
+    /// etcd: `GET /version`): what this machine, this generator and each server's HTTP stack
+    /// allow before any replication work. Not a workload users run; a ceiling to read the others
+    /// against.
+    Ping,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Create,
         Workload::Transitions,
         Workload::ReadMix,
         Workload::Tasks,
+        Workload::Ping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +49,7 @@ impl Workload {
             Workload::Transitions => "transitions",
             Workload::ReadMix => "read-mix",
             Workload::Tasks => "tasks",
+            Workload::Ping => "ping",
         }
     }
 
@@ -169,6 +176,14 @@ impl Conn {
                 .put_if(key, revision, &etcd_value(key, revision + 1))
                 .await
                 .map_err(Failed::from),
+        }
+    }
+
+    /// A request the server answers without Raft or disk.
+    async fn ping(&self) -> Result<(), Failed> {
+        match self {
+            Conn::Raftflow(c) => c.get_json("/healthz").await.map(drop).map_err(Failed::from),
+            Conn::Etcd(c) => c.version().await.map_err(Failed::from),
         }
     }
 
@@ -334,7 +349,7 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
 async fn closed_loop(conn: Conn, workload: Workload, key: String, seed: u64, shared: &Shared) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut revision = 0;
-    if workload != Workload::Create {
+    if !matches!(workload, Workload::Create | Workload::Ping) {
         // The client's own workflow, made before the clock starts.
         match conn.create(&key).await {
             Ok(rev) => revision = rev,
@@ -352,6 +367,7 @@ async fn closed_loop(conn: Conn, workload: Workload, key: String, seed: u64, sha
                 n += 1;
                 conn.create(&format!("{key}-{n}")).await.map(drop)
             }
+            Workload::Ping => conn.ping().await,
             Workload::ReadMix if rng.gen_ratio(9, 10) => conn.read(&key).await.map(drop),
             _ => match conn.transition(&key, revision).await {
                 Ok(rev) => {

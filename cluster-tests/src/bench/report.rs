@@ -23,6 +23,10 @@ pub struct Machine {
     /// fdatasync of a small write on the disk the clusters use, before the run (p50, p99):
     /// hosts differ, and drift, most in this.
     pub fsync_us: [f64; 2],
+    /// One thread waking another that sleeps in a blocking read (p50, p99 of half a round trip
+    /// over a socket pair), before the run: what every hand-off between threads, processes or
+    /// nodes costs on top of the work. Virtual machines whose idle cores halt pay most here.
+    pub wakeup_us: [f64; 2],
 }
 
 impl Machine {
@@ -59,6 +63,7 @@ impl Machine {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             fsync_us: fsync_latency_us(500).unwrap_or([0.0; 2]),
+            wakeup_us: wakeup_latency_us(5000).unwrap_or([0.0; 2]),
         }
     }
 }
@@ -77,6 +82,35 @@ fn fsync_latency_us(n: usize) -> std::io::Result<[f64; 2]> {
     }
     took.sort_by(f64::total_cmp);
     let at = |p: f64| took[((n as f64 * p) as usize).min(n - 1)].round();
+    Ok([at(0.5), at(0.99)])
+}
+
+/// p50 and p99 of half the round trip of one byte between two threads over a Unix socket
+/// pair, each thread blocked in `read` until the other writes: a wake-up each way.
+fn wakeup_latency_us(n: usize) -> std::io::Result<[f64; 2]> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut here, mut there) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            there.read_exact(&mut b)?;
+            there.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut took = Vec::with_capacity(n);
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        here.write_all(&b)?;
+        here.read_exact(&mut b)?;
+        took.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    took.sort_by(f64::total_cmp);
+    let at = |p: f64| (took[((n as f64 * p) as usize).min(n - 1)] * 10.0).round() / 10.0;
     Ok([at(0.5), at(0.99)])
 }
 
@@ -167,18 +201,13 @@ pub fn table(rows: &[Row]) -> String {
             None => "- | - | - | -".into(),
         }
     };
-    for (workload, clients) in keys {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            workload.name(),
-            clients,
-            cols(find(rows, System::Raftflow, workload, clients)),
-            cols(find(rows, System::Etcd, workload, clients)),
-            ratio(rows, workload, clients)
-                .map(|x| format!("{x:.2}×"))
-                .unwrap_or_else(|| "-".into()),
-        ));
-    }
+    out.push_str(&side_by_side(rows, &keys, cols, |workload, clients| {
+        let ratio = ratio(rows, workload, clients)
+            .map(|x| format!("{x:.2}×"))
+            .unwrap_or_else(|| "-".into());
+        format!(" {ratio} |")
+    }));
+    out.push_str(&cost_table(rows, &keys));
     let errs: Vec<String> = rows
         .iter()
         .filter(|r| !r.measured.errors.is_empty())
@@ -201,6 +230,57 @@ pub fn table(rows: &[Row]) -> String {
         }
     ));
     out
+}
+
+/// CPU microseconds per operation: the three nodes together, and the load generator (which
+/// shares the machine). The `ping` rows are the floor: an HTTP round trip with no work behind it.
+fn cost_table(rows: &[Row], keys: &[(Workload, usize)]) -> String {
+    let mut out = String::from(
+        "\nCPU per operation, µs (3 nodes + generator):\n\n\
+         | workload | clients | raftflow nodes | raftflow generator | etcd nodes | etcd generator |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let us = |r: Option<&Row>| -> String {
+        match r.and_then(cpu_per_op_us) {
+            Some((nodes, generator)) => format!("{nodes:.0} | {generator:.0}"),
+            None => "- | -".into(),
+        }
+    };
+    out.push_str(&side_by_side(rows, keys, us, |_, _| String::new()));
+    out
+}
+
+/// One Markdown row per (workload, clients): the cell's columns for raftflow, then for etcd
+/// (`cols` of `None` when a system did not run it), then `tail`'s extra columns.
+fn side_by_side(
+    rows: &[Row],
+    keys: &[(Workload, usize)],
+    cols: impl Fn(Option<&Row>) -> String,
+    tail: impl Fn(Workload, usize) -> String,
+) -> String {
+    let mut out = String::new();
+    for &(workload, clients) in keys {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |{}\n",
+            workload.name(),
+            clients,
+            cols(find(rows, System::Raftflow, workload, clients)),
+            cols(find(rows, System::Etcd, workload, clients)),
+            tail(workload, clients),
+        ));
+    }
+    out
+}
+
+/// (nodes, generator) CPU µs per operation of a cell, if it completed any.
+pub fn cpu_per_op_us(row: &Row) -> Option<(f64, f64)> {
+    let ops = row.measured.ops as f64;
+    (ops > 0.0).then(|| {
+        (
+            cpu_total(row) / ops * 1e6,
+            row.measured.generator_cpu_s / ops * 1e6,
+        )
+    })
 }
 
 /// What the report carries besides the cells.
@@ -263,11 +343,13 @@ pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(serde_json::from_slice::<Saved>(&bytes)?.rows)
 }
 
-const WORKLOAD_COLORS: [RGBColor; 4] = [
+/// One colour per entry of [`Workload::ALL`], in that order.
+const WORKLOAD_COLORS: [RGBColor; Workload::ALL.len()] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(127, 127, 127),
 ];
 
 /// Throughput (top) and p99 latency (bottom) against clients, one line per system and
@@ -293,7 +375,7 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     for (area, title, y_desc, value) in [
         (
             &top,
-            "committed operations per second (log scale)",
+            "operations per second (log scale)",
             "ops/s",
             (|r: &Row| r.measured.ops_per_s) as fn(&Row) -> f64,
         ),
@@ -327,7 +409,7 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
             .label_style(("sans-serif", 14))
             .draw()?;
         for (i, workload) in Workload::ALL.iter().enumerate() {
-            let color = WORKLOAD_COLORS[i % WORKLOAD_COLORS.len()];
+            let color = WORKLOAD_COLORS[i];
             for system in [System::Raftflow, System::Etcd] {
                 let points: Vec<(f64, f64)> = rows
                     .iter()
@@ -415,5 +497,32 @@ mod tests {
         assert!(t.contains("| transitions | 64 | 3000 |"), "{t}");
         assert!(t.contains("1.50×"), "{t}");
         assert!(t.contains("| tasks | 64 | 500 |"), "{t}");
+    }
+
+    #[test]
+    fn cost_per_operation_divides_cpu_by_completed_operations() {
+        let mut r = row(System::Raftflow, Workload::Ping, 64, 1000.0);
+        r.measured.generator_cpu_s = 0.02;
+        r.measured.nodes = vec![
+            crate::bench::procstat::Usage {
+                pid: 1,
+                cpu_s: 0.01,
+                peak_rss_mib: 10.0,
+            };
+            3
+        ];
+        let (nodes, generator) = cpu_per_op_us(&r).unwrap();
+        assert!((nodes - 30.0).abs() < 1e-9, "{nodes}");
+        assert!((generator - 20.0).abs() < 1e-9, "{generator}");
+        let none = row(System::Etcd, Workload::Ping, 64, 0.0);
+        assert_eq!(cpu_per_op_us(&none), None);
+        let t = table(&[r, none]);
+        assert!(t.contains("| ping | 64 | 30 | 20 | - | - |"), "{t}");
+    }
+
+    #[test]
+    fn a_wakeup_costs_something_and_p99_is_not_below_p50() {
+        let [p50, p99] = wakeup_latency_us(200).unwrap();
+        assert!(p50 > 0.0 && p99 >= p50, "{p50} {p99}");
     }
 }

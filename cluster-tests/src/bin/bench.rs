@@ -10,8 +10,8 @@ use raftflow_cluster_tests::bench::{idle, restart, run, Config, System};
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Comma-separated: create, transitions, read-mix, tasks (empty: none).
-    #[arg(long, default_value = "create,transitions,read-mix,tasks")]
+    /// Comma-separated: create, transitions, read-mix, tasks, ping (empty: none).
+    #[arg(long, default_value = "create,transitions,read-mix,tasks,ping")]
     workloads: String,
     /// Comma-separated numbers of concurrent clients.
     #[arg(long, default_value = "1,16,64,256")]
@@ -92,12 +92,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let machine = Machine::describe();
     println!(
-        "raftflow-bench: {} ({} cores, {} GiB, fdatasync p50 {} / p99 {} µs), {}; {} s per cell after {} s warm-up",
+        "raftflow-bench: {} ({} cores, {} GiB, fdatasync p50 {} / p99 {} µs, thread wake-up p50 {} / p99 {} µs), {}; {} s per cell after {} s warm-up",
         machine.cpu,
         machine.cores,
         machine.memory_gib,
         machine.fsync_us[0],
         machine.fsync_us[1],
+        machine.wakeup_us[0],
+        machine.wakeup_us[1],
         machine.etcd,
         config.duration_s,
         config.warmup_s
