@@ -405,12 +405,17 @@ async fn a_follower_cut_off_from_its_leader_answers_503_at_once() {
     let (cluster, leader) = one_group_with_a_counter("f-1").await;
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let others: Vec<u64> = (1..=3).filter(|n| *n != follower).collect();
+    let h = Http::new(&cluster.node(follower).client);
+    // A linearizable listing waits until the follower has applied the create, so the local
+    // listing below has f-1 to show (the create's ack only says a majority has it, which may
+    // be the leader and the other follower).
+    let before = h.get("/v1/workflows").await;
+    assert_eq!(before.body["workflows"][0]["id"], "f-1", "{}", before.body);
     for n in &others {
         cluster.pause(*n, true);
     }
     // Longer than two election timeouts (2 x 1.5 s): the follower has given up on its leader.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let h = Http::new(&cluster.node(follower).client);
     let start = std::time::Instant::now();
     let a = h
         .post("/v1/workflows/f-1/events", json!({"event": "tick"}))
