@@ -46,9 +46,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve(args) => {
             let cfg = config::resolve(*args)?;
             init_logging(&cfg.log_format);
+            raftflow_storage::disable_perf_counters_on_this_thread();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("raftflow")
+                .on_thread_start(raftflow_storage::disable_perf_counters_on_this_thread)
                 .build()?;
             rt.block_on(serve(cfg))
         }

@@ -101,7 +101,10 @@ impl Syncer {
         let (thread_queue, thread_stats) = (queue.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || run(db, thread_queue, thread_stats))
+            .spawn(move || {
+                crate::disable_perf_counters_on_this_thread();
+                run(db, thread_queue, thread_stats)
+            })
             .expect("spawn wal-sync thread");
         Syncer {
             queue,
