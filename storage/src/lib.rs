@@ -5,7 +5,7 @@
 //! hold the data, each keyed by group first so that a group's rows form one contiguous range:
 //!
 //! - `log`:   `group (u64 BE) ‖ index (u64 BE)` -> encoded log entry
-//! - `raft`:  `group (u64 BE) ‖ name`           -> vote, committed, last purged
+//! - `raft`:  `group (u64 BE) ‖ name`           -> vote, last purged
 //! - `state`: `group (u64 BE) ‖ table ‖ key`    -> state-machine rows
 //!
 //! Durability comes from one WAL fsync per batch of writers (group commit, see [`Syncer`]):
