@@ -80,12 +80,17 @@ def library(name):
     m = re.search(r"index\.crates\.io-[0-9a-f]+/([A-Za-z0-9_\-]+?)-\d", name)
     if m:
         return m.group(1)
-    if name.startswith("/rustc/"):
+    # std's own sources, and the crates std vendors (hashbrown), inlined into their callers.
+    if name.startswith("/rustc/") or name.startswith("/rust/deps/"):
         return "Rust std/core/alloc (inlined)"
     if "libc.so" in name or name.startswith("./"):
         return "libc memcpy" if "memmove" in name or "memcpy" in name else "libc other"
-    m = re.search(r"/(api|raft|storage|workflow|src)/src/", name)
-    return f"raftflow {m.group(1)}" if m else "other"
+    # Our sources are absolute, or relative when callgrind_annotate runs in the checkout the
+    # binary was built in (as `make profile` does).
+    m = re.match(r"(?:/\S*?/)?(api|raft|storage|workflow)/src/", name)
+    if m:
+        return f"raftflow {m.group(1)}"
+    return "raftflow binary" if re.match(r"(?:/\S*?/)?src/", name) else "other"
 
 
 def summary(n, files):

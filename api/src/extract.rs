@@ -37,7 +37,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|e| body_error(e, state.config.max_body_bytes))?;
+            .map_err(|e| body_error(e, limit))?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {

@@ -80,9 +80,7 @@ fn fsync_latency_us(n: usize) -> std::io::Result<[f64; 2]> {
         file.sync_data()?;
         took.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    took.sort_by(f64::total_cmp);
-    let at = |p: f64| took[((n as f64 * p) as usize).min(n - 1)].round();
-    Ok([at(0.5), at(0.99)])
+    Ok(p50_p99(took).map(f64::round))
 }
 
 /// p50 and p99 of half the round trip of one byte between two threads over a Unix socket
@@ -109,9 +107,14 @@ fn wakeup_latency_us(n: usize) -> std::io::Result<[f64; 2]> {
     }
     echo.join()
         .map_err(|_| std::io::Error::other("echo thread panicked"))??;
-    took.sort_by(f64::total_cmp);
-    let at = |p: f64| (took[((n as f64 * p) as usize).min(n - 1)] * 10.0).round() / 10.0;
-    Ok([at(0.5), at(0.99)])
+    Ok(p50_p99(took).map(|us| (us * 10.0).round() / 10.0))
+}
+
+/// The p50 and p99 of a machine probe's samples (at least one).
+fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
+    samples.sort_by(f64::total_cmp);
+    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    [at(0.5), at(0.99)]
 }
 
 fn cpu_total(row: &Row) -> f64 {
