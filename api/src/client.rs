@@ -33,6 +33,18 @@ impl ClientError {
         }
     }
 
+    /// The error a non-2xx answer with the API's error body stands for.
+    pub fn from_response(status: u16, body: &[u8]) -> ClientError {
+        let err: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let e = &err["error"];
+        ClientError::Api {
+            status,
+            code: e["code"].as_str().unwrap_or("unknown").to_string(),
+            message: e["message"].as_str().unwrap_or_default().to_string(),
+            details: e.get("details").cloned(),
+        }
+    }
+
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
@@ -113,14 +125,7 @@ impl Client {
                 .map_err(|e| ClientError::Transport(format!("bad response body: {e}")))?;
             return Ok((status, v));
         }
-        let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let e = &err["error"];
-        Err(ClientError::Api {
-            status,
-            code: e["code"].as_str().unwrap_or("unknown").to_string(),
-            message: e["message"].as_str().unwrap_or_default().to_string(),
-            details: e.get("details").cloned(),
-        })
+        Err(ClientError::from_response(status, &bytes))
     }
 
     /// PUT a definition; the status is 201 for a new version, 200 for an unchanged one.

@@ -4,30 +4,67 @@
 
 use std::time::Duration;
 
-use raftflow_cluster_tests::bench::etcd::{EtcdClient, EtcdCluster, EtcdError};
-use raftflow_cluster_tests::bench::load::Workload;
+use raftflow_cluster_tests::bench::etcd::{EtcdClient, EtcdCluster};
+use raftflow_cluster_tests::bench::load::{self, Conn, Workload};
+use raftflow_cluster_tests::bench::wire::Wire;
 use raftflow_cluster_tests::bench::{report, run, Config, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compare_and_set_refuses_a_stale_revision() {
     let etcd = EtcdCluster::start(3).expect("etcd starts");
     etcd.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let a = EtcdClient::new(&etcd.clients[0], Duration::from_secs(5));
-    let b = EtcdClient::new(&etcd.clients[2], Duration::from_secs(5));
-    let r1 = a.put_if("k", 0, "one").await.expect("create");
-    assert!(matches!(
-        a.put_if("k", 0, "again").await,
-        Err(EtcdError::CompareFailed)
-    ));
-    let r2 = b.put_if("k", r1, "two").await.expect("cas from r1");
+    // The generator's own connections, as the measured cells use them.
+    let conn = |i: usize| Conn::Etcd {
+        wire: Wire::new(&etcd.clients[i], Duration::from_secs(5)),
+    };
+    let (mut a, mut b) = (conn(0), conn(2));
+    let r1 = a.create("k").await.expect("create");
+    assert_eq!(a.create("k").await.unwrap_err().code(), "compare_failed");
+    let r2 = b.transition("k", r1).await.expect("cas from r1");
     assert!(r2 > r1);
-    assert!(matches!(
-        a.put_if("k", r1, "stale").await,
-        Err(EtcdError::CompareFailed)
-    ));
+    assert_eq!(
+        a.transition("k", r1).await.unwrap_err().code(),
+        "compare_failed"
+    );
     // A linearizable read on another member sees the last write.
-    assert_eq!(a.get("k").await.unwrap(), (r2, "two".to_string()));
-    assert_eq!(b.get("missing").await.unwrap().0, 0);
+    assert_eq!(a.read("k").await.unwrap(), r2);
+    assert_eq!(b.read("missing").await.unwrap(), 0);
+    let reader = EtcdClient::new(&etcd.clients[1], Duration::from_secs(5));
+    let (rev, value) = reader.get("k").await.unwrap();
+    assert_eq!(rev, r2);
+    assert!(
+        value.contains(&format!("\"revision\":{}", r1 + 1)),
+        "{value}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raftflow_transitions_refuse_a_stale_revision_through_the_generator() {
+    let cluster = raftflow_cluster_tests::Cluster::start(3, 2, &[]);
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    cluster
+        .client(1)
+        .put_definition("bench-pingpong", &load::pingpong())
+        .await
+        .unwrap();
+    let conn = |i: usize| {
+        let addr = &cluster.nodes[i].client;
+        Conn::Raftflow {
+            wire: Wire::new(addr, Duration::from_secs(10)),
+            client: raftflow_api::client::Client::new(addr, Duration::from_secs(10)),
+        }
+    };
+    let (mut a, mut b) = (conn(0), conn(2));
+    let r1 = a.create("w").await.expect("create");
+    let r2 = b.transition("w", r1).await.expect("transition from r1");
+    assert_eq!(r2, r1 + 1);
+    assert_eq!(
+        a.transition("w", r1).await.unwrap_err().code(),
+        "revision_mismatch"
+    );
+    assert_eq!(a.read("w").await.unwrap(), r2);
+    assert_eq!(b.read("missing").await.unwrap_err().code(), "not_found");
+    a.ping().await.expect("ping");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

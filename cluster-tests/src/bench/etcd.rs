@@ -159,26 +159,6 @@ impl EtcdClient {
 
     /// Puts `value` at `key` if `key`'s `mod_revision` is `expected` (0: the key does not exist)
     /// and returns the key's new `mod_revision`.
-    pub async fn put_if(&self, key: &str, expected: u64, value: &str) -> Result<u64, EtcdError> {
-        let (target, field) = if expected == 0 {
-            ("CREATE", "create_revision")
-        } else {
-            ("MOD", "mod_revision")
-        };
-        let body = json!({
-            "compare": [{"key": B64.encode(key), "target": target, field: expected.to_string(),
-                         "result": "EQUAL"}],
-            "success": [{"request_put": {"key": B64.encode(key), "value": B64.encode(value)}}],
-        });
-        let resp = self.post("/v3/kv/txn", &body).await?;
-        // proto3 JSON leaves out `false`.
-        if resp["succeeded"].as_bool() != Some(true) {
-            return Err(EtcdError::CompareFailed);
-        }
-        revision(&resp["header"]["revision"])
-    }
-
-    /// `GET /version`: answered by the member's HTTP handler without Raft or disk.
     pub async fn version(&self) -> Result<(), EtcdError> {
         send(self.http.get(format!("{}/version", self.base)))
             .await
@@ -220,6 +200,21 @@ async fn send(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, EtcdError> {
 }
 
 /// grpc-gateway writes int64 as a JSON string.
+/// A txn that puts `value` at `key` if the key's `mod_revision` is `expected` (with 0: if the
+/// key does not exist, by its `create_revision`).
+pub fn txn_put_if(key: &str, expected: u64, value: &str) -> Value {
+    let (target, field) = if expected == 0 {
+        ("CREATE", "create_revision")
+    } else {
+        ("MOD", "mod_revision")
+    };
+    json!({
+        "compare": [{"key": B64.encode(key), "target": target, field: expected.to_string(),
+                     "result": "EQUAL"}],
+        "success": [{"request_put": {"key": B64.encode(key), "value": B64.encode(value)}}],
+    })
+}
+
 fn revision(v: &Value) -> Result<u64, EtcdError> {
     v.as_str()
         .and_then(|s| s.parse().ok())

@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use raftflow_api::client::{Client, ClientError};
 use raftflow_api::types::{CompleteTask, CreateWorkflow, PollTasks, SendEvent};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::etcd::{EtcdClient, EtcdError};
+use super::etcd::EtcdError;
 use super::procstat::Usage;
+use super::wire::{Wire, WireError};
 
 /// What each client does in a loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -63,11 +66,11 @@ impl Workload {
     }
 }
 
-/// One node of the system under load.
-#[derive(Clone)]
+/// One client's connection to one node of the system under load. The measured requests go
+/// through [`Wire`]; the tasks workload uses the typed client.
 pub enum Conn {
-    Raftflow(Client),
-    Etcd(EtcdClient),
+    Raftflow { wire: Wire, client: Client },
+    Etcd { wire: Wire },
 }
 
 /// The definition every transition workload uses: two states, every event accepted, forever.
@@ -114,6 +117,13 @@ impl Failed {
         self.code = format!("{step}: {}", self.code);
         self
     }
+
+    fn transport(e: WireError) -> Failed {
+        Failed {
+            code: "transport".into(),
+            message: e.0,
+        }
+    }
 }
 
 impl From<ClientError> for Failed {
@@ -122,6 +132,13 @@ impl From<ClientError> for Failed {
             code: e.code().unwrap_or("transport").to_string(),
             message: e.to_string(),
         }
+    }
+}
+
+impl Failed {
+    /// The code this failure is counted under.
+    pub fn code(&self) -> &str {
+        &self.code
     }
 }
 
@@ -134,70 +151,167 @@ impl From<EtcdError> for Failed {
     }
 }
 
+/// The part of raftflow's workflow view the generator reads.
+#[derive(serde::Deserialize)]
+struct Revision {
+    revision: u64,
+}
+
+/// A raftflow answer: the workflow's revision on 2xx, else the API's error code.
+fn raftflow_revision(status: u16, body: &[u8]) -> Result<u64, Failed> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice::<Revision>(body)
+            .map(|r| r.revision)
+            .map_err(|e| Failed {
+                code: "bad_response".into(),
+                message: format!("{e}: {}", String::from_utf8_lossy(body)),
+            });
+    }
+    Err(Failed::from(ClientError::from_response(status, body)))
+}
+
+/// The parts of etcd's txn and range answers the generator reads (int64s are strings).
+#[derive(serde::Deserialize)]
+struct EtcdReply {
+    header: EtcdHeader,
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    kvs: Vec<EtcdKv>,
+}
+
+#[derive(serde::Deserialize)]
+struct EtcdHeader {
+    revision: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EtcdKv {
+    mod_revision: String,
+}
+
+fn etcd_reply(status: u16, body: &[u8]) -> Result<EtcdReply, Failed> {
+    if status != 200 {
+        return Err(Failed::from(EtcdError::Status(status)));
+    }
+    serde_json::from_slice(body).map_err(|e| Failed {
+        code: "bad_response".into(),
+        message: format!("{e}: {}", String::from_utf8_lossy(body)),
+    })
+}
+
+fn etcd_int(s: &str) -> Result<u64, Failed> {
+    s.parse().map_err(|_| Failed {
+        code: "bad_response".into(),
+        message: format!("not a revision: {s:?}"),
+    })
+}
+
 impl Conn {
     /// Creates `key`; returns its revision.
-    async fn create(&self, key: &str) -> Result<u64, Failed> {
+    pub async fn create(&mut self, key: &str) -> Result<u64, Failed> {
         match self {
-            Conn::Raftflow(c) => {
+            Conn::Raftflow { wire, .. } => {
                 let req = CreateWorkflow {
                     id: Some(key.to_string()),
                     definition: "bench-pingpong".into(),
                     version: None,
                     context: None,
                 };
-                c.create_workflow(&req)
+                let body = serde_json::to_vec(&req).expect("a request encodes");
+                let status = wire
+                    .post("/v1/workflows", &body)
                     .await
-                    .map(|(_, wf)| wf.revision)
-                    .map_err(Failed::from)
+                    .map_err(Failed::transport)?;
+                raftflow_revision(status, wire.body())
             }
-            Conn::Etcd(c) => c
-                .put_if(key, 0, &etcd_value(key, 1))
-                .await
-                .map_err(Failed::from),
+            Conn::Etcd { wire } => etcd_put_if(wire, key, 0, &etcd_value(key, 1)).await,
         }
     }
 
     /// A compare-and-set transition from `revision`; returns the new revision.
-    async fn transition(&self, key: &str, revision: u64) -> Result<u64, Failed> {
+    pub async fn transition(&mut self, key: &str, revision: u64) -> Result<u64, Failed> {
         match self {
-            Conn::Raftflow(c) => {
+            Conn::Raftflow { wire, .. } => {
                 let req = SendEvent {
                     event: if revision % 2 == 1 { "flip" } else { "flop" }.into(),
                     payload: None,
                     expected_revision: Some(revision),
                     request_id: None,
                 };
-                c.send_event(key, &req)
+                let body = serde_json::to_vec(&req).expect("a request encodes");
+                let status = wire
+                    .post(&format!("/v1/workflows/{key}/events"), &body)
                     .await
-                    .map(|wf| wf.revision)
-                    .map_err(Failed::from)
+                    .map_err(Failed::transport)?;
+                raftflow_revision(status, wire.body())
             }
-            Conn::Etcd(c) => c
-                .put_if(key, revision, &etcd_value(key, revision + 1))
-                .await
-                .map_err(Failed::from),
+            Conn::Etcd { wire } => {
+                etcd_put_if(wire, key, revision, &etcd_value(key, revision + 1)).await
+            }
         }
     }
 
     /// A request the server answers without Raft or disk.
-    async fn ping(&self) -> Result<(), Failed> {
-        match self {
-            Conn::Raftflow(c) => c.get_json("/healthz").await.map(drop).map_err(Failed::from),
-            Conn::Etcd(c) => c.version().await.map_err(Failed::from),
+    pub async fn ping(&mut self) -> Result<(), Failed> {
+        let (wire, path) = match self {
+            Conn::Raftflow { wire, .. } => (wire, "/healthz"),
+            Conn::Etcd { wire } => (wire, "/version"),
+        };
+        match wire.get(path).await.map_err(Failed::transport)? {
+            200 => Ok(()),
+            status => Err(Failed {
+                code: format!("http_{status}"),
+                message: String::from_utf8_lossy(wire.body()).into_owned(),
+            }),
         }
     }
 
     /// A linearizable read; returns the current revision.
-    async fn read(&self, key: &str) -> Result<u64, Failed> {
+    pub async fn read(&mut self, key: &str) -> Result<u64, Failed> {
         match self {
-            Conn::Raftflow(c) => c
-                .get_workflow(key, false)
-                .await
-                .map(|wf| wf.revision)
-                .map_err(Failed::from),
-            Conn::Etcd(c) => c.get(key).await.map(|(rev, _)| rev).map_err(Failed::from),
+            Conn::Raftflow { wire, .. } => {
+                let status = wire
+                    .get(&format!("/v1/workflows/{key}"))
+                    .await
+                    .map_err(Failed::transport)?;
+                raftflow_revision(status, wire.body())
+            }
+            Conn::Etcd { wire } => {
+                let body = serde_json::to_vec(&serde_json::json!({"key": B64.encode(key)}))
+                    .expect("a request encodes");
+                let status = wire
+                    .post("/v3/kv/range", &body)
+                    .await
+                    .map_err(Failed::transport)?;
+                match etcd_reply(status, wire.body())?.kvs.first() {
+                    Some(kv) => etcd_int(&kv.mod_revision),
+                    None => Ok(0),
+                }
+            }
         }
     }
+}
+
+/// etcd's equivalent of a transition: a txn that compares the key's `mod_revision` (its
+/// `create_revision` with 0, for a create) and puts `value`; returns the new revision.
+async fn etcd_put_if(
+    wire: &mut Wire,
+    key: &str,
+    expected: u64,
+    value: &str,
+) -> Result<u64, Failed> {
+    let body = serde_json::to_vec(&super::etcd::txn_put_if(key, expected, value))
+        .expect("a request encodes");
+    let status = wire
+        .post("/v3/kv/txn", &body)
+        .await
+        .map_err(Failed::transport)?;
+    let reply = etcd_reply(status, wire.body())?;
+    if !reply.succeeded {
+        return Err(Failed::from(EtcdError::CompareFailed));
+    }
+    etcd_int(&reply.header.revision)
 }
 
 /// What one cell of the run measured.
@@ -346,7 +460,7 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
 }
 
 /// One closed-loop client of the create, transitions and read-mix workloads.
-async fn closed_loop(conn: Conn, workload: Workload, key: String, seed: u64, shared: &Shared) {
+async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64, shared: &Shared) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut revision = 0;
     if !matches!(workload, Workload::Create | Workload::Ping) {
@@ -399,7 +513,7 @@ fn spawn_tasks(
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let backlog = Arc::new(tokio::sync::Semaphore::new(cell.clients.max(1) * 2));
     for c in 0..cell.clients {
-        let Conn::Raftflow(client) = (cell.connect)(c) else {
+        let Conn::Raftflow { client, .. } = (cell.connect)(c) else {
             return;
         };
         let (shared, started, backlog) = (shared.clone(), started.clone(), backlog.clone());
@@ -431,7 +545,7 @@ fn spawn_tasks(
         }));
     }
     for w in 0..cell.clients {
-        let Conn::Raftflow(client) = (cell.connect)(w) else {
+        let Conn::Raftflow { client, .. } = (cell.connect)(w) else {
             return;
         };
         let (shared, started, backlog) = (shared.clone(), started.clone(), backlog.clone());

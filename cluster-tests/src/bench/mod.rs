@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod load;
 pub mod procstat;
 pub mod report;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,8 +19,9 @@ use raftflow_api::client::Client;
 use serde::Serialize;
 
 use crate::{Cluster, Spec};
-use etcd::{EtcdClient, EtcdCluster};
+use etcd::EtcdCluster;
 use load::{Cell, Conn, Measured, Workload};
+use wire::Wire;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +95,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                 let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
                 let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
                 let connect = |c: usize| {
-                    Conn::Raftflow(Client::new(&addrs[c % addrs.len()], REQUEST_TIMEOUT))
+                    let addr = &addrs[c % addrs.len()];
+                    Conn::Raftflow {
+                        wire: Wire::new(addr, REQUEST_TIMEOUT),
+                        client: Client::new(addr, REQUEST_TIMEOUT),
+                    }
                 };
                 for &workload in &config.workloads {
                     for &clients in &config.concurrency {
@@ -121,11 +127,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                     .await
                     .context("etcd cluster")?;
                 let pids = cluster.pids();
-                let connect = |c: usize| {
-                    Conn::Etcd(EtcdClient::new(
-                        &cluster.clients[c % cluster.clients.len()],
-                        REQUEST_TIMEOUT,
-                    ))
+                let connect = |c: usize| Conn::Etcd {
+                    wire: Wire::new(&cluster.clients[c % cluster.clients.len()], REQUEST_TIMEOUT),
                 };
                 for &workload in config.workloads.iter().filter(|w| w.on_etcd()) {
                     for &clients in &config.concurrency {
