@@ -54,13 +54,26 @@ impl Default for ApiConfig {
     }
 }
 
+/// What every handler shares. Axum clones the state for each extractor and middleware of
+/// every request, so it is one `Arc`: one reference count to touch, not one per field, each a
+/// cache line the two cores would pass back and forth.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub node: Arc<RaftNode>,
-    pub config: Arc<ApiConfig>,
+    pub config: ApiConfig,
     http: reqwest::Client,
-    metrics: Arc<metrics::HttpMetrics>,
-    inflight: Arc<tokio::sync::Semaphore>,
+    metrics: metrics::HttpMetrics,
+    inflight: tokio::sync::Semaphore,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -70,13 +83,13 @@ impl AppState {
             .connect_timeout(PROBE_CONNECT_TIMEOUT)
             .build()
             .expect("http client builds");
-        AppState {
+        AppState(Arc::new(Shared {
             node,
-            inflight: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_requests)),
-            config: Arc::new(config),
+            inflight: tokio::sync::Semaphore::new(config.max_inflight_requests),
+            config,
             http,
-            metrics: Arc::default(),
-        }
+            metrics: Default::default(),
+        }))
     }
 }
 
@@ -160,7 +173,7 @@ async fn shed_load(
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;
     }
-    match state.inflight.clone().try_acquire_owned() {
+    match state.inflight.try_acquire() {
         Ok(_permit) => next.run(req).await,
         Err(_) => ApiError::overloaded(state.config.max_inflight_requests).into_response(),
     }
