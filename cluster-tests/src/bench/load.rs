@@ -118,6 +118,11 @@ impl Failed {
         self
     }
 
+    /// The code this failure is counted under.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
     fn transport(e: WireError) -> Failed {
         Failed {
             code: "transport".into(),
@@ -132,13 +137,6 @@ impl From<ClientError> for Failed {
             code: e.code().unwrap_or("transport").to_string(),
             message: e.to_string(),
         }
-    }
-}
-
-impl Failed {
-    /// The code this failure is counted under.
-    pub fn code(&self) -> &str {
-        &self.code
     }
 }
 
