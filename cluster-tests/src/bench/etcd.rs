@@ -133,7 +133,8 @@ impl EtcdError {
     }
 }
 
-/// A client of one etcd member's JSON gateway.
+/// A client of one etcd member's JSON gateway, for setup and checks (the measured requests
+/// go through the generator's own connections, `load::Conn`).
 #[derive(Clone)]
 pub struct EtcdClient {
     base: String,
@@ -153,16 +154,22 @@ impl EtcdClient {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
-        let bytes = send(self.http.post(format!("{}{path}", self.base)).json(body)).await?;
-        serde_json::from_slice(&bytes).map_err(|e| EtcdError::Transport(e.to_string()))
-    }
-
-    /// Puts `value` at `key` if `key`'s `mod_revision` is `expected` (0: the key does not exist)
-    /// and returns the key's new `mod_revision`.
-    pub async fn version(&self) -> Result<(), EtcdError> {
-        send(self.http.get(format!("{}/version", self.base)))
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
             .await
-            .map(drop)
+            .map_err(|e| EtcdError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| EtcdError::Transport(e.to_string()))?;
+        if status != 200 {
+            return Err(EtcdError::Status(status));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| EtcdError::Transport(e.to_string()))
     }
 
     /// A linearizable read: the key's `mod_revision` (0 when absent) and value.
@@ -182,24 +189,6 @@ impl EtcdClient {
     }
 }
 
-/// Sends `req` and returns the body of a 200 answer.
-async fn send(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, EtcdError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| EtcdError::Transport(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| EtcdError::Transport(e.to_string()))?;
-    if status != 200 {
-        return Err(EtcdError::Status(status));
-    }
-    Ok(bytes)
-}
-
-/// grpc-gateway writes int64 as a JSON string.
 /// A txn that puts `value` at `key` if the key's `mod_revision` is `expected` (with 0: if the
 /// key does not exist, by its `create_revision`).
 pub fn txn_put_if(key: &str, expected: u64, value: &str) -> Value {
@@ -215,6 +204,7 @@ pub fn txn_put_if(key: &str, expected: u64, value: &str) -> Value {
     })
 }
 
+/// grpc-gateway writes int64 as a JSON string.
 fn revision(v: &Value) -> Result<u64, EtcdError> {
     v.as_str()
         .and_then(|s| s.parse().ok())

@@ -129,6 +129,19 @@ impl Failed {
             message: e.0,
         }
     }
+
+    fn bad_response(message: String) -> Failed {
+        Failed {
+            code: "bad_response".into(),
+            message,
+        }
+    }
+}
+
+/// The part of an answer's JSON body the generator reads.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failed> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failed::bad_response(format!("{e}: {}", String::from_utf8_lossy(body))))
 }
 
 impl From<ClientError> for Failed {
@@ -158,12 +171,7 @@ struct Revision {
 /// A raftflow answer: the workflow's revision on 2xx, else the API's error code.
 fn raftflow_revision(status: u16, body: &[u8]) -> Result<u64, Failed> {
     if (200..300).contains(&status) {
-        return serde_json::from_slice::<Revision>(body)
-            .map(|r| r.revision)
-            .map_err(|e| Failed {
-                code: "bad_response".into(),
-                message: format!("{e}: {}", String::from_utf8_lossy(body)),
-            });
+        return decode::<Revision>(body).map(|r| r.revision);
     }
     Err(Failed::from(ClientError::from_response(status, body)))
 }
@@ -192,17 +200,12 @@ fn etcd_reply(status: u16, body: &[u8]) -> Result<EtcdReply, Failed> {
     if status != 200 {
         return Err(Failed::from(EtcdError::Status(status)));
     }
-    serde_json::from_slice(body).map_err(|e| Failed {
-        code: "bad_response".into(),
-        message: format!("{e}: {}", String::from_utf8_lossy(body)),
-    })
+    decode(body)
 }
 
 fn etcd_int(s: &str) -> Result<u64, Failed> {
-    s.parse().map_err(|_| Failed {
-        code: "bad_response".into(),
-        message: format!("not a revision: {s:?}"),
-    })
+    s.parse()
+        .map_err(|_| Failed::bad_response(format!("not a revision: {s:?}")))
 }
 
 impl Conn {
