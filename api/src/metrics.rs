@@ -114,6 +114,11 @@ pub fn render(state: &AppState) -> String {
             c.proposals.load(Ordering::Relaxed),
         ),
         (
+            "raftflow_proposal_entries_total",
+            "Raft entries this node's proposals went into; under load several commands share one.",
+            c.proposal_entries.load(Ordering::Relaxed),
+        ),
+        (
             "raftflow_proposals_failed_total",
             "Proposals that failed (not leader, no quorum).",
             c.proposals_failed.load(Ordering::Relaxed),
@@ -140,6 +145,11 @@ pub fn render(state: &AppState) -> String {
             "raftflow_wal_synced_entries_total",
             "Log entries made durable; divide by fsyncs for entries per fsync.",
             sync.entries.load(Ordering::Relaxed),
+        ),
+        (
+            "raftflow_wal_synced_commands_total",
+            "Client commands in those entries (an entry carries several under load); divide by fsyncs for commands per fsync.",
+            sync.commands.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, v) in counters.iter().chain(wal.iter()) {

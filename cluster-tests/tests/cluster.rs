@@ -619,6 +619,92 @@ async fn listing_pages_over_every_group_with_filters() {
     assert_eq!(err.code(), Some("invalid_transition"));
 }
 
+/// A counter of `name` on every node's `/metrics`, summed.
+async fn metric_sum(cluster: &Cluster, nodes: u64, name: &str) -> f64 {
+    let http = reqwest::Client::new();
+    let mut sum = 0.0;
+    for node in 1..=nodes {
+        let text = http
+            .get(format!("http://{}/metrics", cluster.node(node).client))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("node {node} has no metric {name}"));
+    }
+    sum
+}
+
+/// Commands that reach a busy group's leader together share one Raft entry. Each still gets
+/// its own outcome, and applies after the ones before it in the entry: of two events on one
+/// workflow that expect the same revision, exactly one wins, wherever they landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_share_entries_and_each_gets_its_own_outcome() {
+    const WORKFLOWS: usize = 48;
+    const ROUNDS: u64 = 4;
+    // One data group: every command goes to the same leader.
+    let cluster = Cluster::start(3, 1, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    let c = cluster.client(1);
+    define_counter(&c).await;
+    for i in 0..WORKFLOWS {
+        c.create_workflow(&create(&format!("b-{i}"), "counter"))
+            .await
+            .unwrap();
+    }
+    let proposals_before = metric_sum(&cluster, 3, "raftflow_proposals_total").await;
+    let entries_before = metric_sum(&cluster, 3, "raftflow_proposal_entries_total").await;
+    for round in 1..=ROUNDS {
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..WORKFLOWS {
+            for node in [1 + (i as u64 % 3), 1 + ((i as u64 + 1) % 3)] {
+                let client = cluster.client(node);
+                sends.spawn(async move {
+                    let sent = client
+                        .send_event(&format!("b-{i}"), &tick(Some(round)))
+                        .await;
+                    (i, sent)
+                });
+            }
+        }
+        let mut won = vec![0; WORKFLOWS];
+        while let Some(joined) = sends.join_next().await {
+            match joined.unwrap() {
+                (i, Ok(wf)) => {
+                    assert_eq!(wf.revision, round + 1, "b-{i}");
+                    won[i] += 1;
+                }
+                (i, Err(e)) => assert_eq!(e.code(), Some("revision_mismatch"), "b-{i}: {e}"),
+            }
+        }
+        assert!(won.iter().all(|&n| n == 1), "round {round}: {won:?}");
+    }
+    let proposals = metric_sum(&cluster, 3, "raftflow_proposals_total").await - proposals_before;
+    let entries = metric_sum(&cluster, 3, "raftflow_proposal_entries_total").await - entries_before;
+    let commands = (WORKFLOWS as u64 * 2 * ROUNDS) as f64;
+    assert!(
+        proposals >= commands,
+        "{proposals} proposals for {commands} commands"
+    );
+    assert!(
+        entries < proposals,
+        "{proposals} commands went into {entries} entries: none shared one"
+    );
+    for i in 0..WORKFLOWS {
+        let wf = cluster
+            .client(2)
+            .get_workflow(&format!("b-{i}"), false)
+            .await
+            .unwrap();
+        assert_eq!(wf.revision, ROUNDS + 1, "b-{i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_openapi_describe_the_node() {
     let cluster = Cluster::start(3, 2, &[]);
@@ -648,13 +734,19 @@ async fn metrics_and_openapi_describe_the_node() {
     };
     assert!(value("raftflow_wal_fsyncs_total") > 0.0);
     // 11 client writes plus the groups' own entries, all made durable by those fsyncs.
-    assert!(value("raftflow_wal_synced_entries_total") >= 11.0);
+    assert!(value("raftflow_wal_synced_commands_total") >= 11.0);
+    assert!(value("raftflow_wal_synced_entries_total") >= 1.0);
     assert!(value("raftflow_group_applied_index{group=\"0\"}") > 0.0);
     assert!(text.contains("raftflow_group_leader{group=\"1\"}"));
     assert!(text.contains("raftflow_http_requests_total{route=\"/v1/workflows/{id}/events\",method=\"POST\",status=\"200\"}"));
     assert!(text.contains("raftflow_http_request_duration_seconds_bucket{route=\"/v1/workflows/{id}/events\",le=\"+Inf\"}"));
     let proposals = value("raftflow_proposals_total");
     assert!(proposals >= 1.0, "node 1 proposed {proposals}");
+    let entries = value("raftflow_proposal_entries_total");
+    assert!(
+        entries >= 1.0 && entries <= proposals,
+        "{proposals} proposals in {entries} entries"
+    );
 
     let doc: serde_json::Value = http
         .get(format!("{base}/openapi.json"))

@@ -75,6 +75,11 @@ pub enum Command {
     /// Data group: time has advanced to the entry's stamp. Expired leases and finished
     /// backoffs make their tasks ready again; due timers fire.
     Tick,
+    /// Data group: several client commands that reached the leader together, applied in
+    /// order as if each had its own entry (see [`Command::batchable`]). One entry for many
+    /// commands is what lets a busy group pay Raft's per-entry costs (appending, replicating,
+    /// applying, answering) once for all of them.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -90,6 +95,85 @@ impl Command {
             Command::FailTask { .. } => "fail_task",
             Command::HeartbeatTask { .. } => "heartbeat_task",
             Command::Tick => "tick",
+            Command::Batch(_) => "batch",
+        }
+    }
+
+    /// Whether the command may share an entry with others. A lease may not: its fencing
+    /// token is its entry's index, which must differ between any two leases. A tick may not:
+    /// it stands for the time of its own entry. Definitions go to the meta group, which is
+    /// never busy.
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateWorkflow { .. }
+                | Command::Event { .. }
+                | Command::Cancel { .. }
+                | Command::CompleteTask { .. }
+                | Command::FailTask { .. }
+                | Command::HeartbeatTask { .. }
+        )
+    }
+
+    /// The client commands this one stands for: those in a batch, else 1.
+    pub fn count(&self) -> usize {
+        match self {
+            Command::Batch(commands) => commands.len(),
+            _ => 1,
+        }
+    }
+
+    /// The bytes of text the command carries, near enough to bound a batch's size.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Command::PutDefinition { name, json } => name.len() + json.len(),
+            Command::CreateWorkflow {
+                id,
+                definition,
+                definition_json,
+                context_json,
+                fingerprint,
+                ..
+            } => {
+                id.len()
+                    + definition.len()
+                    + definition_json.len()
+                    + context_json.len()
+                    + fingerprint.len()
+            }
+            Command::Event {
+                id,
+                event,
+                payload_json,
+                request_id,
+                ..
+            } => {
+                id.len()
+                    + event.len()
+                    + payload_json.as_ref().map_or(0, String::len)
+                    + request_id.as_ref().map_or(0, String::len)
+            }
+            Command::Cancel {
+                id,
+                reason,
+                request_id,
+            } => {
+                id.len()
+                    + reason.as_ref().map_or(0, String::len)
+                    + request_id.as_ref().map_or(0, String::len)
+            }
+            Command::LeaseTasks { types, worker, .. } => {
+                types.iter().map(String::len).sum::<usize>() + worker.len()
+            }
+            Command::CompleteTask {
+                task_id,
+                output_json,
+                ..
+            } => task_id.len() + output_json.as_ref().map_or(0, String::len),
+            Command::FailTask { task_id, error, .. } => task_id.len() + error.len(),
+            Command::HeartbeatTask { task_id, .. } => task_id.len(),
+            Command::Tick => 0,
+            Command::Batch(commands) => commands.iter().map(Command::text_len).sum(),
         }
     }
 }
@@ -165,6 +249,8 @@ pub enum Outcome {
         task: Task,
         workflow: Workflow,
     },
+    /// The outcomes of a [`Command::Batch`], in its order.
+    Batch(Vec<Outcome>),
 }
 
 /// A task as a worker receives it.
@@ -207,6 +293,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Task { task, .. } => {
                 write!(f, "task {} {}", task.id, task.phase.name())
             }
+            Outcome::Batch(outcomes) => write!(f, "{} outcomes", outcomes.len()),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod command;
 mod glue;
 pub mod mutant;
 mod node;
+mod proposer;
 pub mod ring;
 pub mod signals;
 pub mod tables;

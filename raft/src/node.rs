@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use raftflow_storage::Store;
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use crate::glue::network::{
 };
 use crate::glue::state_machine::GroupStateMachine;
 use crate::glue::{raft_config, NodeAddr, Raft, ServerState, Timing};
+use crate::proposer::Proposer;
 use crate::ring::SlotTable;
 use crate::signals::Signals;
 use crate::{Error, Result};
@@ -89,7 +90,10 @@ pub struct GroupStatus {
 /// Counters for `/metrics`.
 #[derive(Default, Debug)]
 pub struct RaftCounters {
+    /// Client commands proposed by this node as a leader.
     pub proposals: AtomicU64,
+    /// Entries those commands went into (several commands share one under load).
+    pub proposal_entries: Arc<AtomicU64>,
     pub proposals_failed: AtomicU64,
     pub read_barriers: AtomicU64,
 }
@@ -102,6 +106,8 @@ pub struct RaftNode {
     clients: Arc<PeerClients>,
     slots: SlotTable,
     counters: RaftCounters,
+    /// Each group's proposer, by group id.
+    proposers: Vec<Arc<Proposer>>,
     signals: Arc<Signals>,
     free_disk: FreeDisk,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -207,7 +213,7 @@ fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail * st.f_frsize)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -237,6 +243,8 @@ impl RaftNode {
         let registry = Arc::new(Registry::default());
         let clients = PeerClients::new(config.bind_source_ip);
         let signals = Arc::new(Signals::default());
+        let counters = RaftCounters::default();
+        let mut proposers = Vec::new();
         for group in std::iter::once(META_GROUP).chain(1..=config.groups) {
             let sm = GroupStateMachine::open(group, store.clone(), signals.clone())?;
             let log = GroupLogStore::new(group, store.clone());
@@ -255,6 +263,13 @@ impl RaftNode {
                 .map_err(|e| Error::Fatal(e.to_string()))?;
             // The node's one timer task drives heartbeats and elections (see `run_raft_timers`).
             raft.runtime_config().tick(false);
+            proposers.push(Proposer::new(
+                group,
+                raft.clone(),
+                signals.clone(),
+                config.members.clone(),
+                counters.proposal_entries.clone(),
+            ));
             registry.insert(group, raft);
         }
         let listener = TcpListener::bind(&config.peer_listen)
@@ -267,7 +282,8 @@ impl RaftNode {
             store,
             registry: registry.clone(),
             clients: clients.clone(),
-            counters: RaftCounters::default(),
+            counters,
+            proposers,
             signals,
             free_disk: FreeDisk::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -339,27 +355,31 @@ impl RaftNode {
         let raft = self.raft(group)?;
         self.check_quorum_contact(&raft, group)?;
         self.counters.proposals.fetch_add(1, Ordering::Relaxed);
-        let stamped = Stamped {
-            at_ms: self.signals.stamp(group, now_ms()),
-            command,
-        };
+        let mut command = command;
         if crate::mutant::active() == crate::mutant::Mutant::EarlyAck {
+            let stamped = Stamped {
+                at_ms: self.signals.stamp(group, now_ms()),
+                command,
+            };
             if let Some(predicted) = self.predict(group, &stamped) {
                 raft.client_write_ff(stamped, None)
                     .await
                     .map_err(|e| Error::Fatal(e.to_string()))?;
                 return Ok(predicted);
             }
+            command = stamped.command;
         }
-        match raft.client_write(stamped).await {
-            Ok(resp) => Ok(resp.data),
-            Err(e) => {
-                self.counters
-                    .proposals_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(self.write_error(e))
-            }
+        let proposer = self
+            .proposers
+            .get(group as usize)
+            .ok_or_else(|| Error::Config(format!("no group {group} on this node")))?;
+        let outcome = proposer.propose(command).await;
+        if outcome.is_err() {
+            self.counters
+                .proposals_failed
+                .fetch_add(1, Ordering::Relaxed);
         }
+        outcome
     }
 
     /// The `early-ack` mutant's guess of an event's outcome from this replica, before commit.
@@ -421,20 +441,6 @@ impl RaftNode {
                 format!("group {group}: this leader has not heard from a quorum for {ms} ms"),
             )),
             _ => Ok(()),
-        }
-    }
-
-    fn write_error(
-        &self,
-        e: RaftError<crate::glue::TypeConfig, ClientWriteError<crate::glue::TypeConfig>>,
-    ) -> Error {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f
-                    .leader_id
-                    .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
-            },
-            other => Error::Unavailable(other.to_string()),
         }
     }
 

@@ -24,7 +24,7 @@ use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, ReadOptions, Write
 
 pub use error::StorageError;
 pub use rocksdb::WriteBatch as Batch;
-pub use syncer::{SyncStats, Syncer};
+pub use syncer::{Covers, SyncStats, Syncer};
 
 const CF_LOG: &str = "log";
 const CF_RAFT: &str = "raft";
@@ -448,8 +448,10 @@ mod tests {
             s.put_raft_meta(&mut b, 1, "vote", b"v");
             s.write(b).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
-            s.syncer()
-                .sync(1, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+            s.syncer().sync(
+                crate::Covers::NOTHING,
+                Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+            );
             assert!(rx.recv().unwrap());
         }
         let s = Store::open(dir.path()).unwrap();

@@ -5,8 +5,9 @@
 //! which covers every write made before it, and then runs the callbacks in submission order.
 //! Under load, one fsync acknowledges the appends of many groups and many clients.
 //!
-//! While writers keep coming (the last batch had more than one request), a batch of fewer than
-//! [`GATHER_ENTRIES`] entries waits up to [`GATHER_WAIT`] for more before it syncs: on a
+//! While writers keep coming (the last batch had more than one request), a batch covering fewer
+//! than [`GATHER_COMMANDS`] client commands waits up to [`GATHER_WAIT`] for more before it
+//! syncs: on a
 //! CPU-bound node an fsync and its wake-ups cost more than the wait. A lone writer never waits.
 //! Writers wake the thread only when that ends its wait (the queue was empty, or the gathered
 //! batch is full), not for every request it gathers.
@@ -23,25 +24,43 @@ use rocksdb::DB;
 /// Most requests one fsync acknowledges; bounds the latency of the last callback in a batch.
 pub const MAX_SYNC_BATCH: usize = 4096;
 
-/// Under load, a batch with fewer entries waits for more (up to [`GATHER_WAIT`]).
-pub const GATHER_ENTRIES: u64 = 16;
+/// Under load, a batch covering fewer client commands waits for more (up to [`GATHER_WAIT`]).
+pub const GATHER_COMMANDS: u64 = 16;
 /// The longest a batch waits for company; bounds the latency group commit adds.
 pub const GATHER_WAIT: Duration = Duration::from_micros(1500);
 
 /// Runs once the writes made before the request are durable (or failed to become so).
 pub type SyncDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
+/// What a sync request makes durable: log entries, and the client commands they carry (an
+/// entry may carry a batch of commands; see `raftflow_raft::command::Command::Batch`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Covers {
+    pub entries: u64,
+    pub commands: u64,
+}
+
+impl Covers {
+    /// A request that makes nothing new durable (a vote), or that no one counts.
+    pub const NOTHING: Covers = Covers {
+        entries: 0,
+        commands: 0,
+    };
+}
+
 struct Request {
-    entries: u64,
+    covers: Covers,
     done: SyncDone,
 }
 
-/// Counters for `/metrics`: entries per fsync is `entries / syncs`.
+/// Counters for `/metrics`: entries per fsync is `entries / syncs`, client commands per fsync
+/// `commands / syncs`.
 #[derive(Default, Debug)]
 pub struct SyncStats {
     pub syncs: AtomicU64,
     pub requests: AtomicU64,
     pub entries: AtomicU64,
+    pub commands: AtomicU64,
 }
 
 /// The requests waiting for the next fsync. parking_lot's timed wait sleeps for a relative
@@ -56,7 +75,8 @@ struct Queue {
 #[derive(Default)]
 struct Pending {
     requests: VecDeque<Request>,
-    entries: u64,
+    /// Client commands the waiting requests cover.
+    commands: u64,
     closed: bool,
     /// What the syncer thread is waiting for, so that a writer wakes it only when the wait is
     /// over: a wake-up that finds the batch still short costs two context switches for nothing.
@@ -76,7 +96,7 @@ enum Waiting {
 
 impl Pending {
     fn batch_full(&self) -> bool {
-        self.entries >= GATHER_ENTRIES || self.requests.len() >= MAX_SYNC_BATCH
+        self.commands >= GATHER_COMMANDS || self.requests.len() >= MAX_SYNC_BATCH
     }
 
     fn wants_wake(&self) -> bool {
@@ -113,16 +133,16 @@ impl Syncer {
         }
     }
 
-    /// Runs `done` once every write made before this call is on disk. `entries` counts the
-    /// log entries this request covers (for the entries-per-fsync metric).
-    pub fn sync(&self, entries: u64, done: SyncDone) {
+    /// Runs `done` once every write made before this call is on disk. `covers` is what this
+    /// request makes durable, for the metrics and for gathering a batch.
+    pub fn sync(&self, covers: Covers, done: SyncDone) {
         let mut pending = self.queue.state.lock();
         if pending.closed {
             drop(pending);
             return done(Err(io::Error::other("store is closing")));
         }
-        pending.requests.push_back(Request { entries, done });
-        pending.entries += entries;
+        pending.requests.push_back(Request { covers, done });
+        pending.commands += covers.commands;
         let wake = pending.wants_wake();
         drop(pending);
         if wake {
@@ -131,10 +151,10 @@ impl Syncer {
     }
 
     /// Waits until every write made before this call is on disk.
-    pub async fn sync_wait(&self, entries: u64) -> io::Result<()> {
+    pub async fn sync_wait(&self, covers: Covers) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sync(
-            entries,
+            covers,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -165,7 +185,7 @@ fn run(db: Arc<DB>, queue: Arc<Queue>, stats: Arc<SyncStats>) {
     let mut batch: Vec<Request> = Vec::with_capacity(64);
     let mut busy = false;
     loop {
-        let entries = {
+        let covers = {
             let mut pending = queue.state.lock();
             while pending.requests.is_empty() {
                 if pending.closed {
@@ -191,9 +211,12 @@ fn run(db: Arc<DB>, queue: Arc<Queue>, stats: Arc<SyncStats>) {
             }
             let n = pending.requests.len().min(MAX_SYNC_BATCH);
             batch.extend(pending.requests.drain(..n));
-            let entries: u64 = batch.iter().map(|r| r.entries).sum();
-            pending.entries -= entries;
-            entries
+            let covers = batch.iter().fold(Covers::NOTHING, |sum, r| Covers {
+                entries: sum.entries + r.covers.entries,
+                commands: sum.commands + r.covers.commands,
+            });
+            pending.commands -= covers.commands;
+            covers
         };
         busy = batch.len() > 1;
         let result = db.flush_wal(true);
@@ -201,7 +224,8 @@ fn run(db: Arc<DB>, queue: Arc<Queue>, stats: Arc<SyncStats>) {
         stats
             .requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.entries.fetch_add(entries, Ordering::Relaxed);
+        stats.entries.fetch_add(covers.entries, Ordering::Relaxed);
+        stats.commands.fetch_add(covers.commands, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL fsync failed");
         }
@@ -227,6 +251,11 @@ mod tests {
         (dir, db)
     }
 
+    const ONE: Covers = Covers {
+        entries: 1,
+        commands: 1,
+    };
+
     #[test]
     fn every_request_of_a_burst_and_a_lone_one_after_it_are_answered_in_order() {
         let (_d, db) = open();
@@ -234,16 +263,26 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for i in 0..100u64 {
             let tx = tx.clone();
-            syncer.sync(1, Box::new(move |r| tx.send((i, r.is_ok())).unwrap()));
+            // Every tenth request covers one entry carrying a batch of 8 commands.
+            let covers = if i % 10 == 0 {
+                Covers {
+                    entries: 1,
+                    commands: 8,
+                }
+            } else {
+                ONE
+            };
+            syncer.sync(covers, Box::new(move |r| tx.send((i, r.is_ok())).unwrap()));
         }
         let got: Vec<(u64, bool)> = (0..100).map(|_| rx.recv().unwrap()).collect();
         assert_eq!(got, (0..100).map(|i| (i, true)).collect::<Vec<_>>());
         // After a burst the syncer gathers; a request with no company is still served.
-        syncer.sync(1, Box::new(move |r| tx.send((100, r.is_ok())).unwrap()));
+        syncer.sync(ONE, Box::new(move |r| tx.send((100, r.is_ok())).unwrap()));
         assert_eq!(rx.recv().unwrap(), (100, true));
         let stats = syncer.stats();
         assert_eq!(stats.requests.load(Ordering::Relaxed), 101);
         assert_eq!(stats.entries.load(Ordering::Relaxed), 101);
+        assert_eq!(stats.commands.load(Ordering::Relaxed), 101 + 10 * 7);
         assert!(stats.syncs.load(Ordering::Relaxed) <= 101);
     }
 }

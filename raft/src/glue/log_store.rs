@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
+use openraft::{EntryPayload, OptionalSend};
 use raftflow_storage::Batch as WriteBatch;
-use raftflow_storage::{codec, Store};
+use raftflow_storage::{codec, Covers, Store};
 
 use super::{Entry, LogId, TypeConfig, Vote};
 
@@ -197,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.store.write(batch)?;
         // The vote must be on disk before a vote response leaves this node; the sync also
         // covers every append written before it.
-        self.store.syncer().sync_wait(0).await
+        self.store.syncer().sync_wait(Covers::NOTHING).await
     }
 
     // `save_committed` and `read_committed` keep openraft's defaults (nothing is saved): the
@@ -217,13 +217,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     {
         let mut batch = WriteBatch::default();
         let mut written = Vec::new();
+        // An entry may carry a batch of client commands.
+        let mut covers = Covers::NOTHING;
         for entry in entries {
             let bytes = codec::encode(&entry)?;
             self.store
                 .put_log(&mut batch, self.group, entry.index(), &bytes);
+            covers.entries += 1;
+            covers.commands += match &entry.payload {
+                EntryPayload::Normal(stamped) => stamped.command.count() as u64,
+                _ => 0,
+            };
             written.push((entry, bytes.len()));
         }
-        let count = written.len() as u64;
         // Written now, so it can be read back at once; acknowledged once the syncer's next
         // fsync covers it.
         let mut recent = self.recent();
@@ -234,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         drop(recent);
         self.store
             .syncer()
-            .sync(count, Box::new(move |r| callback.io_completed(r)));
+            .sync(covers, Box::new(move |r| callback.io_completed(r)));
         Ok(())
     }
 

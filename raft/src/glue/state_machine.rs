@@ -113,9 +113,18 @@ impl GroupStateMachine {
     }
 
     fn execute(&mut self, tx: &mut Tx, index: u64, stamped: &Stamped) -> Outcome {
-        let now = stamped.at_ms;
-        let at = At { now_ms: now, index };
-        match &stamped.command {
+        let at = At {
+            now_ms: stamped.at_ms,
+            index,
+        };
+        self.run(tx, at, &stamped.command)
+    }
+
+    /// Applies one command at `at`. A batch's commands apply in order, each reading what the
+    /// ones before it wrote, exactly as if each had an entry of its own at the same time.
+    fn run(&mut self, tx: &mut Tx, at: At, command: &Command) -> Outcome {
+        let now = at.now_ms;
+        match command {
             Command::PutDefinition { name, json } => put_definition(tx, name, json, now),
             Command::CreateWorkflow {
                 id,
@@ -206,6 +215,21 @@ impl GroupStateMachine {
                 lease_ms,
             } => self.heartbeat_task(tx, task_id, *token, *lease_ms, at),
             Command::Tick => self.tick(tx, at),
+            Command::Batch(commands) => Outcome::Batch(
+                commands
+                    .iter()
+                    .map(|command| {
+                        assert!(
+                            command.batchable(),
+                            "group {}: entry {} batches a {} command",
+                            self.group,
+                            at.index,
+                            command.kind()
+                        );
+                        self.run(tx, at, command)
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -609,6 +633,92 @@ mod tests {
 
     /// Applies read the workflow rows they wrote from the cache, and an installed snapshot
     /// empties it: the next command sees the snapshot's row, not the cached later one.
+    fn command_of(e: super::super::Entry) -> Command {
+        match e.payload {
+            EntryPayload::Normal(stamped) => stamped.command,
+            _ => unreachable!("a normal entry"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_its_commands_in_order_each_with_its_own_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = GroupStateMachine::open(GROUP, store.clone(), Default::default()).unwrap();
+        let missing = Command::Cancel {
+            id: "nobody".into(),
+            reason: None,
+            request_id: None,
+        };
+        let commands = vec![
+            command_of(create(1)),
+            command_of(flip(1, 1)),
+            // Expects the revision the previous command of the entry already moved on from.
+            command_of(flip(1, 1)),
+            missing,
+        ];
+        let batch = entry(1, Command::Batch(commands));
+        let EntryPayload::Normal(stamped) = &batch.payload else {
+            unreachable!()
+        };
+        let mut tx = Tx::new(GROUP, &store, RowCache::default());
+        let Outcome::Batch(outcomes) = sm.execute(&mut tx, 1, stamped) else {
+            panic!("a batch has a batch of outcomes");
+        };
+        drop(tx);
+        let states: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Workflow { workflow, created } => {
+                    format!("{} r{} {created}", workflow.state, workflow.revision)
+                }
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "ping r1 true",
+                "pong r2 false",
+                "refused: expected revision 1, workflow is at 2",
+                "refused: workflow \"nobody\" not found",
+            ]
+        );
+
+        // Through `apply`, the entry stores what its commands wrote, in one write.
+        apply(&mut sm, vec![batch]).await;
+        assert_eq!(revision(&store), 2);
+        assert_eq!(
+            read_applied(&store, GROUP)
+                .unwrap()
+                .last_applied
+                .map(|l| l.index),
+            Some(1)
+        );
+        // The next entry reads what the batch stored: pong at revision 2.
+        let mut flop = flip(2, 2);
+        if let EntryPayload::Normal(Stamped {
+            command: Command::Event { event, .. },
+            ..
+        }) = &mut flop.payload
+        {
+            *event = "flop".into();
+        }
+        apply(&mut sm, vec![flop]).await;
+        assert_eq!(revision(&store), 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "batches a lease_tasks command")]
+    async fn a_lease_never_shares_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = GroupStateMachine::open(GROUP, store.clone(), Default::default()).unwrap();
+        let lease = command_of(lease(1, 1, 1_000));
+        assert!(!lease.batchable());
+        apply(&mut sm, vec![entry(1, Command::Batch(vec![lease]))]).await;
+    }
+
     #[tokio::test]
     async fn the_row_cache_serves_written_rows_and_an_installed_snapshot_empties_it() {
         let dir = tempfile::tempdir().unwrap();
