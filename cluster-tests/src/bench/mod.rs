@@ -64,6 +64,10 @@ pub struct Row {
     pub measured: Measured,
     /// raftflow: log entries made durable per WAL fsync, all nodes, during the cell.
     pub entries_per_fsync: Option<f64>,
+    /// raftflow: client commands in those entries per WAL fsync (an entry carries several
+    /// under load).
+    #[serde(default)]
+    pub commands_per_fsync: Option<f64>,
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,13 +111,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                         let measured =
                             cell(config, system, workload, clients, &connect, &pids, &run_id).await;
                         let after = wal_counters(&addrs).await;
-                        let (syncs, entries) = (after.0 - before.0, after.1 - before.1);
+                        let syncs = after.syncs - before.syncs;
+                        let per_fsync = |n: f64| (syncs > 0.0).then(|| n / syncs);
                         let row = Row {
                             system,
                             workload,
                             clients,
                             measured,
-                            entries_per_fsync: (syncs > 0.0).then(|| entries / syncs),
+                            entries_per_fsync: per_fsync(after.entries - before.entries),
+                            commands_per_fsync: per_fsync(after.commands - before.commands),
                         };
                         report::print_row(&row);
                         rows.push(row);
@@ -140,6 +146,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                             clients,
                             measured,
                             entries_per_fsync: None,
+                            commands_per_fsync: None,
                         };
                         report::print_row(&row);
                         rows.push(row);
@@ -193,10 +200,17 @@ async fn cell(
     .await
 }
 
-/// (WAL fsyncs, entries they covered), summed over the nodes' `/metrics`.
-async fn wal_counters(addrs: &[String]) -> (f64, f64) {
+/// WAL fsyncs and what they made durable, summed over the nodes' `/metrics`.
+#[derive(Default)]
+struct WalCounters {
+    syncs: f64,
+    entries: f64,
+    commands: f64,
+}
+
+async fn wal_counters(addrs: &[String]) -> WalCounters {
     let http = reqwest::Client::new();
-    let mut total = (0.0, 0.0);
+    let mut total = WalCounters::default();
     for addr in addrs {
         let Ok(resp) = http.get(format!("http://{addr}/metrics")).send().await else {
             continue;
@@ -209,8 +223,9 @@ async fn wal_counters(addrs: &[String]) -> (f64, f64) {
             };
             let value: f64 = value.parse().unwrap_or(0.0);
             match name {
-                "raftflow_wal_fsyncs_total" => total.0 += value,
-                "raftflow_wal_synced_entries_total" => total.1 += value,
+                "raftflow_wal_fsyncs_total" => total.syncs += value,
+                "raftflow_wal_synced_entries_total" => total.entries += value,
+                "raftflow_wal_synced_commands_total" => total.commands += value,
                 _ => {}
             }
         }

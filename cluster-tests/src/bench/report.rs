@@ -157,7 +157,10 @@ pub fn print_row(row: &Row) {
         cpu.join("/"),
         rss_max(row),
         row.entries_per_fsync
-            .map(|e| format!("  {e:.1} entries/fsync"))
+            .map(|e| format!(
+                "  {e:.1} entries/fsync ({:.1} commands)",
+                row.commands_per_fsync.unwrap_or(0.0)
+            ))
             .unwrap_or_default(),
         errors(row),
     );
@@ -482,6 +485,7 @@ mod tests {
                 generator_cpu_s: 0.0,
             },
             entries_per_fsync: None,
+            commands_per_fsync: None,
         }
     }
 
