@@ -12,6 +12,10 @@
 //! appends and votes are written to RocksDB at once (so they can be read back immediately, as
 //! openraft requires) and acknowledged only after a later `fsync` of the WAL has covered them.
 //! State-machine rows are never synced on their own: the log they were applied from is.
+//!
+//! A memtable insert starts where the last key of its group's log, of its row, or of its
+//! workflow's history went (`insert_hint.cc`), not at the top of the skip list: a workflow's
+//! transitions rewrite its row and extend its history, each next to the last.
 
 pub mod codec;
 mod error;
@@ -20,7 +24,10 @@ mod syncer;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, DB,
+};
 
 pub use error::StorageError;
 pub use rocksdb::WriteBatch as Batch;
@@ -31,6 +38,19 @@ const CF_RAFT: &str = "raft";
 const CF_STATE: &str = "state";
 
 pub type Result<T> = std::result::Result<T, StorageError>;
+
+extern "C" {
+    /// Adds raftflow's memtable insert-hint transforms to RocksDB's object registry
+    /// (`src/insert_hint.cc`).
+    fn raftflow_register_insert_hints();
+}
+
+fn register_insert_hints() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the C++ function only adds two factories to RocksDB's registry; `Once` keeps it
+    // from running twice.
+    ONCE.call_once(|| unsafe { raftflow_register_insert_hints() });
+}
 
 /// The node's RocksDB with its group-commit syncer.
 pub struct Store {
@@ -67,7 +87,22 @@ impl Store {
         // spinning and yielding first: on a node sharing few cores with its peers the
         // spinning only takes time from the writer it waits for.
         opts.set_enable_write_thread_adaptive_yield(false);
-        let db = DB::open_cf(&opts, path, [CF_LOG, CF_RAFT, CF_STATE])?;
+        // Start each memtable insert where the last key of its row, history or group went
+        // (see `insert_hint.cc`); RocksDB uses the hints only with one memtable writer at a time.
+        opts.set_allow_concurrent_memtable_write(false);
+        register_insert_hints();
+        let with_hint = |name: &str| -> Result<Options> {
+            // `get_options_from_string` needs `&mut`, though it only reads: use a copy.
+            Ok(opts.clone().get_options_from_string(format!(
+                "memtable_insert_with_hint_prefix_extractor={name}"
+            ))?)
+        };
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, with_hint("raftflow.LogGroupHint")?),
+            ColumnFamilyDescriptor::new(CF_RAFT, opts.clone()),
+            ColumnFamilyDescriptor::new(CF_STATE, with_hint("raftflow.StateRowHint")?),
+        ];
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let db = Arc::new(db);
         let syncer = Syncer::start(db.clone());
         Ok(Arc::new(Store { db, syncer }))
@@ -372,6 +407,116 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(quiet, 0);
+    }
+
+    /// Key comparisons RocksDB counts on this thread while it writes `keys` to group 1's state,
+    /// one write each.
+    fn comparisons_writing_state(s: &Store, keys: &[Vec<u8>]) -> u64 {
+        use rocksdb::perf::{PerfContext, PerfMetric};
+        let mut ctx = PerfContext::default();
+        ctx.reset();
+        for key in keys {
+            let mut b = WriteBatch::default();
+            s.put_state(&mut b, 1, key, b"value");
+            s.write(b).unwrap();
+        }
+        ctx.metric(PerfMetric::UserKeyComparisonCount)
+    }
+
+    fn history_key(id: &str, revision: u64) -> Vec<u8> {
+        let mut k = format!("h/{id}\0").into_bytes();
+        k.extend_from_slice(&revision.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn rewriting_a_row_or_extending_a_history_starts_where_its_last_write_went() {
+        let (_d, s) = open();
+        std::thread::spawn(move || {
+            // A memtable of 50,000 rows, as a busy node's is.
+            let scattered = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let filler: Vec<Vec<u8>> = (0..50_000u64)
+                .map(|i| format!("w/filler-{:016x}", scattered(i)).into_bytes())
+                .collect();
+            comparisons_writing_state(&s, &filler);
+            let hot: Vec<String> = (0..64u64)
+                .map(|i| format!("hot-{:016x}", scattered(i + 1_000_000)))
+                .collect();
+            // Each hot workflow's row and first history row, then 10 transitions of each, in turn.
+            let first: Vec<Vec<u8>> = hot
+                .iter()
+                .flat_map(|id| [format!("w/{id}").into_bytes(), history_key(id, 1)])
+                .collect();
+            let new_rows = comparisons_writing_state(&s, &first);
+            let again: Vec<Vec<u8>> = (2..12)
+                .flat_map(|rev| {
+                    hot.iter()
+                        .flat_map(move |id| [format!("w/{id}").into_bytes(), history_key(id, rev)])
+                })
+                .collect();
+            let rewrites = comparisons_writing_state(&s, &again);
+            let (per_new, per_rewrite) = (
+                new_rows as f64 / first.len() as f64,
+                rewrites as f64 / again.len() as f64,
+            );
+            // Without the hints a rewrite climbs and searches the skip list like a new row (23.4
+            // comparisons per rewrite against 21.6 per new row when measured); with them 8.6
+            // against 14.7.
+            assert!(
+                per_rewrite < per_new * 0.75,
+                "{per_rewrite:.1} comparisons per rewrite, {per_new:.1} per new row"
+            );
+            // Odd keys are stored and read back like any other.
+            let odd: Vec<Vec<u8>> = vec![
+                b"h/".to_vec(),
+                b"h/\0".to_vec(),
+                history_key("", 7),
+                b"h/x\0\0\0\0\0\0\0\0".to_vec(),
+                b"a".to_vec(),
+                Vec::new(),
+            ];
+            comparisons_writing_state(&s, &odd);
+            for key in odd.iter().chain(&again) {
+                assert_eq!(
+                    s.get_state(1, key).unwrap().as_deref(),
+                    Some(&b"value"[..]),
+                    "{key:?}"
+                );
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_log_and_state_families_use_raftflows_insert_hints() {
+        let (d, _s) = open();
+        let options = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .expect("RocksDB writes its options file");
+        let text = std::fs::read_to_string(options).unwrap();
+        for (cf, hint) in [
+            ("log", "raftflow.LogGroupHint"),
+            ("state", "raftflow.StateRowHint"),
+        ] {
+            let section = text
+                .split("[CFOptions \"")
+                .find(|s| s.starts_with(&format!("{cf}\"")))
+                .unwrap_or_else(|| panic!("no options for {cf}"));
+            assert!(
+                section.contains(&format!(
+                    "memtable_insert_with_hint_prefix_extractor={hint}"
+                )),
+                "{cf}"
+            );
+        }
     }
 
     #[test]
