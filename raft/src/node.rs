@@ -429,7 +429,14 @@ impl RaftNode {
     fn check_quorum_contact(&self, raft: &Raft, group: u64) -> Result<()> {
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
-        if m.state != ServerState::Leader {
+        // A lone voter is its own quorum; openraft never renews its quorum-ack time.
+        if m.state != ServerState::Leader
+            || m.membership_config
+                .membership()
+                .voter_ids()
+                .nth(1)
+                .is_none()
+        {
             return Ok(());
         }
         let silent_ms = m
