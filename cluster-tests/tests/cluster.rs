@@ -97,6 +97,21 @@ async fn transition_written_through_node1_is_read_through_nodes_2_and_3() {
     }
 }
 
+/// A one-node cluster (a developer's) is its own quorum: it keeps taking writes and serving
+/// linearizable reads after an election timeout with no peer to hear from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_cluster_keeps_writing_after_an_election_timeout() {
+    let cluster = Cluster::start(1, 2, &[]);
+    cluster.wait_ready(READY).await.unwrap();
+    let c = cluster.client(1);
+    define_counter(&c).await;
+    c.create_workflow(&create("solo", "counter")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let wf = c.send_event("solo", &tick(Some(1))).await.unwrap();
+    assert_eq!(wf.revision, 2);
+    assert_eq!(c.get_workflow("solo", false).await.unwrap().revision, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_group_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, 3, &[]);
@@ -619,20 +634,22 @@ async fn listing_pages_over_every_group_with_filters() {
     assert_eq!(err.code(), Some("invalid_transition"));
 }
 
+/// `node`'s `/metrics` page.
+async fn metrics_text(cluster: &Cluster, node: u64) -> String {
+    reqwest::get(format!("http://{}/metrics", cluster.node(node).client))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A counter of `name` on every node's `/metrics`, summed.
 async fn metric_sum(cluster: &Cluster, nodes: u64, name: &str) -> f64 {
-    let http = reqwest::Client::new();
     let mut sum = 0.0;
     for node in 1..=nodes {
-        let text = http
-            .get(format!("http://{}/metrics", cluster.node(node).client))
-            .send()
+        sum += metrics_text(cluster, node)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        sum += text
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("node {node} has no metric {name}"));
@@ -717,14 +734,7 @@ async fn metrics_and_openapi_describe_the_node() {
     }
     let http = reqwest::Client::new();
     let base = format!("http://{}", cluster.node(1).client);
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&cluster, 1).await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))
