@@ -213,6 +213,15 @@ fn available_disk_bytes(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail * st.f_frsize)
 }
 
+/// The leader another node or openraft named, with its addresses, for a `NotLeader` answer.
+pub(crate) fn leader_hint(
+    members: &BTreeMap<u64, NodeAddr>,
+    leader: Option<u64>,
+) -> Option<(u64, NodeAddr)> {
+    let id = leader?;
+    Some((id, members.get(&id)?.clone()))
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -461,9 +470,7 @@ impl RaftNode {
             Ok(linearizer) => Ok(linearizer.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(Error::NotLeader {
-                    leader: f
-                        .leader_id
-                        .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+                    leader: leader_hint(&self.config.members, f.leader_id),
                 })
             }
             Err(e) => Err(Error::Unavailable(e.to_string())),
@@ -607,8 +614,7 @@ impl RaftNode {
     fn forward_error(&self, e: ForwardError) -> Error {
         match e {
             ForwardError::NotLeader(leader) => Error::NotLeader {
-                leader: leader
-                    .and_then(|id| self.config.members.get(&id).cloned().map(|a| (id, a))),
+                leader: leader_hint(&self.config.members, leader),
             },
             ForwardError::Unavailable(m) => Error::Unavailable(m),
             ForwardError::StorageFull(m) => Error::StorageFull(m),

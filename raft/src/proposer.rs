@@ -169,9 +169,7 @@ impl Proposer {
     fn write_error(&self, e: &WriteError) -> Error {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f
-                    .leader_id
-                    .and_then(|id| self.members.get(&id).cloned().map(|a| (id, a))),
+                leader: crate::node::leader_hint(&self.members, f.leader_id),
             },
             other => Error::Unavailable(other.to_string()),
         }

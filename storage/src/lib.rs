@@ -380,15 +380,8 @@ mod tests {
 
     /// Key comparisons RocksDB's perf context counts on this thread while it writes 100 rows.
     fn comparisons_counted_writing(s: &Store) -> u64 {
-        use rocksdb::perf::{PerfContext, PerfMetric};
-        let mut ctx = PerfContext::default();
-        ctx.reset();
-        for i in 0..100u64 {
-            let mut b = WriteBatch::default();
-            s.put_state(&mut b, 1, &i.to_be_bytes(), b"v");
-            s.write(b).unwrap();
-        }
-        ctx.metric(PerfMetric::UserKeyComparisonCount)
+        let keys: Vec<Vec<u8>> = (0..100u64).map(|i| i.to_be_bytes().to_vec()).collect();
+        comparisons_writing_state(s, &keys)
     }
 
     #[test]

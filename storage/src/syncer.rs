@@ -48,6 +48,13 @@ impl Covers {
     };
 }
 
+impl std::ops::AddAssign for Covers {
+    fn add_assign(&mut self, other: Covers) {
+        self.entries += other.entries;
+        self.commands += other.commands;
+    }
+}
+
 struct Request {
     covers: Covers,
     done: SyncDone,
@@ -211,10 +218,10 @@ fn run(db: Arc<DB>, queue: Arc<Queue>, stats: Arc<SyncStats>) {
             }
             let n = pending.requests.len().min(MAX_SYNC_BATCH);
             batch.extend(pending.requests.drain(..n));
-            let covers = batch.iter().fold(Covers::NOTHING, |sum, r| Covers {
-                entries: sum.entries + r.covers.entries,
-                commands: sum.commands + r.covers.commands,
-            });
+            let mut covers = Covers::NOTHING;
+            for r in &batch {
+                covers += r.covers;
+            }
             pending.commands -= covers.commands;
             covers
         };

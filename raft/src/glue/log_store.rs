@@ -223,10 +223,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             let bytes = codec::encode(&entry)?;
             self.store
                 .put_log(&mut batch, self.group, entry.index(), &bytes);
-            covers.entries += 1;
-            covers.commands += match &entry.payload {
-                EntryPayload::Normal(stamped) => stamped.command.count() as u64,
-                _ => 0,
+            covers += Covers {
+                entries: 1,
+                commands: match &entry.payload {
+                    EntryPayload::Normal(stamped) => stamped.command.count() as u64,
+                    _ => 0,
+                },
             };
             written.push((entry, bytes.len()));
         }

@@ -631,8 +631,6 @@ mod tests {
         assert_eq!(published_deadline(&sm), Some(1004 + 60_000));
     }
 
-    /// Applies read the workflow rows they wrote from the cache, and an installed snapshot
-    /// empties it: the next command sees the snapshot's row, not the cached later one.
     fn command_of(e: super::super::Entry) -> Command {
         match e.payload {
             EntryPayload::Normal(stamped) => stamped.command,
@@ -719,6 +717,8 @@ mod tests {
         apply(&mut sm, vec![entry(1, Command::Batch(vec![lease]))]).await;
     }
 
+    /// Applies read the workflow rows they wrote from the cache, and an installed snapshot
+    /// empties it: the next command sees the snapshot's row, not the cached later one.
     #[tokio::test]
     async fn the_row_cache_serves_written_rows_and_an_installed_snapshot_empties_it() {
         let dir = tempfile::tempdir().unwrap();
