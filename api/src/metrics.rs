@@ -155,6 +155,12 @@ pub fn render(state: &AppState) -> String {
     for (name, help, v) in counters.iter().chain(wal.iter()) {
         let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
+    let name = "raftflow_wal_fsync_seconds_total";
+    let _ = writeln!(
+        w,
+        "# HELP {name} Time spent in WAL fsyncs; divide by fsyncs for the mean.\n# TYPE {name} counter\n{name} {}",
+        sync.sync_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
     let _ = writeln!(w, "# TYPE raftflow_group_applied_index gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_leader gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_is_leader gauge");

@@ -743,6 +743,7 @@ async fn metrics_and_openapi_describe_the_node() {
             .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
     };
     assert!(value("raftflow_wal_fsyncs_total") > 0.0);
+    assert!(value("raftflow_wal_fsync_seconds_total") > 0.0);
     // 11 client writes plus the groups' own entries, all made durable by those fsyncs.
     assert!(value("raftflow_wal_synced_commands_total") >= 11.0);
     assert!(value("raftflow_wal_synced_entries_total") >= 1.0);

@@ -331,6 +331,10 @@ pub struct Measured {
     pub nodes: Vec<Usage>,
     /// CPU seconds of the load generator itself.
     pub generator_cpu_s: f64,
+    /// The host's memory latency right before the cell, ns
+    /// ([`super::report::memory_latency_ns`]): how busy its neighbours kept the host.
+    #[serde(default)]
+    pub host_memory_ns: f64,
 }
 
 /// Counters the clients share with the measuring loop.
@@ -457,6 +461,7 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
         error_examples,
         nodes,
         generator_cpu_s,
+        host_memory_ns: 0.0,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Row {
     /// under load).
     #[serde(default)]
     pub commands_per_fsync: Option<f64>,
+    /// raftflow: the mean time of one of those fsyncs, µs.
+    #[serde(default)]
+    pub fsync_us: Option<f64>,
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +123,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                             measured,
                             entries_per_fsync: per_fsync(after.entries - before.entries),
                             commands_per_fsync: per_fsync(after.commands - before.commands),
+                            fsync_us: per_fsync(after.sync_s - before.sync_s).map(|s| s * 1e6),
                         };
                         report::print_row(&row);
                         rows.push(row);
@@ -147,6 +151,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                             measured,
                             entries_per_fsync: None,
                             commands_per_fsync: None,
+                            fsync_us: None,
                         };
                         report::print_row(&row);
                         rows.push(row);
@@ -188,7 +193,10 @@ async fn cell(
     pids: &[u32],
     run_id: &str,
 ) -> Measured {
-    load::run_cell(Cell {
+    let memory_ns = tokio::task::spawn_blocking(report::memory_latency_ns)
+        .await
+        .unwrap_or(0.0);
+    let mut measured = load::run_cell(Cell {
         workload,
         clients,
         warmup: Duration::from_secs(config.warmup_s),
@@ -197,7 +205,9 @@ async fn cell(
         pids: pids.to_vec(),
         prefix: format!("b{run_id}-{}-{}-{clients}", system.name(), workload.name()),
     })
-    .await
+    .await;
+    measured.host_memory_ns = memory_ns;
+    measured
 }
 
 /// WAL fsyncs and what they made durable, summed over the nodes' `/metrics`.
@@ -206,6 +216,7 @@ struct WalCounters {
     syncs: f64,
     entries: f64,
     commands: f64,
+    sync_s: f64,
 }
 
 async fn wal_counters(addrs: &[String]) -> WalCounters {
@@ -226,6 +237,7 @@ async fn wal_counters(addrs: &[String]) -> WalCounters {
                 "raftflow_wal_fsyncs_total" => total.syncs += value,
                 "raftflow_wal_synced_entries_total" => total.entries += value,
                 "raftflow_wal_synced_commands_total" => total.commands += value,
+                "raftflow_wal_fsync_seconds_total" => total.sync_s += value,
                 _ => {}
             }
         }

@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let machine = Machine::describe();
     println!(
-        "raftflow-bench: {} ({} cores, {} GiB, fdatasync p50 {} / p99 {} µs, thread wake-up p50 {} / p99 {} µs), {}; {} s per cell after {} s warm-up",
+        "raftflow-bench: {} ({} cores, {} GiB, fdatasync p50 {} / p99 {} µs, thread wake-up p50 {} / p99 {} µs, memory {} ns), {}; {} s per cell after {} s warm-up",
         machine.cpu,
         machine.cores,
         machine.memory_gib,
@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         machine.fsync_us[1],
         machine.wakeup_us[0],
         machine.wakeup_us[1],
+        machine.memory_ns,
         machine.etcd,
         config.duration_s,
         config.warmup_s
