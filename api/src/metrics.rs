@@ -107,26 +107,29 @@ pub fn render(state: &AppState) -> String {
     }
     let node = &state.node;
     let c = node.counters();
+    // Counters print as numbers without a fraction when they have none (f64 holds them exactly
+    // up to 2^53).
+    let n = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
     let counters = [
         (
             "raftflow_proposals_total",
             "Commands proposed by this node.",
-            c.proposals.load(Ordering::Relaxed),
+            n(&c.proposals),
         ),
         (
             "raftflow_proposal_entries_total",
             "Raft entries this node's proposals went into; under load several commands share one.",
-            c.proposal_entries.load(Ordering::Relaxed),
+            n(&c.proposal_entries),
         ),
         (
             "raftflow_proposals_failed_total",
             "Proposals that failed (not leader, no quorum).",
-            c.proposals_failed.load(Ordering::Relaxed),
+            n(&c.proposals_failed),
         ),
         (
             "raftflow_read_index_total",
             "Linearizable read barriers.",
-            c.read_barriers.load(Ordering::Relaxed),
+            n(&c.read_barriers),
         ),
     ];
     let sync = node.store().syncer().stats();
@@ -134,33 +137,32 @@ pub fn render(state: &AppState) -> String {
         (
             "raftflow_wal_fsyncs_total",
             "WAL fsyncs (group commits).",
-            sync.syncs.load(Ordering::Relaxed),
+            n(&sync.syncs),
         ),
         (
             "raftflow_wal_sync_requests_total",
             "Appends and votes acknowledged by those fsyncs.",
-            sync.requests.load(Ordering::Relaxed),
+            n(&sync.requests),
         ),
         (
             "raftflow_wal_synced_entries_total",
             "Log entries made durable; divide by fsyncs for entries per fsync.",
-            sync.entries.load(Ordering::Relaxed),
+            n(&sync.entries),
         ),
         (
             "raftflow_wal_synced_commands_total",
             "Client commands in those entries (an entry carries several under load); divide by fsyncs for commands per fsync.",
-            sync.commands.load(Ordering::Relaxed),
+            n(&sync.commands),
+        ),
+        (
+            "raftflow_wal_fsync_seconds_total",
+            "Time spent in WAL fsyncs; divide by fsyncs for the mean.",
+            n(&sync.sync_micros) / 1e6,
         ),
     ];
     for (name, help, v) in counters.iter().chain(wal.iter()) {
         let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
-    let name = "raftflow_wal_fsync_seconds_total";
-    let _ = writeln!(
-        w,
-        "# HELP {name} Time spent in WAL fsyncs; divide by fsyncs for the mean.\n# TYPE {name} counter\n{name} {}",
-        sync.sync_micros.load(Ordering::Relaxed) as f64 / 1e6
-    );
     let _ = writeln!(w, "# TYPE raftflow_group_applied_index gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_leader gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_is_leader gauge");

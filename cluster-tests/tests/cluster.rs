@@ -744,6 +744,12 @@ async fn metrics_and_openapi_describe_the_node() {
     };
     assert!(value("raftflow_wal_fsyncs_total") > 0.0);
     assert!(value("raftflow_wal_fsync_seconds_total") > 0.0);
+    // The bench reads the same counters by name (they only grow between the two reads).
+    let wal = raftflow_cluster_tests::bench::wal_counters(&[cluster.node(1).client.clone()]).await;
+    assert!(wal.syncs >= value("raftflow_wal_fsyncs_total"));
+    assert!(wal.entries >= value("raftflow_wal_synced_entries_total"));
+    assert!(wal.commands >= value("raftflow_wal_synced_commands_total"));
+    assert!(wal.sync_s >= value("raftflow_wal_fsync_seconds_total"));
     // 11 client writes plus the groups' own entries, all made durable by those fsyncs.
     assert!(value("raftflow_wal_synced_commands_total") >= 11.0);
     assert!(value("raftflow_wal_synced_entries_total") >= 1.0);

@@ -212,14 +212,14 @@ async fn cell(
 
 /// WAL fsyncs and what they made durable, summed over the nodes' `/metrics`.
 #[derive(Default)]
-struct WalCounters {
-    syncs: f64,
-    entries: f64,
-    commands: f64,
-    sync_s: f64,
+pub struct WalCounters {
+    pub syncs: f64,
+    pub entries: f64,
+    pub commands: f64,
+    pub sync_s: f64,
 }
 
-async fn wal_counters(addrs: &[String]) -> WalCounters {
+pub async fn wal_counters(addrs: &[String]) -> WalCounters {
     let http = reqwest::Client::new();
     let mut total = WalCounters::default();
     for addr in addrs {

@@ -78,21 +78,15 @@ impl Machine {
 ///
 /// The table outgrows a core's own caches, so each step waits on the cache the cores share
 /// or on memory: what a virtual machine's neighbours on the same host take from it. On this
-/// project's AMD host it measured 12 to 23 ns within one hour, and the same binary's
-/// throughput moved with it while the instructions it ran did not; the bench records it
+/// project's AMD host it read 11.5 to 22.4 ns within two hours; its worst readings came with
+/// the same binary's slowest runs, though not every slow run had one. The bench records it
 /// beside each cell so that runs on a busy host can be told apart from slower code.
 pub fn memory_latency_ns() -> f64 {
     const SLOTS: usize = 1 << 20;
     const STEPS: u32 = 1_000_000;
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let table: Vec<u32> = (0..SLOTS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as usize % SLOTS) as u32
-        })
-        .collect();
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let table: Vec<u32> = (0..SLOTS).map(|_| rng.gen_range(0..SLOTS as u32)).collect();
     let mut runs: Vec<f64> = (0..5)
         .map(|_| {
             let started = std::time::Instant::now();
