@@ -3,12 +3,18 @@
 # and test. Usage: scripts/deps.sh [build|cluster|test|bench|profile]
 set -euo pipefail
 need=()
-# bindgen loads libclang itself (libclang.so or libclang-N.so), not libclang-cpp.
+# bindgen (clang-sys) loads libclang itself: a file named exactly `libclang.so` or
+# `libclang-N.so` in LIBCLANG_PATH or under /usr/lib and /usr/local/lib. The runtime package
+# (libclang1-N) ships only `libclang.so.1` / `libclang-N.so.1`, which clang-sys does not try, so
+# those do not count.
 have_libclang() {
-  local f
-  for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
-    /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*; do
-    [ -e "$f" ] && return 0
+  local d f
+  for d in ${LIBCLANG_PATH:-} /usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib* \
+    /usr/lib*/*/* /usr/lib*/* /usr/lib*; do
+    [ -d "$d" ] || continue
+    for f in "$d"/libclang.so "$d"/libclang-*.so; do
+      [ -e "$f" ] && return 0
+    done
   done
   return 1
 }
