@@ -129,7 +129,7 @@ async fn shutdown_signal() {
 }
 
 async fn status(node: &str) -> anyhow::Result<()> {
-    let client = raftflow_api::client::Client::new(node, std::time::Duration::from_secs(3));
+    let client = raftflow_client::client::Client::new(node, std::time::Duration::from_secs(3));
     let c = client
         .cluster()
         .await

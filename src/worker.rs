@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
-use raftflow_api::client::Client;
-use raftflow_api::types::TaskLease;
-use raftflow_api::worker::{self, TaskFailure, WorkerOptions};
+use raftflow_client::client::Client;
+use raftflow_client::types::TaskLease;
+use raftflow_client::worker::{self, TaskFailure, WorkerOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

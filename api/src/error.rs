@@ -4,6 +4,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use raftflow_client::ErrorCode;
 use raftflow_raft::{Error as RaftError, Refusal};
 
 /// Seconds a client should wait before retrying a 429 or 503.
@@ -12,7 +13,7 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Option<Value>,
     /// A 413 whose body was read to its end: the connection can carry the next request.
@@ -20,9 +21,9 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            status: StatusCode::from_u16(code.http_status()).expect("a valid status"),
             code,
             message: message.into(),
             details: None,
@@ -31,17 +32,16 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("request body exceeds the limit of {limit} bytes"),
         )
     }
@@ -56,8 +56,7 @@ impl ApiError {
 
     pub fn invalid_definition(problems: Vec<String>) -> Self {
         let mut e = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_definition",
+            ErrorCode::InvalidDefinition,
             format!("definition has {} problem(s)", problems.len()),
         );
         e.details = Some(json!({ "problems": problems }));
@@ -65,31 +64,26 @@ impl ApiError {
     }
 
     pub fn invalid_transition(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_transition",
-            message,
-        )
+        Self::new(ErrorCode::InvalidTransition, message)
     }
 
     pub fn overloaded(limit: usize) -> Self {
         Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "overloaded",
+            ErrorCode::Overloaded,
             format!("node is serving its limit of {limit} requests; retry"),
         )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
     }
 
     pub fn storage_full(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
+        Self::new(ErrorCode::StorageFull, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(ErrorCode::Internal, message)
     }
 }
 
@@ -98,16 +92,14 @@ impl From<Refusal> for ApiError {
         let message = r.to_string();
         match r {
             Refusal::WorkflowNotFound { .. } => ApiError::not_found(message),
-            Refusal::WorkflowExists { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "workflow_exists", message)
-            }
+            Refusal::WorkflowExists { .. } => ApiError::new(ErrorCode::WorkflowExists, message),
             Refusal::RevisionMismatch { current, .. } => {
-                let mut e = ApiError::new(StatusCode::CONFLICT, "revision_mismatch", message);
+                let mut e = ApiError::new(ErrorCode::RevisionMismatch, message);
                 e.details = Some(json!({ "current_revision": current }));
                 e
             }
             Refusal::TaskNotFound { .. } => ApiError::not_found(message),
-            Refusal::LeaseLost { .. } => ApiError::new(StatusCode::CONFLICT, "lease_lost", message),
+            Refusal::LeaseLost { .. } => ApiError::new(ErrorCode::LeaseLost, message),
             Refusal::EventNotAllowed { .. }
             | Refusal::Finished { .. }
             | Refusal::EngineEvent { .. } => ApiError::invalid_transition(message),
@@ -127,6 +119,7 @@ impl From<RaftError> for ApiError {
             RaftError::Unavailable(m) => ApiError::unavailable(m),
             RaftError::StorageFull(m) => ApiError::storage_full(m),
             RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
+            RaftError::NoSuchGroup(g) => ApiError::not_found(format!("no group {g}")),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -134,7 +127,7 @@ impl From<RaftError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "code": self.code, "message": self.message });
+        let mut body = json!({ "code": self.code.as_str(), "message": self.message });
         if let Some(d) = self.details {
             body["details"] = d;
         }

@@ -19,7 +19,8 @@ use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::types::*;
-use crate::AppState;
+use crate::{views, AppState};
+use raftflow_raft::rfc3339;
 
 /// Most history rows one read returns.
 const MAX_HISTORY_ROWS: usize = 100_000;
@@ -410,7 +411,10 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
             } else {
                 StatusCode::OK
             };
-            Ok(json_response(status, &WorkflowView::new(workflow, group)))
+            Ok(json_response(
+                status,
+                &views::workflow_view(workflow, group),
+            ))
         }
         Outcome::Refused(r) => Err(ApiError::from(r).into()),
         other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
@@ -491,7 +495,7 @@ pub async fn get_workflow(
             .ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
         Ok(json_response(
             StatusCode::OK,
-            &WorkflowView::new(rec.workflow, group),
+            &views::workflow_view(rec.workflow, group),
         ))
     })
     .await
@@ -515,7 +519,7 @@ pub async fn get_history(
             return Err(ApiError::not_found(format!("workflow {id:?} not found")).into());
         }
         let rows = tables::read_history(store, group, &id, MAX_HISTORY_ROWS)?;
-        let events = rows.into_iter().map(HistoryEvent::from).collect();
+        let events = rows.into_iter().map(views::history_event).collect();
         Ok(json_response(StatusCode::OK, &HistoryView { events }))
     })
     .await
@@ -629,7 +633,7 @@ pub async fn list_workflows(
                 && status.is_none_or(|s| s == wf.status)
                 && params.state.as_ref().is_none_or(|s| *s == wf.state);
             if keep {
-                out.push(WorkflowView::new(wf, group));
+                out.push(views::workflow_view(wf, group));
                 if out.len() == limit {
                     let token = encode_token(group, after.as_deref().unwrap_or(""));
                     return Ok(json_response(
@@ -737,6 +741,10 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 /// This replica's applied index of a group and a digest of its rows (for convergence checks).
+#[utoipa::path(get, path = "/v1/cluster/groups/{id}/digest",
+    params(("id" = u64, Path, description = "group id")),
+    responses((status = 200, description = "`{\"group\", \"applied\", \"digest\"}`"),
+        (status = 404, body = ErrorBody)))]
 pub async fn group_digest(
     State(state): State<AppState>,
     Path(group): Path<String>,
@@ -753,7 +761,6 @@ pub async fn group_digest(
             StatusCode::OK,
             &serde_json::json!({"group": group, "applied": applied, "digest": format!("{digest:016x}")}),
         )),
-        Err(RaftError::Config(m)) => Err(ApiError::not_found(m)),
         Err(e) => Err(e.into()),
     }
 }

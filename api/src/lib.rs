@@ -1,17 +1,18 @@
-//! The HTTP API of `API.md`: axum routes, request and response types, forwarding to group
-//! leaders, metrics, the OpenAPI document, and a typed client.
+//! The HTTP API of `docs/API.md`: axum routes, forwarding to group leaders, errors, metrics and
+//! the OpenAPI document. The request and response types, the typed client and the worker loop
+//! are in `raftflow-client`, which the server shares with its clients.
 //!
 //! Any node answers any request. A handler maps the request to its Raft group, serves it if
 //! this node leads the group, and otherwise forwards it once to the leader's client address.
 
-pub mod client;
 mod error;
 mod extract;
 mod handlers;
 mod metrics;
 mod tasks;
-pub mod types;
-pub mod worker;
+mod views;
+
+pub use raftflow_client::types;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,8 +117,11 @@ impl AppState {
         tasks::heartbeat_task,
         tasks::get_task,
         handlers::cluster,
+        handlers::group_digest,
         handlers::healthz,
         handlers::readyz,
+        prometheus,
+        openapi,
     ),
     components(schemas(
         types::CreateWorkflow,
@@ -150,6 +154,8 @@ impl AppState {
 )]
 pub struct ApiDoc;
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "the OpenAPI 3 document")))]
 async fn openapi() -> Response {
     handlers::text_response(
         "application/json",
@@ -157,6 +163,8 @@ async fn openapi() -> Response {
     )
 }
 
+/// Counters and gauges in Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 async fn prometheus(State(state): State<AppState>) -> Response {
     handlers::text_response("text/plain; version=0.0.4", metrics::render(&state))
 }

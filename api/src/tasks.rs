@@ -26,7 +26,8 @@ use crate::handlers::{
     check_id, json_response, object_text, propose, read, served, Failure, ReadParams,
 };
 use crate::types::*;
-use crate::AppState;
+use crate::{views, AppState};
+use raftflow_raft::rfc3339;
 
 /// The longest a poll waits for work.
 pub const MAX_POLL_WAIT_MS: u64 = 60_000;
@@ -263,7 +264,7 @@ pub async fn heartbeat_task(
         };
         match propose(&state, group, command).await? {
             Outcome::Task { task, .. } => {
-                let view = TaskView::from(task);
+                let view = views::task_view(task);
                 Ok(json_response(
                     StatusCode::OK,
                     &LeaseExtended {
@@ -294,7 +295,7 @@ pub async fn get_task(
     read(&state, group, &params, || {
         let rec = tables::read_task(state.node.store(), group, &id)?
             .ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
-        Ok(json_response(StatusCode::OK, &TaskView::from(rec.task)))
+        Ok(json_response(StatusCode::OK, &views::task_view(rec.task)))
     })
     .await
 }
@@ -304,8 +305,8 @@ fn task_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
         Outcome::Task { task, workflow } => Ok(json_response(
             StatusCode::OK,
             &TaskOutcome {
-                task: task.into(),
-                workflow: WorkflowView::new(workflow, group),
+                task: views::task_view(task),
+                workflow: views::workflow_view(workflow, group),
             },
         )),
         Outcome::Refused(r) => Err(ApiError::from(r).into()),

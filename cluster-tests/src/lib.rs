@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use raftflow_api::client::Client;
-use raftflow_api::types::ClusterView;
+use raftflow_client::client::Client;
+use raftflow_client::types::ClusterView;
 
 /// The release binary under test: `RAFTFLOW_BIN`, else `raftflow` beside the test's `deps/`.
 pub fn binary() -> PathBuf {
@@ -387,7 +387,7 @@ impl Drop for Cluster {
     }
 }
 
-/// The `order` definition of API.md.
+/// The `order` definition of `docs/API.md`.
 pub fn order_definition() -> serde_json::Value {
     serde_json::json!({
         "name": "order",

@@ -51,7 +51,7 @@ async fn raftflow_transitions_refuse_a_stale_revision_through_the_generator() {
         let addr = &cluster.nodes[i].client;
         Conn::Raftflow {
             wire: Wire::new(addr, Duration::from_secs(10)),
-            client: raftflow_api::client::Client::new(addr, Duration::from_secs(10)),
+            client: raftflow_client::client::Client::new(addr, Duration::from_secs(10)),
         }
     };
     let (mut a, mut b) = (conn(0), conn(2));

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftflow_api::client::{Client, ClientError};
-use raftflow_api::types::{CreateWorkflow, SendEvent};
+use raftflow_client::client::{Client, ClientError};
+use raftflow_client::types::{CreateWorkflow, SendEvent};
+use raftflow_client::ErrorCode;
 use raftflow_cluster_tests::{counter_definition, eventually, order_definition, Cluster};
 
 const READY: Duration = Duration::from_secs(30);
@@ -475,7 +476,7 @@ async fn an_identical_create_is_a_retry_and_a_repeated_request_id_changes_nothin
         ..tick(Some(9))
     };
     let e1 = c.send_event("same", &cas).await.unwrap_err();
-    assert_eq!(e1.code(), Some("revision_mismatch"));
+    assert_eq!(e1.code(), Some(ErrorCode::RevisionMismatch));
     let e2 = c.send_event("same", &cas).await.unwrap_err();
     assert!(matches!(e2, ClientError::Api { status: 409, .. }));
 }
@@ -631,7 +632,7 @@ async fn listing_pages_over_every_group_with_filters() {
         ..stop.clone()
     };
     let err = c.send_event("l-01", &reset).await.unwrap_err();
-    assert_eq!(err.code(), Some("invalid_transition"));
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTransition));
 }
 
 /// `node`'s `/metrics` page.
@@ -696,7 +697,9 @@ async fn concurrent_commands_share_entries_and_each_gets_its_own_outcome() {
                     assert_eq!(wf.revision, round + 1, "b-{i}");
                     won[i] += 1;
                 }
-                (i, Err(e)) => assert_eq!(e.code(), Some("revision_mismatch"), "b-{i}: {e}"),
+                (i, Err(e)) => {
+                    assert_eq!(e.code(), Some(ErrorCode::RevisionMismatch), "b-{i}: {e}")
+                }
             }
         }
         assert!(won.iter().all(|&n| n == 1), "round {round}: {won:?}");

@@ -1,4 +1,4 @@
-//! Every error row of API.md: status and stable `code`, against real nodes.
+//! Every error row of `docs/API.md`: status and stable `code`, against real nodes.
 
 use std::time::Duration;
 

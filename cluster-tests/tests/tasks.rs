@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use raftflow_api::client::{Client, ClientError};
-use raftflow_api::types::{
+use raftflow_client::client::{Client, ClientError};
+use raftflow_client::types::{
     CancelWorkflow, CompleteTask, CreateWorkflow, FailTask, HeartbeatTask, PollTasks, TaskLease,
     WorkflowView,
 };

@@ -37,6 +37,9 @@ pub enum Error {
     Storage(#[from] raftflow_storage::StorageError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// This node holds no replica of the group (or no such group exists).
+    #[error("no group {0} on this node")]
+    NoSuchGroup(u64),
     #[error("configuration: {0}")]
     Config(String),
     #[error("fatal: {0}")]

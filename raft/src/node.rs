@@ -341,9 +341,7 @@ impl RaftNode {
     }
 
     fn raft(&self, group: u64) -> Result<Raft> {
-        self.registry
-            .get(group)
-            .ok_or_else(|| Error::Config(format!("no group {group} on this node")))
+        self.registry.get(group).ok_or(Error::NoSuchGroup(group))
     }
 
     /// The leader of `group` as this node knows it.
@@ -381,7 +379,7 @@ impl RaftNode {
         let proposer = self
             .proposers
             .get(group as usize)
-            .ok_or_else(|| Error::Config(format!("no group {group} on this node")))?;
+            .ok_or(Error::NoSuchGroup(group))?;
         let outcome = proposer.propose(command).await;
         if outcome.is_err() {
             self.counters

@@ -2,23 +2,35 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
+    Rocks(rocksdb::Error),
+    /// The disk is full (the API's 507 `storage_full`).
+    #[error("no space left on the data disk: {0}")]
+    NoSpace(rocksdb::Error),
     #[error("corrupt data: {0}")]
     Corrupt(String),
     #[error("encode: {0}")]
     Encode(String),
 }
 
+/// The text of RocksDB's `Status::SubCode::kNoSpace`. RocksDB's C API hands an error over as its
+/// `Status::ToString()` only: the code (`IOError`) comes back as [`rocksdb::ErrorKind`], the
+/// subcode only as this fixed text after it.
+const NO_SPACE_SUBCODE: &str = "No space left on device";
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains(NO_SPACE_SUBCODE) {
+            StorageError::NoSpace(e)
+        } else {
+            StorageError::Rocks(e)
+        }
+    }
+}
+
 impl StorageError {
     /// Whether the disk is full (maps to the API's 507 `storage_full`).
     pub fn is_no_space(&self) -> bool {
-        match self {
-            StorageError::Rocks(e) => {
-                let s = e.to_string();
-                s.contains("No space left") || s.contains("NoSpace")
-            }
-            _ => false,
-        }
+        matches!(self, StorageError::NoSpace(_))
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use raftflow_api::client::{Client, ClientError};
-use raftflow_api::types::{CompleteTask, CreateWorkflow, PollTasks, SendEvent};
+use raftflow_client::client::{Client, ClientError};
+use raftflow_client::types::{CompleteTask, CreateWorkflow, PollTasks, SendEvent};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -147,7 +147,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failed> {
 impl From<ClientError> for Failed {
     fn from(e: ClientError) -> Failed {
         Failed {
-            code: e.code().unwrap_or("transport").to_string(),
+            code: e.code().map_or("transport", |c| c.as_str()).to_string(),
             message: e.to_string(),
         }
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use raftflow_api::client::Client;
+use raftflow_client::client::Client;
 use serde::Serialize;
 
 use crate::{Cluster, Spec};
@@ -319,7 +319,7 @@ pub async fn restart(
                 if n >= workflows {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let req = raftflow_api::types::CreateWorkflow {
+                let req = raftflow_client::types::CreateWorkflow {
                     id: Some(format!("restart-{n}")),
                     definition: "bench-pingpong".into(),
                     version: None,

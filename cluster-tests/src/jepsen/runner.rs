@@ -20,7 +20,8 @@ use super::linear::{self, Verdict};
 use super::nemesis::{Fault, Nemesis, LIBFAKETIME};
 use super::tasks::{self, check_tasks, TaskWorkload};
 use crate::{Cluster, Spec};
-use raftflow_api::client::{Client, ClientError};
+use raftflow_client::client::{Client, ClientError};
+use raftflow_client::ErrorCode;
 
 /// Address the test clients send from: outside every cut between 127.0.0.1-3.
 pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 100];
@@ -93,7 +94,7 @@ impl Ctx {
 /// cut off would otherwise sit out the whole fault in setup, recording nothing. (A create that
 /// timed out but took effect is answered 200 by the retry: same id, same definition.)
 async fn setup_create(ctx: &Ctx, node: u64, id: &str) -> bool {
-    let req = raftflow_api::types::CreateWorkflow {
+    let req = raftflow_client::types::CreateWorkflow {
         id: Some(id.to_string()),
         definition: DEFINITION.into(),
         version: Some(1),
@@ -149,7 +150,7 @@ async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                 continue;
             };
             let op = ctx.rec.invoke(process, "cas", &key, json!(expected), node);
-            let ev = raftflow_api::types::SendEvent {
+            let ev = raftflow_client::types::SendEvent {
                 event: "tick".into(),
                 payload: None,
                 expected_revision: Some(expected),
@@ -160,7 +161,11 @@ async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                     known = Some(wf.revision);
                     op.ok(json!(wf.revision));
                 }
-                Err(ClientError::Api { code, details, .. }) if code == "revision_mismatch" => {
+                Err(ClientError::Api {
+                    code: ErrorCode::RevisionMismatch,
+                    details,
+                    ..
+                }) => {
                     let current = details
                         .as_ref()
                         .and_then(|d| d["current_revision"].as_u64());
@@ -180,7 +185,7 @@ async fn register_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
     }
 }
 
-fn history_values(h: &raftflow_api::types::HistoryView) -> Vec<u64> {
+fn history_values(h: &raftflow_client::types::HistoryView) -> Vec<u64> {
     h.events
         .iter()
         .filter(|e| e.event == "tick")
@@ -218,7 +223,7 @@ async fn append_client(ctx: Arc<Ctx>, slot: u64, seed: u64) {
                 .unwrap_or_else(|| ctx.next_value.fetch_add(1, Ordering::Relaxed));
             appends += 1;
             let op = ctx.rec.invoke(process, "append", &key, json!(v), node);
-            let ev = raftflow_api::types::SendEvent {
+            let ev = raftflow_client::types::SendEvent {
                 event: "tick".into(),
                 payload: Some(json!({"v": v})),
                 expected_revision: None,
@@ -254,7 +259,7 @@ async fn unique_round(ctx: Arc<Ctx>, n: u64) {
         let key = key.clone();
         racers.push(tokio::spawn(async move {
             let creator = 100 * n + p;
-            let req = raftflow_api::types::CreateWorkflow {
+            let req = raftflow_client::types::CreateWorkflow {
                 id: Some(key.clone()),
                 definition: DEFINITION.into(),
                 version: Some(1),

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use super::history::{Paired, Recorder};
-use raftflow_api::client::{Client, ClientError};
-use raftflow_api::types::{CompleteTask, CreateWorkflow, FailTask, PollTasks};
+use raftflow_client::client::{Client, ClientError};
+use raftflow_client::types::{CompleteTask, CreateWorkflow, FailTask, PollTasks};
 
 pub const TASK_DEFINITION: &str = "jepsen-task";
 const TASK_TYPE: &str = "jepsen";

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::types::*;
+use crate::ErrorCode;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -15,7 +16,7 @@ pub enum ClientError {
     #[error("{status} {code}: {message}")]
     Api {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
         details: Option<Value>,
     },
@@ -29,7 +30,9 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
-            ClientError::Api { status, .. } => matches!(status, 429 | 503),
+            ClientError::Api { status, code, .. } => {
+                code.is_transient() || matches!(status, 429 | 503)
+            }
         }
     }
 
@@ -39,15 +42,16 @@ impl ClientError {
         let e = &err["error"];
         ClientError::Api {
             status,
-            code: e["code"].as_str().unwrap_or("unknown").to_string(),
+            code: serde_json::from_value(e["code"].clone()).unwrap_or(ErrorCode::Unknown),
             message: e["message"].as_str().unwrap_or_default().to_string(),
             details: e.get("details").cloned(),
         }
     }
 
-    pub fn code(&self) -> Option<&str> {
+    /// The API's error code; `None` when there was no answer.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } => Some(*code),
             ClientError::Transport(_) => None,
         }
     }

@@ -1,14 +1,13 @@
-//! Request and response bodies of the HTTP API (see `API.md`), with their OpenAPI schemas.
+//! Request and response bodies of the HTTP API (`docs/API.md`); with the `openapi` feature,
+//! their OpenAPI schemas.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
-use raftflow_workflow::{HistoryRow, Workflow};
+use crate::ErrorCode;
 
-pub use raftflow_raft::rfc3339;
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// `[A-Za-z0-9_.:-]{1,128}`; generated when absent.
@@ -20,17 +19,18 @@ pub struct CreateWorkflow {
     pub version: Option<u32>,
     /// A JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub context: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendEvent {
     pub event: String,
     /// A JSON object merged into the context at the top level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
     /// Compare-and-set: refused with 409 unless the workflow is at this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,7 +40,8 @@ pub struct SendEvent {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelWorkflow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +51,8 @@ pub struct CancelWorkflow {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowView {
     pub id: String,
     pub definition: String,
@@ -59,7 +61,7 @@ pub struct WorkflowView {
     /// running | succeeded | failed | cancelled
     pub status: String,
     pub revision: u64,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Value,
     pub created_at: String,
     pub updated_at: String,
@@ -67,104 +69,84 @@ pub struct WorkflowView {
     pub group: u64,
 }
 
-impl WorkflowView {
-    pub fn new(wf: Workflow, group: u64) -> Self {
-        WorkflowView {
-            status: wf.status.as_str().to_string(),
-            context: Value::Object(wf.context),
-            created_at: rfc3339(wf.created_at_ms),
-            updated_at: rfc3339(wf.updated_at_ms),
-            id: wf.id,
-            definition: wf.definition,
-            version: wf.version,
-            state: wf.state,
-            revision: wf.revision,
-            group,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {
     pub revision: u64,
     pub event: String,
     pub from: Option<String>,
     pub to: String,
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
     pub at: String,
 }
 
-impl From<HistoryRow> for HistoryEvent {
-    fn from(r: HistoryRow) -> Self {
-        HistoryEvent {
-            revision: r.revision,
-            event: r.event,
-            from: r.from,
-            to: r.to,
-            payload: r.payload.map(Value::Object),
-            at: rfc3339(r.at_ms),
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryView {
     pub events: Vec<HistoryEvent>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowList {
     pub workflows: Vec<WorkflowView>,
     /// Pass as `page_token` for the next page; absent on the last page.
     pub next_page_token: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionStored {
     pub name: String,
     pub version: u32,
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionSummary {
     pub name: String,
     pub latest_version: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionList {
     pub definitions: Vec<DefinitionSummary>,
 }
 
 /// A stored definition version: the definition's fields plus `version` and `created_at`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefinitionView {
     pub name: String,
     pub version: u32,
     pub created_at: String,
     pub initial: String,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub states: Value,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable: clients switch on it.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub id: u64,
     pub client_addr: String,
@@ -172,7 +154,8 @@ pub struct NodeView {
     pub reachable: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupView {
     pub id: u64,
     /// "meta" or "data"
@@ -191,16 +174,18 @@ pub struct GroupView {
     pub role: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlacementView {
     pub slots: u32,
     pub hash: String,
     /// Slots owned by each data group, keyed by group id.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub slots_per_group: Value,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     /// The node that answered.
     pub node_id: u64,
@@ -210,7 +195,8 @@ pub struct ClusterView {
 }
 
 /// `POST /v1/tasks/poll`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollTasks {
     /// Task types this worker runs (1 to 32 names).
@@ -229,7 +215,8 @@ pub struct PollTasks {
 }
 
 /// A leased task, as a worker receives it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskLease {
     /// `{workflow_id}:{revision that entered the task state}`.
     pub id: String,
@@ -242,28 +229,31 @@ pub struct TaskLease {
     pub lease_token: u64,
     pub lease_expires_at: String,
     /// The workflow's context when the task was leased.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Value,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskList {
     pub tasks: Vec<TaskLease>,
 }
 
 /// `POST /v1/tasks/{id}/complete`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteTask {
     pub lease_token: u64,
     /// A JSON object merged into the workflow context before `task.completed` fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub output: Option<Value>,
 }
 
 /// `POST /v1/tasks/{id}/fail`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailTask {
     pub lease_token: u64,
@@ -275,7 +265,8 @@ pub struct FailTask {
 }
 
 /// `POST /v1/tasks/{id}/heartbeat`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatTask {
     pub lease_token: u64,
@@ -285,7 +276,8 @@ pub struct HeartbeatTask {
 }
 
 /// A task as the engine holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     pub id: String,
     pub workflow_id: String,
@@ -307,42 +299,17 @@ pub struct TaskView {
     pub last_error: Option<String>,
 }
 
-impl From<raftflow_workflow::Task> for TaskView {
-    fn from(t: raftflow_workflow::Task) -> Self {
-        use raftflow_workflow::Phase;
-        let (worker, lease_expires_at, retry_at) = match &t.phase {
-            Phase::Leased {
-                worker,
-                expires_at_ms,
-            } => (Some(worker.clone()), Some(rfc3339(*expires_at_ms)), None),
-            Phase::Backoff { until_ms } => (None, None, Some(rfc3339(*until_ms))),
-            _ => (None, None, None),
-        };
-        TaskView {
-            status: t.phase.name().to_string(),
-            id: t.id,
-            workflow_id: t.workflow_id,
-            task_type: t.task_type,
-            attempt: t.attempt,
-            max_attempts: t.max_attempts,
-            lease_token: t.token,
-            worker,
-            lease_expires_at,
-            retry_at,
-            last_error: t.last_error,
-        }
-    }
-}
-
 /// The answer to complete and fail: the task and its workflow afterwards.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskOutcome {
     pub task: TaskView,
     pub workflow: WorkflowView,
 }
 
 /// The answer to a heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseExtended {
     pub id: String,
     pub lease_token: u64,

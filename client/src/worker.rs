@@ -4,8 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() {
-//! use raftflow_api::client::Client;
-//! use raftflow_api::worker::{run, TaskFailure, WorkerOptions};
+//! use raftflow_client::{run_worker as run, Client, TaskFailure, WorkerOptions};
 //! let nodes = vec![Client::new("127.0.0.1:7001", std::time::Duration::from_secs(10))];
 //! let opts = WorkerOptions::new(vec!["ship".into()], "shipper-1");
 //! run(nodes, opts, |task| async move {

@@ -1,0 +1,58 @@
+//! The engine's records as the API shows them: the one place that turns `raftflow_workflow`'s
+//! types into `raftflow_client`'s wire types (times in milliseconds become RFC 3339 strings).
+
+use serde_json::Value;
+
+use raftflow_client::types::{HistoryEvent, TaskView, WorkflowView};
+use raftflow_raft::rfc3339;
+use raftflow_workflow::{HistoryRow, Phase, Task, Workflow};
+
+pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
+    WorkflowView {
+        status: wf.status.as_str().to_string(),
+        context: Value::Object(wf.context),
+        created_at: rfc3339(wf.created_at_ms),
+        updated_at: rfc3339(wf.updated_at_ms),
+        id: wf.id,
+        definition: wf.definition,
+        version: wf.version,
+        state: wf.state,
+        revision: wf.revision,
+        group,
+    }
+}
+
+pub fn history_event(r: HistoryRow) -> HistoryEvent {
+    HistoryEvent {
+        revision: r.revision,
+        event: r.event,
+        from: r.from,
+        to: r.to,
+        payload: r.payload.map(Value::Object),
+        at: rfc3339(r.at_ms),
+    }
+}
+
+pub fn task_view(t: Task) -> TaskView {
+    let (worker, lease_expires_at, retry_at) = match &t.phase {
+        Phase::Leased {
+            worker,
+            expires_at_ms,
+        } => (Some(worker.clone()), Some(rfc3339(*expires_at_ms)), None),
+        Phase::Backoff { until_ms } => (None, None, Some(rfc3339(*until_ms))),
+        _ => (None, None, None),
+    };
+    TaskView {
+        status: t.phase.name().to_string(),
+        id: t.id,
+        workflow_id: t.workflow_id,
+        task_type: t.task_type,
+        attempt: t.attempt,
+        max_attempts: t.max_attempts,
+        lease_token: t.token,
+        worker,
+        lease_expires_at,
+        retry_at,
+        last_error: t.last_error,
+    }
+}
