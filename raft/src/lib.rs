@@ -2,22 +2,36 @@
 //! machine that applies workflow commands, the peer transport, and placement of workflows on
 //! groups (the hash ring).
 //!
-//! openraft's types stay inside [`glue`]; the API layer uses [`RaftNode`], [`Command`] and
-//! [`Outcome`].
+//! The crate's rooms:
+//! - [`command`] and [`tables`]: what the log carries and what the state rows hold;
+//! - `apply`: the apply logic, a pure function of the rows and a command (no openraft, no
+//!   RocksDB: it reads through a trait and returns the rows to write);
+//! - `consensus`: openraft, and only there; `GroupRaft` is the handle to one replica;
+//! - `transport`: frames, connections and the server between nodes;
+//! - `proposer`: a leader's batching of client commands into entries;
+//! - `node`: routing, the leaders' clock, Raft timers, bootstrap, balancing;
+//! - [`ring`]: which group a workflow lives in.
+//!
+//! The API layer uses [`RaftNode`], [`Command`] and [`Outcome`].
 
+mod apply;
 pub mod command;
-mod glue;
+mod consensus;
 pub mod mutant;
 mod node;
 mod proposer;
 pub mod ring;
 pub mod signals;
 pub mod tables;
+mod transport;
 
 pub use command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal};
-pub use glue::{NodeAddr, Timing, LOG_KEPT_BEHIND_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES};
+pub use consensus::{
+    GroupStatus, NodeAddr, RaftReply, RaftRequest, Timing, LOG_KEPT_BEHIND_SNAPSHOT,
+    SNAPSHOT_EVERY_ENTRIES,
+};
 pub use node::{
-    GroupStatus, NodeConfig, RaftCounters, RaftNode, DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP,
+    NodeConfig, RaftCounters, RaftNode, DATA_FORMAT, DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP,
 };
 pub use raftflow_storage::{Store, SyncStats};
 

@@ -18,11 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 
 use crate::command::{Command, Outcome, Stamped};
-use crate::glue::{NodeAddr, Raft, TypeConfig};
+use crate::consensus::{ConsensusError, GroupRaft, NodeAddr};
 use crate::signals::Signals;
 use crate::{Error, Result};
 
@@ -32,12 +31,10 @@ pub const MAX_BATCH_COMMANDS: usize = 128;
 /// entry of its own).
 pub const MAX_BATCH_BYTES: usize = 256 << 10;
 
-type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
-
 /// One group's proposals on this node.
 pub(crate) struct Proposer {
     group: u64,
-    raft: Raft,
+    raft: GroupRaft,
     signals: Arc<Signals>,
     members: BTreeMap<u64, NodeAddr>,
     entries: Arc<AtomicU64>,
@@ -60,7 +57,7 @@ struct Waiting {
 impl Proposer {
     pub(crate) fn new(
         group: u64,
-        raft: Raft,
+        raft: GroupRaft,
         signals: Arc<Signals>,
         members: BTreeMap<u64, NodeAddr>,
         entries: Arc<AtomicU64>,
@@ -157,21 +154,21 @@ impl Proposer {
         }
     }
 
-    async fn write(&self, command: Command) -> std::result::Result<Outcome, WriteError> {
+    async fn write(&self, command: Command) -> std::result::Result<Outcome, ConsensusError> {
         let stamped = Stamped {
             at_ms: self.signals.stamp(self.group, crate::node::now_ms()),
             command,
         };
         self.entries.fetch_add(1, Ordering::Relaxed);
-        self.raft.client_write(stamped).await.map(|r| r.data)
+        self.raft.write(stamped).await
     }
 
-    fn write_error(&self, e: &WriteError) -> Error {
+    fn write_error(&self, e: &ConsensusError) -> Error {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: crate::node::leader_hint(&self.members, f.leader_id),
+            ConsensusError::NotLeader(leader) => Error::NotLeader {
+                leader: crate::node::leader_hint(&self.members, *leader),
             },
-            other => Error::Unavailable(other.to_string()),
+            ConsensusError::Unavailable(m) => Error::Unavailable(m.clone()),
         }
     }
 }

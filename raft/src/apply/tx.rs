@@ -1,14 +1,48 @@
-//! The writes of one `apply` call: a RocksDB batch, and an ordered overlay so that later
-//! entries of the same call read (and scan) what earlier ones wrote or deleted; and the
+//! The writes of one `apply` call: an ordered overlay over the group's stored rows, so that
+//! later entries of the same call read (and scan) what earlier ones wrote or deleted; and the
 //! group's cache of rows that later calls read again.
+//!
+//! The stored rows are read through [`StateRows`]: RocksDB in a node, a `BTreeMap` in the
+//! apply logic's unit tests. What a transaction wrote comes back from [`Tx::finish`] as
+//! [`Writes`], for the caller to persist in one batch.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use raftflow_storage::{codec, Batch, Store};
+use raftflow_storage::codec;
 use serde::Serialize;
 
 use crate::tables;
+
+/// A group's stored state rows, as apply reads them. Reads cannot fail: a replica that cannot
+/// read its own rows cannot apply the log, and panics with context instead of going on wrong.
+pub(crate) trait StateRows: Sync {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+
+    /// The first `limit` keys starting with `prefix`, in key order; with `from`, only keys from
+    /// that one on.
+    fn scan_keys(&self, prefix: &[u8], from: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>>;
+}
+
+/// In-memory rows, for tests of the apply logic without RocksDB.
+#[cfg(test)]
+impl StateRows for BTreeMap<Vec<u8>, Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        BTreeMap::get(self, key).cloned()
+    }
+
+    fn scan_keys(&self, prefix: &[u8], from: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        let start = from.filter(|f| *f > prefix).unwrap_or(prefix).to_vec();
+        self.range(start..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// What a transaction wrote: key -> new value, or `None` for a deleted row, in key order.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// The most bytes of rows one group's [`RowCache`] holds.
 const ROW_CACHE_BYTES: usize = 2 << 20;
@@ -50,7 +84,7 @@ impl RowCache {
     }
 
     /// Records what a written transaction left in the rows it touched.
-    fn absorb(&mut self, overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    pub(crate) fn absorb(&mut self, overlay: Writes) {
         for (key, value) in overlay {
             if !Self::cached(&key) {
                 continue;
@@ -86,11 +120,10 @@ impl Default for RowCache {
 
 pub(crate) struct Tx<'a> {
     group: u64,
-    store: &'a Store,
+    rows: &'a dyn StateRows,
     cache: RowCache,
-    pub(crate) batch: Batch,
     /// key -> new value, or `None` for a deleted row.
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: Writes,
     /// Some task became ready: wake the long polls once the batch is written.
     pub(crate) made_ready: bool,
     /// The deadline index changed: tell the leader's clock once the batch is written.
@@ -100,14 +133,13 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    /// A transaction that reads through `cache` and hands it back, updated, from
-    /// [`Tx::commit`].
-    pub(crate) fn new(group: u64, store: &'a Store, cache: RowCache) -> Self {
+    /// A transaction that reads `rows` through `cache`; [`Tx::finish`] hands both the
+    /// writes and the cache back.
+    pub(crate) fn new(group: u64, rows: &'a dyn StateRows, cache: RowCache) -> Self {
         Tx {
             group,
-            store,
+            rows,
             cache,
-            batch: Batch::default(),
             overlay: BTreeMap::new(),
             made_ready: false,
             deadlines_touched: false,
@@ -122,9 +154,7 @@ impl<'a> Tx<'a> {
         if let Some(v) = self.cache.get(key) {
             return Some(v.clone());
         }
-        self.store
-            .get_state(self.group, key)
-            .unwrap_or_else(|e| panic!("group {}: state read failed: {e}", self.group))
+        self.rows.get(key)
     }
 
     pub(crate) fn get_decoded<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
@@ -148,21 +178,17 @@ impl<'a> Tx<'a> {
             self.lowest_deadline = Some(key.clone());
         }
         let bytes = codec::encode(value).expect("state rows encode");
-        self.store
-            .put_state(&mut self.batch, self.group, &key, &bytes);
         self.overlay.insert(key, Some(bytes));
     }
 
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
-        self.store.delete_state(&mut self.batch, self.group, &key);
         self.overlay.insert(key, None);
     }
 
-    /// Writes the batch (not synced: the log is) and returns the cache with the rows it wrote.
-    pub(crate) fn commit(mut self) -> raftflow_storage::Result<RowCache> {
-        self.store.write(self.batch)?;
-        self.cache.absorb(self.overlay);
-        Ok(self.cache)
+    /// What this transaction wrote, and the cache it read through. The caller persists the
+    /// writes and then gives them to [`RowCache::absorb`].
+    pub(crate) fn finish(self) -> (Writes, RowCache) {
+        (self.overlay, self.cache)
     }
 
     /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
@@ -181,12 +207,9 @@ impl<'a> Tx<'a> {
             .map(|(k, v)| (k, v.is_some()))
             .collect();
         // Every overlay entry may hide one stored row, so read that many more.
-        let stored = self
-            .store
-            .scan_state_from(self.group, prefix, from, limit + in_overlay.len())
-            .unwrap_or_else(|e| panic!("group {}: state scan failed: {e}", self.group));
+        let stored = self.rows.scan_keys(prefix, from, limit + in_overlay.len());
         let mut merged: BTreeMap<&[u8], bool> =
-            stored.iter().map(|(k, _)| (k.as_slice(), true)).collect();
+            stored.iter().map(|k| (k.as_slice(), true)).collect();
         for (k, live) in in_overlay {
             merged.insert(k.as_slice(), live);
         }
@@ -203,16 +226,25 @@ impl<'a> Tx<'a> {
 mod tests {
     use super::*;
 
+    type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Persists a transaction's writes into `rows`, as the state machine does into RocksDB.
+    fn persist(rows: &mut Rows, writes: &Writes) {
+        for (k, v) in writes {
+            match v {
+                Some(v) => rows.insert(k.clone(), v.clone()),
+                None => rows.remove(k),
+            };
+        }
+    }
+
     #[test]
     fn scans_see_this_transactions_writes_and_deletes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut batch = Batch::default();
-        for k in ["q/a", "q/b", "q/c", "r/x"] {
-            store.put_state(&mut batch, 1, k.as_bytes(), b"v");
-        }
-        store.write(batch).unwrap();
-        let mut tx = Tx::new(1, &store, RowCache::default());
+        let mut rows: Rows = ["q/a", "q/b", "q/c", "r/x"]
+            .iter()
+            .map(|k| (k.as_bytes().to_vec(), b"v".to_vec()))
+            .collect();
+        let mut tx = Tx::new(1, &rows, RowCache::default());
         tx.delete(b"q/a".to_vec());
         tx.delete(b"q/b".to_vec());
         tx.put_encoded(b"q/bb".to_vec(), &1u8);
@@ -232,29 +264,31 @@ mod tests {
         assert_eq!(from_c, [b"q/bb".to_vec(), b"q/c".to_vec(), b"q/d".to_vec()]);
         assert_eq!(tx.get(b"q/a"), None);
         assert!(tx.get(b"q/c").is_some());
-        tx.commit().unwrap();
-        let after: Vec<_> = store
-            .scan_state(1, b"q/", None, 10)
-            .unwrap()
+        let (writes, _) = tx.finish();
+        persist(&mut rows, &writes);
+        let after: Vec<_> = rows
+            .scan_keys(b"q/", None, 10)
             .into_iter()
-            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .map(|k| String::from_utf8(k).unwrap())
             .collect();
         assert_eq!(after, ["q/bb", "q/c", "q/d"]);
     }
 
     #[test]
     fn the_row_cache_keeps_workflow_and_task_rows_within_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let write = |cache: RowCache, rows: &[(&str, Option<usize>)]| {
-            let mut tx = Tx::new(1, &store, cache);
-            for (k, v) in rows {
+        let mut rows = Rows::new();
+        let mut write = |cache: RowCache, changes: &[(&str, Option<usize>)]| {
+            let mut tx = Tx::new(1, &rows, cache);
+            for (k, v) in changes {
                 match v {
                     Some(n) => tx.put_encoded(k.as_bytes().to_vec(), &vec![7u8; *n]),
                     None => tx.delete(k.as_bytes().to_vec()),
                 }
             }
-            tx.commit().unwrap()
+            let (writes, mut cache) = tx.finish();
+            persist(&mut rows, &writes);
+            cache.absorb(writes);
+            cache
         };
         let cache = write(
             RowCache::new(1000),

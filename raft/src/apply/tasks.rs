@@ -1,4 +1,4 @@
-//! The engine's steps inside apply: tasks (ready queue, leases, retries) and timers.
+//! Apply's task and timer steps: the ready queue, leases, retries and timers.
 //!
 //! Every decision uses the time stamped into the entry being applied and the entry's log
 //! index (lease tokens, queue order), so every replica reaches the same rows.
@@ -11,8 +11,8 @@ use raftflow_workflow::{
 };
 use serde_json::json;
 
-use super::state_machine::GroupStateMachine;
 use super::tx::Tx;
+use super::Applier;
 use crate::command::{LeasedTask, Outcome, Refusal};
 use crate::mutant::{self, Mutant};
 use crate::rfc3339;
@@ -21,7 +21,7 @@ use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
 /// Most deadlines one tick acts on; the leader ticks again while more are due.
 const MAX_DEADLINES_PER_TICK: usize = 512;
 /// Most tasks one lease command hands out.
-pub const MAX_TASKS_PER_LEASE: u32 = 100;
+pub(crate) const MAX_TASKS_PER_LEASE: u32 = 100;
 
 /// The time and log index of the entry being applied.
 #[derive(Clone, Copy)]
@@ -30,12 +30,12 @@ pub(crate) struct At {
     pub index: u64,
 }
 
-impl GroupStateMachine {
+impl Applier {
     /// Stores a change of `rec`'s workflow: its history row, the new workflow and, when the
     /// workflow (re-)entered a state, the step it waited on closed and the new state's opened.
     /// A recorded retry changes neither state nor step.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn advance_workflow(
+    pub(crate) fn advance_workflow(
         &mut self,
         tx: &mut Tx,
         rec: &mut WorkflowRecord,
@@ -63,7 +63,7 @@ impl GroupStateMachine {
         tx.put_encoded(tables::workflow_key(&rec.workflow.id), rec);
     }
 
-    pub(super) fn lease_tasks(
+    pub(crate) fn lease_tasks(
         &mut self,
         tx: &mut Tx,
         types: &[String],
@@ -116,7 +116,7 @@ impl GroupStateMachine {
         Outcome::Leased { tasks }
     }
 
-    pub(super) fn complete_task(
+    pub(crate) fn complete_task(
         &mut self,
         tx: &mut Tx,
         task_id: &str,
@@ -158,7 +158,7 @@ impl GroupStateMachine {
         }
     }
 
-    pub(super) fn fail_task(
+    pub(crate) fn fail_task(
         &mut self,
         tx: &mut Tx,
         task_id: &str,
@@ -203,7 +203,7 @@ impl GroupStateMachine {
         }
     }
 
-    pub(super) fn heartbeat_task(
+    pub(crate) fn heartbeat_task(
         &mut self,
         tx: &mut Tx,
         task_id: &str,
@@ -229,7 +229,7 @@ impl GroupStateMachine {
     }
 
     /// Acts on every deadline at or before the entry's time, oldest first, up to a bound.
-    pub(super) fn tick(&mut self, tx: &mut Tx, at: At) -> Outcome {
+    pub(crate) fn tick(&mut self, tx: &mut Tx, at: At) -> Outcome {
         let from = self.deadline_from.clone();
         for key in tx.scan_keys(tables::DEADLINES, from.as_deref(), MAX_DEADLINES_PER_TICK) {
             let (due_ms, kind, id) = tables::parse_deadline_key(&key);
@@ -335,7 +335,7 @@ fn close_step(tx: &mut Tx, rec: &mut WorkflowRecord) {
 }
 
 /// Opens the step of the state `rec.workflow` is in now.
-pub(super) fn open_step(tx: &mut Tx, rec: &mut WorkflowRecord, def: &Definition, at: At) {
+pub(crate) fn open_step(tx: &mut Tx, rec: &mut WorkflowRecord, def: &Definition, at: At) {
     match workflow::step_on_entry(def, &rec.workflow) {
         None => {}
         Some(Step::Timer { due_ms }) => {

@@ -1,26 +1,24 @@
-//! openraft's `RaftStateMachine` for one group: applies workflow commands to the group's rows.
+//! openraft's `RaftStateMachine` for one group: feeds committed entries to the group's
+//! [`Applier`] and persists what it wrote.
 //!
 //! Each `apply` call writes every row it changed, the history rows, dedup records and the
 //! applied log id in one RocksDB batch, and answers the proposers only after that write, so a
 //! response is never ahead of what a read on this node sees.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use raftflow_storage::{codec, Store};
-use raftflow_workflow::{self as workflow, Definition, EventOrigin, JsonObject};
+use raftflow_storage::{codec, Batch, Store};
 use serde::{Deserialize, Serialize};
 
-use super::engine::At;
-use super::tx::{RowCache, Tx};
 use super::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::command::{Command, DefinitionVersion, Outcome, Refusal, Stamped};
+use crate::apply::{Applier, At, RowCache, StateRows, Tx, Writes};
+use crate::command::Outcome;
 use crate::signals::Signals;
-use crate::tables::{self, WorkflowRecord};
+use crate::tables;
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 
@@ -44,21 +42,38 @@ pub(crate) fn applied_index(row: &[u8]) -> crate::Result<Option<u64>> {
     Ok(a.last_applied.map(|l| l.index))
 }
 
+/// A group's state rows in RocksDB, as apply reads them.
+struct StoredRows<'a> {
+    store: &'a Store,
+    group: u64,
+}
+
+impl StateRows for StoredRows<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store
+            .get_state(self.group, key)
+            .unwrap_or_else(|e| panic!("group {}: state read failed: {e}", self.group))
+    }
+
+    fn scan_keys(&self, prefix: &[u8], from: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        self.store
+            .scan_state_from(self.group, prefix, from, limit)
+            .unwrap_or_else(|e| panic!("group {}: state scan failed: {e}", self.group))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+}
+
 pub struct GroupStateMachine {
-    pub(super) group: u64,
+    group: u64,
     store: Arc<Store>,
     applied: Applied,
-    /// Parsed pinned definitions: `(name, version)` -> definition. Versions are immutable.
-    definitions: HashMap<(String, u32), Arc<Definition>>,
+    applier: Applier,
     /// The workflow and task rows this group wrote last (see [`RowCache`]); lent to each
     /// apply's transaction, so `None` while one runs or after one failed (then empty again).
     cache: Option<RowCache>,
-    pub(super) signals: Arc<Signals>,
-    /// Where scans of the deadline index start: no live deadline sorts before it. Handled
-    /// deadlines are deleted from the front of the index, and RocksDB's iterator steps over
-    /// each deletion marker until compaction; this skips them. A write of an earlier
-    /// deadline moves it back. `None`: from the start.
-    pub(super) deadline_from: Option<Vec<u8>>,
+    signals: Arc<Signals>,
 }
 
 impl GroupStateMachine {
@@ -68,10 +83,9 @@ impl GroupStateMachine {
             group,
             store,
             applied,
-            definitions: HashMap::new(),
+            applier: Applier::new(group, signals.clone()),
             cache: None,
             signals,
-            deadline_from: None,
         };
         sm.publish_deadline()?;
         Ok(sm)
@@ -79,11 +93,15 @@ impl GroupStateMachine {
 
     /// Tells the leader's clock when this group next needs a tick.
     fn publish_deadline(&mut self) -> io::Result<()> {
-        let next = tables::next_deadline(&self.store, self.group, self.deadline_from.as_deref())
-            .map_err(io::Error::other)?;
+        let next = tables::next_deadline(
+            &self.store,
+            self.group,
+            self.applier.deadline_from.as_deref(),
+        )
+        .map_err(io::Error::other)?;
         // Nothing live from here on: later scans start past every possible deadline, until a
         // new one is written.
-        self.deadline_from = Some(match &next {
+        self.applier.deadline_from = Some(match &next {
             Some((_, key)) => key.clone(),
             None => tables::deadline_key(u64::MAX, u8::MAX, ""),
         });
@@ -92,214 +110,19 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    pub(super) fn definition(&mut self, tx: &Tx, name: &str, version: u32) -> Arc<Definition> {
-        let key = (name.to_string(), version);
-        if let Some(d) = self.definitions.get(&key) {
-            return d.clone();
-        }
-        let bytes = tx
-            .get(&tables::pinned_key(name, version))
-            .unwrap_or_else(|| {
-                panic!(
-                    "group {}: definition {name} v{version} of a stored workflow is missing",
-                    self.group
-                )
-            });
-        let json: String = codec::decode(&bytes).expect("pinned definition decodes");
-        let def: Definition = serde_json::from_str(&json).expect("pinned definition parses");
-        let def = Arc::new(def);
-        self.definitions.insert(key, def.clone());
-        def
-    }
-
-    fn execute(&mut self, tx: &mut Tx, index: u64, stamped: &Stamped) -> Outcome {
-        let at = At {
-            now_ms: stamped.at_ms,
-            index,
-        };
-        self.run(tx, at, &stamped.command)
-    }
-
-    /// Applies one command at `at`. A batch's commands apply in order, each reading what the
-    /// ones before it wrote, exactly as if each had an entry of its own at the same time.
-    fn run(&mut self, tx: &mut Tx, at: At, command: &Command) -> Outcome {
-        let now = at.now_ms;
-        match command {
-            Command::PutDefinition { name, json } => put_definition(tx, name, json, now),
-            Command::CreateWorkflow {
-                id,
-                definition,
-                version,
-                definition_json,
-                context_json,
-                fingerprint,
-            } => {
-                if let Some(rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) {
-                    return if &rec.fingerprint == fingerprint {
-                        Outcome::Workflow {
-                            workflow: rec.workflow,
-                            created: false,
-                        }
-                    } else {
-                        Outcome::Refused(Refusal::WorkflowExists { id: id.clone() })
-                    };
-                }
-                let pinned = tables::pinned_key(definition, *version);
-                if tx.get(&pinned).is_none() {
-                    tx.put_encoded(pinned, definition_json);
-                }
-                let def = self.definition(tx, definition, *version);
-                let context: JsonObject =
-                    serde_json::from_str(context_json).expect("leader sends an object context");
-                let (wf, row) = workflow::create(&def, *version, id, context, now);
-                tx.put_encoded(tables::history_key(id, row.revision), &row);
-                let mut rec = WorkflowRecord {
-                    workflow: wf,
-                    fingerprint: fingerprint.clone(),
-                    step: None,
-                };
-                super::engine::open_step(tx, &mut rec, &def, at);
-                tx.put_encoded(tables::workflow_key(id), &rec);
-                Outcome::Workflow {
-                    workflow: rec.workflow,
-                    created: true,
-                }
-            }
-            Command::Event {
-                id,
-                event,
-                payload_json,
-                expected_revision,
-                request_id,
-            } => self.transition(tx, at, id, request_id.as_deref(), |def, wf| {
-                let payload = payload_json
-                    .as_deref()
-                    .map(|p| serde_json::from_str(p).expect("leader sends an object payload"));
-                workflow::fire_event(
-                    def,
-                    wf,
-                    event,
-                    payload,
-                    *expected_revision,
-                    EventOrigin::Client,
-                    now,
-                )
-            }),
-            Command::Cancel {
-                id,
-                reason,
-                request_id,
-            } => self.transition(tx, at, id, request_id.as_deref(), |_, wf| {
-                workflow::cancel(wf, reason.clone(), now)
-            }),
-            Command::LeaseTasks {
-                types,
-                worker,
-                max,
-                lease_ms,
-            } => self.lease_tasks(tx, types, worker, *max, *lease_ms, at),
-            Command::CompleteTask {
-                task_id,
-                token,
-                output_json,
-            } => self.complete_task(tx, task_id, *token, output_json.as_deref(), at),
-            Command::FailTask {
-                task_id,
-                token,
-                error,
-                retryable,
-            } => self.fail_task(tx, task_id, *token, error, *retryable, at),
-            Command::HeartbeatTask {
-                task_id,
-                token,
-                lease_ms,
-            } => self.heartbeat_task(tx, task_id, *token, *lease_ms, at),
-            Command::Tick => self.tick(tx, at),
-            Command::Batch(commands) => Outcome::Batch(
-                commands
-                    .iter()
-                    .map(|command| {
-                        assert!(
-                            command.batchable(),
-                            "group {}: entry {} batches a {} command",
-                            self.group,
-                            at.index,
-                            command.kind()
-                        );
-                        self.run(tx, at, command)
-                    })
-                    .collect(),
-            ),
-        }
-    }
-
-    /// Loads workflow `id`, answers a repeated `request_id` with its first outcome, else runs
-    /// `step` and stores the result.
-    fn transition(
-        &mut self,
-        tx: &mut Tx,
-        at: At,
-        id: &str,
-        request_id: Option<&str>,
-        step: impl FnOnce(
-            &Definition,
-            &workflow::Workflow,
-        )
-            -> Result<(workflow::Workflow, workflow::HistoryRow), workflow::Rejection>,
-    ) -> Outcome {
-        let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
-            return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
-        };
-        let dedup = request_id
-            .filter(|_| crate::mutant::active() != crate::mutant::Mutant::SkipDedup)
-            .map(|r| tables::dedup_key(id, r));
-        if let Some(key) = &dedup {
-            if let Some(first) = tx.get_decoded::<Outcome>(key) {
-                return first;
+    /// Writes an apply's rows and the applied position in one batch (not synced: the log is).
+    fn persist(&self, writes: &Writes) -> io::Result<()> {
+        let mut batch = Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(v) => self.store.put_state(&mut batch, self.group, key, v),
+                None => self.store.delete_state(&mut batch, self.group, key),
             }
         }
-        let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
-        let outcome = match step(&def, &rec.workflow) {
-            Ok((next, row)) => {
-                self.advance_workflow(tx, &mut rec, &def, next, row, true, at);
-                Outcome::Workflow {
-                    workflow: rec.workflow,
-                    created: false,
-                }
-            }
-            Err(rejection) => Outcome::Refused(rejection.into()),
-        };
-        if let Some(key) = dedup {
-            tx.put_encoded(key, &outcome);
-        }
-        outcome
-    }
-}
-
-fn put_definition(tx: &mut Tx, name: &str, json: &str, now: u64) -> Outcome {
-    let latest: Option<u32> = tx.get_decoded(&tables::latest_key(name));
-    if let Some(v) = latest {
-        let stored: DefinitionVersion = tx
-            .get_decoded(&tables::definition_key(name, v))
-            .expect("latest definition version is stored");
-        if stored.json == json {
-            return Outcome::Definition {
-                stored,
-                created: false,
-            };
-        }
-    }
-    let stored = DefinitionVersion {
-        name: name.to_string(),
-        version: latest.unwrap_or(0) + 1,
-        created_at_ms: now,
-        json: json.to_string(),
-    };
-    tx.put_encoded(tables::definition_key(name, stored.version), &stored);
-    tx.put_encoded(tables::latest_key(name), &stored.version);
-    Outcome::Definition {
-        stored,
-        created: true,
+        let applied = codec::encode(&self.applied)?;
+        self.store
+            .put_state(&mut batch, self.group, tables::APPLIED, &applied);
+        Ok(self.store.write(batch)?)
     }
 }
 
@@ -318,7 +141,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let store = self.store.clone();
         // An error below leaves no cache, so the next apply starts an empty one: always correct.
         let cache = self.cache.take().unwrap_or_default();
-        let mut tx = Tx::new(self.group, &store, cache);
+        let rows = StoredRows {
+            store: &store,
+            group: self.group,
+        };
+        let mut tx = Tx::new(self.group, &rows, cache);
         let mut replies = Vec::new();
         let mut last_stamp = None;
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -337,7 +164,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 EntryPayload::Blank => Outcome::Nothing,
                 EntryPayload::Normal(stamped) => {
                     last_stamp = Some(stamped.at_ms);
-                    self.execute(&mut tx, entry.log_id.index, stamped)
+                    let at = At {
+                        now_ms: stamped.at_ms,
+                        index: entry.log_id.index,
+                    };
+                    self.applier.run(&mut tx, at, &stamped.command)
                 }
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -349,15 +180,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 replies.push((r, outcome));
             }
         }
-        let applied = codec::encode(&self.applied)?;
-        store.put_state(&mut tx.batch, self.group, tables::APPLIED, &applied);
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
         if let Some(low) = tx.lowest_deadline.take() {
-            if self.deadline_from.as_ref().is_some_and(|from| low < *from) {
-                self.deadline_from = Some(low);
+            if self
+                .applier
+                .deadline_from
+                .as_ref()
+                .is_some_and(|from| low < *from)
+            {
+                self.applier.deadline_from = Some(low);
             }
         }
-        self.cache = Some(tx.commit()?);
+        let (writes, mut cache) = tx.finish();
+        self.persist(&writes)?;
+        cache.absorb(writes);
+        self.cache = Some(cache);
         if let Some(stamp) = last_stamp {
             self.signals.observe_stamp(self.group, stamp);
         }
@@ -399,8 +236,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             )));
         }
         self.applied = reopened.applied;
-        self.deadline_from = reopened.deadline_from;
-        self.definitions.clear();
+        self.applier.reset();
+        self.applier.deadline_from = reopened.applier.deadline_from;
         Ok(())
     }
 
@@ -464,6 +301,7 @@ mod tests {
     use openraft::storage::RaftStateMachine;
 
     use super::*;
+    use crate::command::{Command, Stamped};
 
     const GROUP: u64 = 3;
     const DEF: &str = r#"{"name": "pp", "initial": "ping", "states": {"ping": {"on": {"flip": "pong"}}, "pong": {"on": {"flop": "ping"}}}}"#;
@@ -611,7 +449,11 @@ mod tests {
         store.delete_state(&mut batch, GROUP, &planted);
         store.write(batch).unwrap();
         // The deadline scans start at the first live deadline, j2's lease.
-        let from = sm.deadline_from.as_deref().expect("a deadline scan ran");
+        let from = sm
+            .applier
+            .deadline_from
+            .as_deref()
+            .expect("a deadline scan ran");
         assert_eq!(tables::parse_deadline_key(from).0, 1005 + 1);
 
         // A task queued after the floor is seen by the poll check and by the next lease.
@@ -659,8 +501,16 @@ mod tests {
         let EntryPayload::Normal(stamped) = &batch.payload else {
             unreachable!()
         };
-        let mut tx = Tx::new(GROUP, &store, RowCache::default());
-        let Outcome::Batch(outcomes) = sm.execute(&mut tx, 1, stamped) else {
+        let rows = StoredRows {
+            store: &store,
+            group: GROUP,
+        };
+        let mut tx = Tx::new(GROUP, &rows, RowCache::default());
+        let at = At {
+            now_ms: stamped.at_ms,
+            index: 1,
+        };
+        let Outcome::Batch(outcomes) = sm.applier.run(&mut tx, at, &stamped.command) else {
             panic!("a batch has a batch of outcomes");
         };
         drop(tx);
@@ -735,10 +585,14 @@ mod tests {
         let mut batch = raftflow_storage::Batch::default();
         store.delete_state(&mut batch, GROUP, &tables::workflow_key("wf"));
         store.write(batch).unwrap();
-        let tx = Tx::new(GROUP, &store, sm.cache.take().unwrap());
-        let rec: WorkflowRecord = tx.get_decoded(&tables::workflow_key("wf")).unwrap();
+        let rows = StoredRows {
+            store: &store,
+            group: GROUP,
+        };
+        let tx = Tx::new(GROUP, &rows, sm.cache.take().unwrap());
+        let rec: tables::WorkflowRecord = tx.get_decoded(&tables::workflow_key("wf")).unwrap();
         assert_eq!(rec.workflow.revision, 2);
-        sm.cache = Some(tx.commit().unwrap());
+        sm.cache = Some(tx.finish().1);
 
         sm.install_snapshot(&at_1.meta, at_1.snapshot)
             .await
