@@ -3,7 +3,6 @@
 //! a linearizable read is served from this node's replica once it has applied the leader's
 //! read index.
 
-use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::{OriginalUri, Path, State};
@@ -13,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use raftflow_raft::{tables, Command, DefinitionVersion, Error as RaftError, Outcome, META_GROUP};
+use raftflow_raft::{tables, Command, DefinitionVersion, Outcome, META_GROUP};
 use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
 
 use crate::error::{ApiError, ApiResult};
@@ -32,46 +31,8 @@ const LIST_SCAN_FACTOR: usize = 10;
 /// How long a create waits for this node's replica of the meta group to show a definition.
 const DEFINITION_WAIT: Duration = Duration::from_millis(1000);
 
-/// A failure of local work: an API error, or a Raft error that may mean "ask the leader".
-pub enum Failure {
-    Api(ApiError),
-    Raft(RaftError),
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Self {
-        Failure::Api(e)
-    }
-}
-
-impl From<RaftError> for Failure {
-    fn from(e: RaftError) -> Self {
-        Failure::Raft(e)
-    }
-}
-
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> Self {
-        match f {
-            Failure::Api(e) => e,
-            Failure::Raft(e) => e.into(),
-        }
-    }
-}
-
-/// Answers with what `work` produced, or its failure as an API error.
-pub(crate) async fn served(
-    work: impl Future<Output = Result<Response, Failure>>,
-) -> ApiResult<Response> {
-    work.await.map_err(ApiError::from)
-}
-
 /// Commits `command` on the leader of `group` (wherever it is) within the write timeout.
-pub(crate) async fn propose(
-    state: &AppState,
-    group: u64,
-    command: Command,
-) -> Result<Outcome, Failure> {
+pub(crate) async fn propose(state: &AppState, group: u64, command: Command) -> ApiResult<Outcome> {
     match tokio::time::timeout(
         state.config.write_timeout,
         state
@@ -84,19 +45,18 @@ pub(crate) async fn propose(
         Err(_) => Err(ApiError::unavailable(format!(
             "group {group} did not commit the write within {} ms; it may still apply",
             state.config.write_timeout.as_millis()
-        ))
-        .into()),
+        ))),
     }
 }
 
 /// Waits until a following read of this node's replica of `group` is linearizable.
-pub(crate) async fn read_barrier(state: &AppState, group: u64) -> Result<(), Failure> {
+pub(crate) async fn read_barrier(state: &AppState, group: u64) -> ApiResult<()> {
     let timeout = state.config.write_timeout;
     match tokio::time::timeout(timeout, state.node.linearize(group, timeout)).await {
         Ok(r) => Ok(r?),
-        Err(_) => {
-            Err(ApiError::unavailable(format!("group {group} has no quorum right now")).into())
-        }
+        Err(_) => Err(ApiError::unavailable(format!(
+            "group {group} has no quorum right now"
+        ))),
     }
 }
 
@@ -181,7 +141,7 @@ pub(crate) async fn read<F>(
     read: F,
 ) -> ApiResult<Response>
 where
-    F: FnOnce() -> Result<Response, Failure>,
+    F: FnOnce() -> ApiResult<Response>,
 {
     let answer = async {
         if !(params.local()? || stale_mutant()) {
@@ -189,7 +149,7 @@ where
         }
         read()
     };
-    answer.await.map_err(ApiError::from)
+    answer.await
 }
 
 // ---- definitions ---------------------------------------------------------------------------
@@ -227,7 +187,7 @@ pub async fn put_definition(
         return Err(ApiError::invalid_definition(problems));
     }
     let json = serde_json::to_string(&def).map_err(|e| ApiError::internal(e.to_string()))?;
-    served(async {
+    (async {
         match propose(&state, META_GROUP, Command::PutDefinition { name, json }).await? {
             Outcome::Definition { stored, created } => {
                 let status = if created {
@@ -244,7 +204,7 @@ pub async fn put_definition(
                     },
                 ))
             }
-            other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+            other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
         }
     })
     .await
@@ -338,7 +298,7 @@ async fn resolve_definition(
     state: &AppState,
     name: &str,
     version: Option<u32>,
-) -> Result<DefinitionVersion, Failure> {
+) -> ApiResult<DefinitionVersion> {
     let store = state.node.store();
     let deadline = tokio::time::Instant::now() + DEFINITION_WAIT;
     loop {
@@ -356,7 +316,7 @@ async fn resolve_definition(
                 Some(v) => format!("definition {name:?} has no version {v}"),
                 None => format!("definition {name:?} not found"),
             };
-            return Err(ApiError::not_found(what).into());
+            return Err(ApiError::not_found(what));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -388,7 +348,7 @@ pub async fn create_workflow(
     })
     .to_string();
     let group = state.node.group_of(&id);
-    served(async {
+    (async {
         let def = resolve_definition(&state, &req.definition, req.version).await?;
         let command = Command::CreateWorkflow {
             id,
@@ -403,7 +363,7 @@ pub async fn create_workflow(
     .await
 }
 
-fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
+fn workflow_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {
     match outcome {
         Outcome::Workflow { workflow, created } => {
             let status = if created {
@@ -416,8 +376,8 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
                 &views::workflow_view(workflow, group),
             ))
         }
-        Outcome::Refused(r) => Err(ApiError::from(r).into()),
-        other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+        Outcome::Refused(r) => Err(ApiError::from(r)),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
     }
 }
 
@@ -442,7 +402,7 @@ pub async fn send_event(
     }
     let payload_json = object_text("payload", req.payload.clone())?;
     let group = state.node.group_of(&id);
-    served(async {
+    (async {
         let command = Command::Event {
             id,
             event: req.event,
@@ -467,7 +427,7 @@ pub async fn cancel_workflow(
     check_id(&id)?;
     check_request_id(&req.request_id)?;
     let group = state.node.group_of(&id);
-    served(async {
+    (async {
         let command = Command::Cancel {
             id,
             reason: req.reason,
@@ -516,7 +476,7 @@ pub async fn get_history(
     read(&state, group, &params, || {
         let store = state.node.store();
         if tables::read_workflow(store, group, &id)?.is_none() {
-            return Err(ApiError::not_found(format!("workflow {id:?} not found")).into());
+            return Err(ApiError::not_found(format!("workflow {id:?} not found")));
         }
         let rows = tables::read_history(store, group, &id, MAX_HISTORY_ROWS)?;
         let events = rows.into_iter().map(views::history_event).collect();
@@ -614,9 +574,7 @@ pub async fn list_workflows(
                 None => vec![group],
                 Some(_) => groups.iter().copied().filter(|g| *g >= group).collect(),
             };
-            futures::future::try_join_all(pending.iter().map(|g| read_barrier(&state, *g)))
-                .await
-                .map_err(ApiError::from)?;
+            futures::future::try_join_all(pending.iter().map(|g| read_barrier(&state, *g))).await?;
             linearized = pending.last().copied();
         }
         let chunk = tables::scan_workflows(store, group, after.as_deref(), budget.min(limit * 2))

@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::Value;
 
 use raftflow_raft::{tables, Command, LeasedTask, Outcome};
@@ -22,9 +21,7 @@ use raftflow_workflow::{is_valid_id, is_valid_name};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
-use crate::handlers::{
-    check_id, json_response, object_text, propose, read, served, Failure, ReadParams,
-};
+use crate::handlers::{check_id, json_response, object_text, propose, read, ReadParams};
 use crate::types::*;
 use crate::{views, AppState};
 use raftflow_raft::rfc3339;
@@ -43,13 +40,6 @@ const POLL_RECHECK: Duration = Duration::from_millis(500);
 
 /// Rotates the group a poll starts with, so no group's tasks always go first.
 static NEXT_START: AtomicU64 = AtomicU64::new(0);
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PollParams {
-    /// Lease from this data group only, without waiting (what nodes send each other).
-    pub group: Option<u64>,
-}
 
 fn check_poll(req: &PollTasks) -> ApiResult<()> {
     if req.types.is_empty() || req.types.len() > MAX_POLL_TYPES {
@@ -119,7 +109,7 @@ async fn lease_in_group(
     group: u64,
     req: &PollTasks,
     max: u32,
-) -> Result<Vec<TaskLease>, Failure> {
+) -> ApiResult<Vec<TaskLease>> {
     let command = Command::LeaseTasks {
         types: req.types.clone(),
         worker: req.worker.clone(),
@@ -128,7 +118,7 @@ async fn lease_in_group(
     };
     match propose(state, group, command).await? {
         Outcome::Leased { tasks } => Ok(tasks.into_iter().map(lease_view).collect()),
-        other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
     }
 }
 
@@ -138,22 +128,11 @@ async fn lease_in_group(
     responses((status = 200, body = TaskList), (status = 400, body = ErrorBody)))]
 pub async fn poll_tasks(
     State(state): State<AppState>,
-    QueryParams(params): QueryParams<PollParams>,
     JsonBody(req): JsonBody<PollTasks>,
 ) -> ApiResult<Response> {
     check_poll(&req)?;
     let max = req.max.unwrap_or(1);
     let groups: Vec<u64> = state.node.data_groups().collect();
-    if let Some(group) = params.group {
-        if !groups.contains(&group) {
-            return Err(ApiError::bad_request(format!("no data group {group}")));
-        }
-        return served(async {
-            let tasks = lease_in_group(&state, group, &req, max).await?;
-            Ok(json_response(StatusCode::OK, &TaskList { tasks }))
-        })
-        .await;
-    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.unwrap_or(0));
     let mut ready = state.node.signals().subscribe_ready();
     loop {
@@ -173,7 +152,6 @@ pub async fn poll_tasks(
             match lease_in_group(&state, group, &req, left).await {
                 Ok(mut got) => tasks.append(&mut got),
                 Err(e) => {
-                    let e = ApiError::from(e);
                     tracing::debug!(group, error = %e.message, "lease failed; trying other groups")
                 }
             }
@@ -202,7 +180,7 @@ pub async fn complete_task(
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
     let output_json = object_text("output", req.output.clone())?;
-    served(async {
+    (async {
         let command = Command::CompleteTask {
             task_id: id,
             token: req.lease_token,
@@ -232,7 +210,7 @@ pub async fn fail_task(
         }
         req.error.truncate(end);
     }
-    served(async {
+    (async {
         let command = Command::FailTask {
             task_id: id,
             token: req.lease_token,
@@ -256,7 +234,7 @@ pub async fn heartbeat_task(
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
     check_lease_ms(req.lease_ms)?;
-    served(async {
+    (async {
         let command = Command::HeartbeatTask {
             task_id: id,
             token: req.lease_token,
@@ -274,8 +252,8 @@ pub async fn heartbeat_task(
                     },
                 ))
             }
-            Outcome::Refused(r) => Err(ApiError::from(r).into()),
-            other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+            Outcome::Refused(r) => Err(ApiError::from(r)),
+            other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
         }
     })
     .await
@@ -300,7 +278,7 @@ pub async fn get_task(
     .await
 }
 
-fn task_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
+fn task_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {
     match outcome {
         Outcome::Task { task, workflow } => Ok(json_response(
             StatusCode::OK,
@@ -309,7 +287,7 @@ fn task_outcome(outcome: Outcome, group: u64) -> Result<Response, Failure> {
                 workflow: views::workflow_view(workflow, group),
             },
         )),
-        Outcome::Refused(r) => Err(ApiError::from(r).into()),
-        other => Err(ApiError::internal(format!("unexpected outcome {other}")).into()),
+        Outcome::Refused(r) => Err(ApiError::from(r)),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
     }
 }

@@ -17,6 +17,8 @@
 mod apply;
 pub mod command;
 mod consensus;
+#[cfg(test)]
+mod golden;
 pub mod mutant;
 mod node;
 mod proposer;

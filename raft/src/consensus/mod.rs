@@ -355,6 +355,147 @@ impl GroupRaft {
     }
 }
 
+/// The encodings of openraft's types as raftflow stores and sends them, for
+/// `crate::golden` (the one place outside this module that pins bytes).
+#[cfg(test)]
+pub(crate) fn golden_samples(s: &mut crate::golden::Samples) {
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+        VoteRequest, VoteResponse,
+    };
+    use openraft::{EntryPayload, Membership};
+
+    use crate::transport::frames::{Frame, PeerReply, PeerRpc};
+
+    let log_id = openraft::testing::log_id::<TypeConfig>;
+    let vote = Vote::new(4, 2);
+    let addr = |n: u64| NodeAddr {
+        client: format!("127.0.0.{n}:8080"),
+        peer: format!("127.0.0.{n}:9080"),
+    };
+    let nodes: BTreeMap<u64, NodeAddr> = (1..=3).map(|n| (n, addr(n))).collect();
+    let membership =
+        Membership::<u64, NodeAddr>::new(vec![nodes.keys().copied().collect()], nodes.clone())
+            .expect("a membership");
+    let normal = Entry {
+        log_id: log_id(4, 2, 10),
+        payload: EntryPayload::Normal(Stamped {
+            at_ms: 1_700_000_000_000,
+            command: crate::Command::Tick,
+        }),
+    };
+    let entries = [
+        (
+            "blank",
+            Entry {
+                log_id: log_id(4, 2, 9),
+                payload: EntryPayload::Blank,
+            },
+        ),
+        ("normal", normal.clone()),
+        (
+            "membership",
+            Entry {
+                log_id: log_id(4, 2, 11),
+                payload: EntryPayload::Membership(membership.clone()),
+            },
+        ),
+    ];
+    for (name, entry) in &entries {
+        s.value(&format!("log/entry_{name}"), entry);
+    }
+    s.value("log/vote", &vote);
+    s.value("log/vote_committed", &Vote::new_committed(4, 2));
+    s.value("log/purged", &Some(log_id(3, 1, 7)));
+    s.value(
+        "row/applied",
+        &state_machine::Applied {
+            last_applied: Some(log_id(4, 2, 11)),
+            membership: StoredMembership::new(Some(log_id(4, 2, 11)), membership),
+        },
+    );
+
+    let request = |req| Frame::Request {
+        id: 5,
+        group: 2,
+        rpc: PeerRpc::Raft(req),
+    };
+    let reply = |r| Frame::Response {
+        id: 5,
+        reply: Ok(PeerReply::Raft(r)),
+    };
+    s.frame(
+        "frame/raft_append",
+        request(RaftRequest::Append(AppendEntriesRequest {
+            vote,
+            prev_log_id: Some(log_id(4, 2, 9)),
+            entries: vec![normal],
+            leader_commit: Some(log_id(4, 2, 9)),
+        })),
+    );
+    let vote_request = || VoteRequest::new(vote, Some(log_id(4, 2, 11)));
+    s.frame(
+        "frame/raft_vote",
+        request(RaftRequest::Vote(vote_request())),
+    );
+    s.frame(
+        "frame/raft_pre_vote",
+        request(RaftRequest::PreVote(vote_request())),
+    );
+    s.frame(
+        "frame/raft_snapshot",
+        request(RaftRequest::Snapshot {
+            vote,
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(4, 2, 11)),
+                last_membership: StoredMembership::default(),
+            },
+            data: vec![1, 2, 3],
+        }),
+    );
+    s.frame(
+        "frame/raft_transfer_leader",
+        request(RaftRequest::TransferLeader(TransferLeaderRequest::new(
+            vote,
+            3,
+            Some(log_id(4, 2, 11)),
+        ))),
+    );
+    for (name, r) in [
+        ("success", AppendEntriesResponse::Success),
+        (
+            "partial",
+            AppendEntriesResponse::PartialSuccess(Some(log_id(4, 2, 10))),
+        ),
+        ("conflict", AppendEntriesResponse::Conflict),
+        (
+            "higher_vote",
+            AppendEntriesResponse::HigherVote(Vote::new(5, 3)),
+        ),
+    ] {
+        s.frame(
+            &format!("frame/raft_reply_append_{name}"),
+            reply(RaftReply::Append(r)),
+        );
+    }
+    s.frame(
+        "frame/raft_reply_vote",
+        reply(RaftReply::Vote(VoteResponse::new(
+            vote,
+            Some(log_id(4, 2, 11)),
+            true,
+        ))),
+    );
+    s.frame(
+        "frame/raft_reply_snapshot",
+        reply(RaftReply::Snapshot(SnapshotResponse::new(vote))),
+    );
+    s.frame(
+        "frame/raft_reply_transfer_leader",
+        reply(RaftReply::TransferLeader(Ok(()))),
+    );
+}
+
 #[cfg(test)]
 mod conformance {
     use openraft::testing::log::{StoreBuilder, Suite};

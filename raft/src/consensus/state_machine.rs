@@ -24,9 +24,9 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 
 /// What `a` holds: how far this group's rows have applied the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Applied {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
+pub(crate) struct Applied {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
 }
 
 /// The applied row of `group` as stored (nothing applied yet: the default).

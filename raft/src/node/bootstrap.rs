@@ -186,4 +186,38 @@ mod tests {
             assert!(err.contains(expected), "{err}");
         }
     }
+
+    /// Through the front door: the node does not start, and says why.
+    #[tokio::test]
+    async fn a_node_refuses_to_start_on_a_data_directory_of_another_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&dir.path().join("db")).unwrap();
+            let mut batch = raftflow_storage::Batch::default();
+            store.put_raft_meta(&mut batch, META_GROUP, FORMAT_KEY, &99u32.to_le_bytes());
+            store.write_synced(batch).unwrap();
+        }
+        let addr = crate::NodeAddr {
+            client: "127.0.0.1:1".into(),
+            peer: "127.0.0.1:0".into(),
+        };
+        let config = crate::NodeConfig {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            peer_listen: "127.0.0.1:0".into(),
+            members: [(1, addr)].into(),
+            groups: 2,
+            timing: Default::default(),
+            snapshot_every: crate::SNAPSHOT_EVERY_ENTRIES,
+            log_kept_behind_snapshot: crate::LOG_KEPT_BEHIND_SNAPSHOT,
+            bind_source_ip: None,
+            min_free_disk_bytes: 0,
+        };
+        let err = match RaftNode::start(config).await {
+            Ok(_) => panic!("a node started on a directory of format 99"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("data format 99"), "{err}");
+        assert!(err.contains("reads format 1 only"), "{err}");
+    }
 }

@@ -151,7 +151,7 @@ mod tests {
             Box::pin(async move {
                 if let Forward::ReadIndex { timeout_ms: 0 } = work {
                     gate.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let _ = gate.release.acquire().await.expect("open").forget();
+                    gate.release.acquire().await.expect("open").forget();
                 }
                 Ok(ForwardReply::ReadIndex(group))
             })

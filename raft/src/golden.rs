@@ -1,0 +1,503 @@
+//! Pinned encodings: the bytes of every value raftflow stores or sends between nodes, checked
+//! against `raft/golden/encodings.txt`.
+//!
+//! The values go through bincode, which writes no field names and numbers enum variants by
+//! position. So the rule for every type pinned here (commands, outcomes, stored records, log
+//! entries, peer frames):
+//!
+//! - **Enum variants are only ever appended.** A new variant goes last; none is removed or
+//!   reordered. The bytes of every existing sample then stay as they are, and a new sample
+//!   pins the new variant.
+//! - **Struct fields never change.** bincode has no room for an appended field: bytes written
+//!   before it lack it and no longer decode. New data goes in a new enum variant (as
+//!   `Command::Batch` did), or comes with a new [`crate::DATA_FORMAT`] (data directory) or
+//!   `PEER_PROTOCOL_VERSION` (peers) and the migration that reads the old one.
+//!
+//! When this test fails, an existing encoding changed: undo the change, or follow the second
+//! rule. `RAFTFLOW_BLESS=1 cargo test -p raftflow-raft golden` rewrites the file; do that only
+//! to pin new samples, and the diff must show added lines only.
+
+use std::collections::BTreeMap;
+
+use raftflow_storage::codec;
+use raftflow_workflow::task::{Phase, Task};
+use raftflow_workflow::{HistoryRow, JsonObject, Status, Workflow};
+use serde::Serialize;
+
+use crate::command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal, Stamped};
+use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
+use crate::transport::frames::{encode_frame, Frame, PeerReply, PeerRpc};
+use crate::transport::{Forward, ForwardError, ForwardReply};
+
+const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/encodings.txt");
+
+/// Named encodings, in the order the file lists them.
+#[derive(Default)]
+pub(crate) struct Samples(pub(crate) Vec<(String, Vec<u8>)>);
+
+impl Samples {
+    /// A stored value, as the codec writes it.
+    pub(crate) fn value<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        self.raw(name, codec::encode(value).expect("encodes"));
+    }
+
+    /// A peer frame, as it goes on the wire (length prefix included).
+    pub(crate) fn frame(&mut self, name: &str, frame: Frame) {
+        self.raw(name, encode_frame(frame).expect("encodes"));
+    }
+
+    pub(crate) fn raw(&mut self, name: &str, bytes: Vec<u8>) {
+        assert!(self.0.iter().all(|(n, _)| n != name), "sample {name} twice");
+        self.0.push((name.to_string(), bytes));
+    }
+}
+
+fn context() -> JsonObject {
+    serde_json::from_str(r#"{"order": 7, "items": ["a", "b"], "paid": true}"#).unwrap()
+}
+
+fn workflow() -> Workflow {
+    Workflow {
+        id: "order-1".into(),
+        definition: "order".into(),
+        version: 2,
+        state: "paid".into(),
+        status: Status::Running,
+        revision: 3,
+        context: context(),
+        created_at_ms: 1_700_000_000_000,
+        updated_at_ms: 1_700_000_000_500,
+    }
+}
+
+fn task(phase: Phase) -> Task {
+    Task {
+        id: "order-1/3".into(),
+        workflow_id: "order-1".into(),
+        task_type: "ship".into(),
+        attempt: 2,
+        max_attempts: 3,
+        backoff_ms: 1_000,
+        backoff_multiplier: 2.0,
+        lease_ms: 30_000,
+        token: 9,
+        phase,
+        last_error: Some("carrier down".into()),
+    }
+}
+
+fn commands() -> Vec<(&'static str, Command)> {
+    vec![
+        (
+            "put_definition",
+            Command::PutDefinition {
+                name: "order".into(),
+                json: r#"{"name":"order"}"#.into(),
+            },
+        ),
+        (
+            "create_workflow",
+            Command::CreateWorkflow {
+                id: "order-1".into(),
+                definition: "order".into(),
+                version: 2,
+                definition_json: r#"{"name":"order"}"#.into(),
+                context_json: r#"{"order":7}"#.into(),
+                fingerprint: "fp".into(),
+            },
+        ),
+        (
+            "event",
+            Command::Event {
+                id: "order-1".into(),
+                event: "pay".into(),
+                payload_json: Some(r#"{"amount":12}"#.into()),
+                expected_revision: Some(1),
+                request_id: Some("req-1".into()),
+            },
+        ),
+        (
+            "cancel",
+            Command::Cancel {
+                id: "order-1".into(),
+                reason: Some("customer asked".into()),
+                request_id: None,
+            },
+        ),
+        (
+            "lease_tasks",
+            Command::LeaseTasks {
+                types: vec!["ship".into(), "bill".into()],
+                worker: "w1".into(),
+                max: 8,
+                lease_ms: Some(30_000),
+            },
+        ),
+        (
+            "complete_task",
+            Command::CompleteTask {
+                task_id: "order-1/3".into(),
+                token: 9,
+                output_json: Some(r#"{"tracking":"x"}"#.into()),
+            },
+        ),
+        (
+            "fail_task",
+            Command::FailTask {
+                task_id: "order-1/3".into(),
+                token: 9,
+                error: "carrier down".into(),
+                retryable: true,
+            },
+        ),
+        (
+            "heartbeat_task",
+            Command::HeartbeatTask {
+                task_id: "order-1/3".into(),
+                token: 9,
+                lease_ms: None,
+            },
+        ),
+        ("tick", Command::Tick),
+        (
+            "batch",
+            Command::Batch(vec![
+                Command::Tick,
+                Command::Cancel {
+                    id: "b".into(),
+                    reason: None,
+                    request_id: Some("r".into()),
+                },
+            ]),
+        ),
+    ]
+}
+
+fn outcomes() -> Vec<(&'static str, Outcome)> {
+    let refusals = [
+        Refusal::WorkflowNotFound { id: "x".into() },
+        Refusal::WorkflowExists { id: "x".into() },
+        Refusal::EventNotAllowed {
+            state: "paid".into(),
+            event: "pay".into(),
+        },
+        Refusal::Finished {
+            status: Status::Cancelled,
+        },
+        Refusal::EngineEvent {
+            event: "task.completed".into(),
+        },
+        Refusal::RevisionMismatch {
+            expected: 1,
+            current: 3,
+        },
+        Refusal::TaskNotFound { id: "t".into() },
+        Refusal::LeaseLost {
+            task_id: "t".into(),
+            reason: "expired".into(),
+        },
+    ];
+    let names = [
+        "refused_workflow_not_found",
+        "refused_workflow_exists",
+        "refused_event_not_allowed",
+        "refused_finished",
+        "refused_engine_event",
+        "refused_revision_mismatch",
+        "refused_task_not_found",
+        "refused_lease_lost",
+    ];
+    let mut out = vec![
+        ("nothing", Outcome::Nothing),
+        (
+            "definition",
+            Outcome::Definition {
+                stored: DefinitionVersion {
+                    name: "order".into(),
+                    version: 2,
+                    created_at_ms: 1_700_000_000_000,
+                    json: r#"{"name":"order"}"#.into(),
+                },
+                created: true,
+            },
+        ),
+        (
+            "workflow",
+            Outcome::Workflow {
+                workflow: workflow(),
+                created: false,
+            },
+        ),
+        (
+            "leased",
+            Outcome::Leased {
+                tasks: vec![LeasedTask {
+                    id: "order-1/3".into(),
+                    workflow_id: "order-1".into(),
+                    task_type: "ship".into(),
+                    attempt: 1,
+                    token: 9,
+                    expires_at_ms: 1_700_000_030_000,
+                    context_json: r#"{"order":7}"#.into(),
+                }],
+            },
+        ),
+        (
+            "task",
+            Outcome::Task {
+                task: task(Phase::Completed { token: 9 }),
+                workflow: workflow(),
+            },
+        ),
+        (
+            "batch",
+            Outcome::Batch(vec![
+                Outcome::Nothing,
+                Outcome::Refused(Refusal::TaskNotFound { id: "t".into() }),
+            ]),
+        ),
+    ];
+    out.extend(names.into_iter().zip(refusals.map(Outcome::Refused)));
+    out
+}
+
+fn samples() -> Samples {
+    let mut s = Samples::default();
+    for (name, command) in commands() {
+        s.value(
+            &format!("command/{name}"),
+            &Stamped {
+                at_ms: 1_700_000_000_000,
+                command,
+            },
+        );
+    }
+    for (name, outcome) in outcomes() {
+        s.value(&format!("outcome/{name}"), &outcome);
+    }
+
+    // The rows of a group's state.
+    for (name, step) in [
+        ("none", None),
+        (
+            "task",
+            Some(OpenStep::Task {
+                task_id: "order-1/3".into(),
+            }),
+        ),
+        ("timer", Some(OpenStep::Timer { due_ms: 42 })),
+    ] {
+        let record = WorkflowRecord {
+            workflow: workflow(),
+            fingerprint: "fp".into(),
+            step,
+        };
+        s.value(&format!("row/workflow/step_{name}"), &record);
+    }
+    for (name, phase) in [
+        ("ready", Phase::Ready),
+        ("backoff", Phase::Backoff { until_ms: 5 }),
+        (
+            "leased",
+            Phase::Leased {
+                worker: "w1".into(),
+                expires_at_ms: 6,
+            },
+        ),
+        ("completed", Phase::Completed { token: 9 }),
+        ("failed", Phase::Failed { token: 9 }),
+        ("withdrawn", Phase::Withdrawn),
+    ] {
+        let record = TaskRecord {
+            task: task(phase),
+            queued: Some(17),
+        };
+        s.value(&format!("row/task/{name}"), &record);
+    }
+    for (name, payload) in [("plain", None), ("payload", Some(context()))] {
+        let row = HistoryRow {
+            revision: 3,
+            event: "pay".into(),
+            from: Some("created".into()),
+            to: "paid".into(),
+            payload,
+            at_ms: 1_700_000_000_500,
+        };
+        s.value(&format!("row/history/{name}"), &row);
+    }
+    s.value("row/dedup", &Outcome::Nothing);
+    s.value("row/pinned_definition", r#"{"name":"order"}"#);
+    s.value("row/latest_version", &2u32);
+    s.value("row/ready", &());
+    s.value(
+        "snapshot/rows",
+        &vec![(b"w/order-1".to_vec(), b"value".to_vec())],
+    );
+
+    // Where the rows are: the key layout.
+    s.raw("key/workflow", tables::workflow_key("order-1"));
+    s.raw("key/history", tables::history_key("order-1", 3));
+    s.raw("key/history_prefix", tables::history_prefix("order-1"));
+    s.raw("key/dedup", tables::dedup_key("order-1", "req-1"));
+    s.raw("key/task", tables::task_key("order-1/3"));
+    s.raw("key/ready", tables::ready_key("ship", 17, "order-1/3"));
+    s.raw(
+        "key/deadline_task",
+        tables::deadline_key(42, tables::DEADLINE_TASK, "order-1/3"),
+    );
+    s.raw(
+        "key/deadline_timer",
+        tables::deadline_key(42, tables::DEADLINE_TIMER, "order-1"),
+    );
+    s.raw("key/pinned", tables::pinned_key("order", 2));
+    s.raw("key/definition", tables::definition_key("order", 2));
+    s.raw("key/latest", tables::latest_key("order"));
+    s.raw("key/applied", tables::APPLIED.to_vec());
+
+    // The node's own records.
+    s.raw(
+        "meta/data_format",
+        crate::DATA_FORMAT.to_le_bytes().to_vec(),
+    );
+    s.value("meta/data_groups", &8u64);
+
+    // Peer frames that carry no Raft message.
+    let request = |rpc| Frame::Request {
+        id: 5,
+        group: 2,
+        rpc,
+    };
+    let response = |reply| Frame::Response { id: 5, reply };
+    s.frame("frame/initialized", request(PeerRpc::Initialized));
+    s.frame(
+        "frame/forward_propose",
+        request(PeerRpc::Forward(Forward::Propose {
+            command: commands().remove(2).1,
+            timeout_ms: 5_000,
+        })),
+    );
+    s.frame(
+        "frame/forward_read_index",
+        request(PeerRpc::Forward(Forward::ReadIndex { timeout_ms: 5_000 })),
+    );
+    s.frame(
+        "frame/reply_initialized",
+        response(Ok(PeerReply::Initialized(true))),
+    );
+    s.frame(
+        "frame/reply_outcome",
+        response(Ok(PeerReply::Forward(Ok(ForwardReply::Outcome(Box::new(
+            outcomes().remove(2).1,
+        )))))),
+    );
+    s.frame(
+        "frame/reply_read_index",
+        response(Ok(PeerReply::Forward(Ok(ForwardReply::ReadIndex(77))))),
+    );
+    for (name, e) in [
+        ("not_leader", ForwardError::NotLeader(Some(3))),
+        ("unavailable", ForwardError::Unavailable("no quorum".into())),
+        ("storage_full", ForwardError::StorageFull("disk".into())),
+        ("failed", ForwardError::Failed("boom".into())),
+    ] {
+        s.frame(
+            &format!("frame/reply_forward_{name}"),
+            response(Ok(PeerReply::Forward(Err(e)))),
+        );
+    }
+    s.frame("frame/reply_error", response(Err("no group 9".into())));
+
+    // Log entries, votes, the applied row and Raft's messages: openraft's types.
+    crate::consensus::golden_samples(&mut s);
+    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The pinned `name -> hex` lines of the file.
+fn parse(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, h)| (n.to_string(), h.trim().to_string()))
+        .collect()
+}
+
+/// What differs between the pinned encodings and the current ones.
+fn differences(pinned: &BTreeMap<String, String>, current: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, bytes) in current {
+        match pinned.get(name) {
+            Some(h) if *h == hex(bytes) => {}
+            Some(h) => out.push(format!("{name}: pinned {h}\n  now {}", hex(bytes))),
+            None => out.push(format!("{name}: not pinned yet (new sample)")),
+        }
+    }
+    for name in pinned.keys() {
+        if current.iter().all(|(n, _)| n != name) {
+            out.push(format!("{name}: pinned but no longer produced"));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_stored_and_sent_encoding_matches_its_pinned_bytes() {
+    let current = samples().0;
+    if std::env::var("RAFTFLOW_BLESS").as_deref() == Ok("1") {
+        let mut text = String::from(
+            "# The pinned encodings of raft/src/golden.rs: name, then the bytes in hex.\n\
+             # Read the rule there before changing a line: lines are only ever added.\n",
+        );
+        for (name, bytes) in &current {
+            text.push_str(&format!("{name} {}\n", hex(bytes)));
+        }
+        std::fs::create_dir_all(std::path::Path::new(FILE).parent().unwrap()).unwrap();
+        std::fs::write(FILE, text).unwrap();
+        return;
+    }
+    let pinned = parse(&std::fs::read_to_string(FILE).unwrap_or_default());
+    let diff = differences(&pinned, &current);
+    assert!(
+        diff.is_empty(),
+        "encodings differ from {FILE} (see the rule in raft/src/golden.rs):\n{}",
+        diff.join("\n")
+    );
+}
+
+/// The check itself: a reordered variant, a changed field and a dropped sample are caught.
+#[test]
+fn the_golden_check_catches_a_reordered_variant() {
+    #[derive(Serialize)]
+    enum Before {
+        A,
+        B(u8),
+    }
+    #[derive(Serialize)]
+    enum Reordered {
+        B(u8),
+        A,
+    }
+    let mut before = Samples::default();
+    before.value("b", &Before::B(1));
+    before.value("a", &Before::A);
+    let pinned: BTreeMap<String, String> =
+        before.0.iter().map(|(n, b)| (n.clone(), hex(b))).collect();
+    assert!(differences(&pinned, &before.0).is_empty());
+
+    let mut after = Samples::default();
+    after.value("b", &Reordered::B(1));
+    after.value("a", &Reordered::A);
+    let diff = differences(&pinned, &after.0);
+    assert_eq!(diff.len(), 2, "{diff:?}");
+
+    let mut fewer = Samples::default();
+    fewer.value("b", &Before::B(1));
+    assert_eq!(
+        differences(&pinned, &fewer.0),
+        ["a: pinned but no longer produced"]
+    );
+}
