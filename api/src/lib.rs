@@ -169,6 +169,15 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     handlers::text_response("text/plain; version=0.0.4", metrics::render(&state))
 }
 
+impl AppState {
+    /// Requests holding one of the `max_inflight_requests` slots now.
+    pub fn inflight_requests(&self) -> usize {
+        self.config
+            .max_inflight_requests
+            .saturating_sub(self.inflight.available_permits())
+    }
+}
+
 /// Sheds requests beyond `max_inflight_requests` with 429, so an overloaded node answers
 /// quickly instead of queueing without bound. Health, readiness and metrics are never shed.
 async fn shed_load(

@@ -163,6 +163,11 @@ pub fn render(state: &AppState) -> String {
     for (name, help, v) in counters.iter().chain(wal.iter()) {
         let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
+    let _ = writeln!(
+        w,
+        "# HELP raftflow_http_requests_inflight Requests being served now (health, readiness and metrics not counted); at max_inflight_requests more are shed with 429.\n# TYPE raftflow_http_requests_inflight gauge\nraftflow_http_requests_inflight {}",
+        state.inflight_requests()
+    );
     let _ = writeln!(w, "# TYPE raftflow_group_applied_index gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_leader gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_is_leader gauge");

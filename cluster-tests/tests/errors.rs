@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use raftflow_cluster_tests::{counter_definition, order_definition, Cluster};
 use serde_json::{json, Value};
 
@@ -309,34 +311,44 @@ async fn overloaded_node_sheds_with_429() {
             .status,
         201
     );
-    let a = h1
-        .post(
-            "/v1/workflows",
-            json!({"id": "s-1", "definition": "counter"}),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    // Hold node 1's only request slot: a request node 1 must forward to a paused leader.
-    let leader = cluster.leader_of(1, 1).await.unwrap();
-    let (slow_node, paused) = if leader == 1 { (2, 1) } else { (1, leader) };
-    let h = Http::new(&cluster.node(slow_node).client);
-    cluster.pause(paused, true);
-    let path = "/v1/workflows/s-1".to_string();
-    let base = h.base.clone();
-    let slow = tokio::spawn(async move {
-        let _ = reqwest::Client::new()
-            .get(format!("{base}{path}"))
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let a = h.get("/v1/definitions").await;
-    cluster.pause(paused, false);
+    // Hold the node's only request slot with a request whose body never finishes arriving:
+    // the slot is taken from the headers on, for as long as the test keeps the socket open.
+    let mut held = tokio::net::TcpStream::connect(&cluster.node(1).client)
+        .await
+        .unwrap();
+    held.write_all(
+        b"POST /v1/workflows HTTP/1.1\r\nHost: raftflow\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"id\": ",
+    )
+    .await
+    .unwrap();
+    // The gauge of requests in flight says when the slot is taken (metrics are never shed).
+    raftflow_cluster_tests::eventually(Duration::from_secs(10), || async {
+        let text = reqwest::get(format!("http://{}/metrics", cluster.node(1).client))
+            .await?
+            .text()
+            .await?;
+        anyhow::ensure!(
+            text.lines()
+                .any(|l| l == "raftflow_http_requests_inflight 1"),
+            "slot not taken yet"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let a = h1.get("/v1/definitions").await;
     a.expect(429, "overloaded");
     assert_eq!(a.retry_after.as_deref(), Some("1"));
-    assert_eq!(h.get("/healthz").await.status, 200, "health is never shed");
-    let _ = slow.await;
+    assert_eq!(h1.get("/healthz").await.status, 200, "health is never shed");
+    // Once the held request ends, the slot is free again.
+    drop(held);
+    raftflow_cluster_tests::eventually(Duration::from_secs(10), || async {
+        let status = h1.get("/v1/definitions").await.status;
+        anyhow::ensure!(status == 200, "still shed: {status}");
+        Ok(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
