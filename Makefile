@@ -7,7 +7,7 @@ export RAFTFLOW_GROUPS ?= 8
 # One profile for the binary, unit tests and cluster tests, so RocksDB is built once.
 CARGO_PROFILE := --release
 
-.PHONY: deps build cluster cluster-stop cluster-status mutants test jepsen lint fmt bench profile
+.PHONY: deps build cluster cluster-stop cluster-status mutants test test-console jepsen lint fmt bench profile
 
 deps:
 	@scripts/deps.sh build
@@ -33,6 +33,14 @@ test: deps mutants
 	@scripts/deps.sh test
 	cargo build $(CARGO_PROFILE) --workspace --all-targets
 	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
+	@$(MAKE) --no-print-directory test-console
+
+# The web console in headless Chromium (Debian's) against a real three-node cluster; screenshots
+# under $(CARGO_TARGET_DIR)/console-screenshots/.
+test-console:
+	@scripts/deps.sh test
+	cargo build $(CARGO_PROFILE) --bin raftflow
+	PYTHONDONTWRITEBYTECODE=1 "$$(scripts/browser-env.sh)/bin/python" -m pytest -q -p no:cacheprovider cluster-tests/ui
 
 # The long failure suite: every fault for JEPSEN_SECONDS (default 600), JEPSEN_RUNS seeds each
 # (default 1), report under jepsen-report/<time>/<fault>[-<run>]/ (history.jsonl,

@@ -46,7 +46,7 @@ start() {
         echo "  node $i  client http://$(client "$i")  peer $(peer "$i")  log $DIR/n$i.log"
       done
       echo
-      echo "try:  curl -s http://127.0.0.1:7001/v1/cluster"
+      echo "try:  $BIN cluster status   (or open http://127.0.0.1:7001/ui/)"
       echo "stop: make cluster-stop"
       return 0
     fi
@@ -76,10 +76,10 @@ status() {
   for i in "${NODES[@]}"; do
     if pid=$(our_pid "$i"); then echo "node $i: running (pid $pid), client $(client "$i")"; else echo "node $i: stopped"; fi
   done
-  for i in "${NODES[@]}"; do
-    if "$BIN" status --node "$(client "$i")" 2>/dev/null; then return 0; fi
-  done
-  echo "no node answers /v1/cluster"
+  local addrs=()
+  for i in "${NODES[@]}"; do addrs+=("$(client "$i")"); done
+  # The CLI moves on to the next address when one does not answer.
+  "$BIN" cluster status --addr "$(IFS=,; echo "${addrs[*]}")" || echo "no node answers /v1/cluster"
 }
 
 case "${1:-}" in

@@ -42,6 +42,11 @@ if [ "${1:-build}" = test ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   # The report plot draws its labels with DejaVu Sans.
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+  # The console's browser tests: Debian's Chromium driven by Playwright for Python (in a
+  # virtualenv that scripts/browser-env.sh makes; Playwright's own browser download is not used).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
   if [ "$(id -u)" != 0 ]; then
     echo "note: the failure tests create network namespaces and iptables rules: run \`make test\` as root" >&2
   fi

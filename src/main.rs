@@ -1,6 +1,8 @@
-//! The `raftflow` binary: `serve` runs a node, `status` shows a cluster, `worker` runs tasks.
+//! The `raftflow` binary: `serve` runs a node; `definition`, `workflow`, `task` and `cluster`
+//! drive a cluster over its API; `worker` runs tasks; `completions` prints shell completions.
 //! The benchmark is its own binary, `raftflow-bench` (cluster-tests).
 
+mod cli;
 mod config;
 mod worker;
 
@@ -19,9 +21,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "raftflow",
     version,
-    about = "A durable workflow engine on Raft"
+    about = "A durable workflow engine on Raft",
+    after_help = "Examples:\n  raftflow definition apply examples/order.json\n  raftflow workflow start order --id order-17\n  raftflow workflow send order-17 pay\n  raftflow cluster status\n\nExit codes: 0 ok, 1 other failure, 2 usage or invalid request, 3 not found, 4 conflict,\n5 unavailable (retry), 6 --wait: ended failed or cancelled, 7 --wait: still running."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -29,20 +34,36 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
+    #[command(
+        after_help = "Example:\n  raftflow serve --id 1 --initial-cluster 1=127.0.0.1:7001/127.0.0.1:8001 --data-dir /var/lib/raftflow"
+    )]
     Serve(Box<config::ServeArgs>),
-    /// Show a node's view of the cluster: nodes, groups and their leaders.
-    Status {
-        /// Client address of any node.
-        #[arg(long, default_value = "127.0.0.1:7001")]
-        node: String,
-    },
+    /// Definitions: apply, get, list, versions.
+    #[command(subcommand, visible_alias = "def")]
+    Definition(cli::DefinitionCmd),
+    /// Workflows: start, get, list, send an event, cancel, history.
+    #[command(subcommand, visible_alias = "wf")]
+    Workflow(cli::WorkflowCmd),
+    /// Tasks: poll, get, complete, fail, heartbeat.
+    #[command(subcommand)]
+    Task(cli::TaskCmd),
+    /// The cluster: status, nodes, groups, digest, health, metrics, openapi.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCmd),
+    /// Same as `cluster status`.
+    #[command(after_help = "Example:\n  raftflow status --addr 127.0.0.1:7002")]
+    Status,
     /// Run a command for each task of the given types: context on stdin, output on stdout.
+    #[command(after_help = "Example:\n  raftflow worker --type ship --exec examples/ship.sh")]
     Worker(worker::WorkerArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  source <(raftflow completions bash)")]
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let client_cmd = match cli.command {
         Cmd::Serve(args) => {
             let cfg = config::resolve(*args)?;
             init_logging(&cfg.log_format);
@@ -52,22 +73,31 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("raftflow")
                 .on_thread_start(raftflow_storage::disable_perf_counters_on_this_thread)
                 .build()?;
-            rt.block_on(serve(cfg))
-        }
-        Cmd::Status { node } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(status(&node))
+            return rt.block_on(serve(cfg));
         }
         Cmd::Worker(args) => {
             init_logging("text");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(worker::run(args))
+            return rt.block_on(worker::run(args));
         }
-    }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "raftflow", &mut std::io::stdout());
+            return Ok(());
+        }
+        Cmd::Definition(c) => cli::ClientCmd::Definition(c),
+        Cmd::Workflow(c) => cli::ClientCmd::Workflow(c),
+        Cmd::Task(c) => cli::ClientCmd::Task(c),
+        Cmd::Cluster(c) => cli::ClientCmd::Cluster(c),
+        Cmd::Status => cli::ClientCmd::Cluster(cli::ClusterCmd::Status),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(cli::run(&cli.global, client_cmd));
+    std::process::exit(code);
 }
 
 fn init_logging(format: &str) {
@@ -128,49 +158,113 @@ async fn shutdown_signal() {
     }
 }
 
-async fn status(node: &str) -> anyhow::Result<()> {
-    let client = raftflow_client::client::Client::new(node, std::time::Duration::from_secs(3));
-    let c = client
-        .cluster()
-        .await
-        .with_context(|| format!("asking {node}"))?;
-    println!("as seen by node {}:", c.node_id);
-    for n in &c.nodes {
-        let r = if n.reachable {
-            "reachable"
-        } else {
-            "UNREACHABLE"
-        };
-        println!(
-            "  node {}  client {}  peer {}  {r}",
-            n.id, n.client_addr, n.peer_addr
-        );
-    }
-    println!(
-        "  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}",
-        "group", "kind", "leader", "term", "last_applied", "voters"
-    );
-    for g in &c.groups {
-        let leader = g
-            .leader
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "-".into());
-        let applied = g
-            .last_applied
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "-".into());
-        let voters = format!("{:?}", g.voters);
-        println!(
-            "  {:<6} {:<5} {:>7} {:>5} {:>12} {:>10}",
-            g.id, g.kind, leader, g.term, applied, voters
-        );
-    }
-    let mut led = std::collections::BTreeMap::<u64, usize>::new();
-    for g in c.groups.iter().filter(|g| g.kind == "data") {
-        if let Some(l) = g.leader {
-            *led.entry(l).or_default() += 1;
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::Parser;
+    use utoipa::OpenApi;
+
+    use super::Cli;
+
+    /// Every route of the API and the command that calls it.
+    const ROUTES: &[(&str, &str, &str)] = &[
+        (
+            "PUT",
+            "/v1/definitions/{name}",
+            "definition apply order.yaml",
+        ),
+        ("GET", "/v1/definitions/{name}", "definition get order"),
+        (
+            "GET",
+            "/v1/definitions/{name}/versions/{version}",
+            "definition get order --version 1",
+        ),
+        ("GET", "/v1/definitions", "definition list"),
+        ("POST", "/v1/workflows", "workflow start order --id o-1"),
+        ("GET", "/v1/workflows/{id}", "workflow get o-1"),
+        ("POST", "/v1/workflows/{id}/events", "workflow send o-1 pay"),
+        ("POST", "/v1/workflows/{id}/cancel", "workflow cancel o-1"),
+        ("GET", "/v1/workflows/{id}/history", "workflow history o-1"),
+        ("GET", "/v1/workflows", "workflow list --status running"),
+        ("POST", "/v1/tasks/poll", "task poll --type ship"),
+        ("GET", "/v1/tasks/{id}", "task get o-1:2"),
+        (
+            "POST",
+            "/v1/tasks/{id}/complete",
+            "task complete o-1:2 --lease-token 1",
+        ),
+        (
+            "POST",
+            "/v1/tasks/{id}/fail",
+            "task fail o-1:2 --lease-token 1 --error x",
+        ),
+        (
+            "POST",
+            "/v1/tasks/{id}/heartbeat",
+            "task heartbeat o-1:2 --lease-token 1",
+        ),
+        ("GET", "/v1/cluster", "cluster status"),
+        ("GET", "/v1/cluster/groups/{id}/digest", "cluster digest 1"),
+        ("GET", "/healthz", "cluster health"),
+        ("GET", "/readyz", "cluster health"),
+        ("GET", "/metrics", "cluster metrics"),
+        ("GET", "/openapi.json", "cluster openapi"),
+    ];
+
+    #[test]
+    fn every_route_of_the_api_has_a_cli_command() {
+        let doc = serde_json::to_value(raftflow_api::ApiDoc::openapi()).unwrap();
+        let mut served = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                // The console is a page for browsers, not an API call.
+                if path != "/ui/" {
+                    served.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let covered: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(served, covered, "routes and CLI commands differ");
+        for (_, _, command) in ROUTES {
+            let args = std::iter::once("raftflow").chain(command.split(' '));
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("`raftflow {command}` does not parse: {e}");
+            }
         }
     }
-    println!("  data groups led per node: {led:?}");
-    Ok(())
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name()).trim().to_string();
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let help = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(name.clone());
+                }
+            }
+            for s in subs {
+                walk(s, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<Cli as clap::CommandFactory>::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
 }

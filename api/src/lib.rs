@@ -5,6 +5,7 @@
 //! Any node answers any request. A handler maps the request to its Raft group, serves it if
 //! this node leads the group, and otherwise forwards it once to the leader's client address.
 
+mod console;
 mod error;
 mod extract;
 mod handlers;
@@ -122,6 +123,7 @@ impl AppState {
         handlers::readyz,
         prometheus,
         openapi,
+        console::index,
     ),
     components(schemas(
         types::CreateWorkflow,
@@ -231,6 +233,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(console::redirect))
+        .route("/ui/", get(console::index))
+        .route("/ui/{file}", get(console::asset))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,8 +1,10 @@
 //! A typed client for the HTTP API, for Rust programs, tests and the bench command.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Method;
+pub use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -62,11 +64,27 @@ pub type ClientResult<T> = Result<T, ClientError>;
 /// A poll's timeout is its wait plus this much.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
 
-/// A client of one node (any node serves every request).
+/// A client of a cluster through one or more of its nodes (any node serves every request).
+///
+/// With several addresses it fails over: a request that cannot connect to one node goes to the
+/// next, and later requests start from the node that answered. A read (GET) also moves on after
+/// any other transport error; a write does not, since it may have been applied.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index into `bases` of the node to try first.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
+}
+
+/// `host:port` or a URL, as a base URL without a trailing slash.
+fn base_url(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 impl Client {
@@ -77,11 +95,17 @@ impl Client {
 
     /// Like [`Client::new`], sending from `source` when given.
     pub fn with_source(addr: &str, timeout: Duration, source: Option<std::net::IpAddr>) -> Client {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        Client::build(vec![base_url(addr)], timeout, source)
+    }
+
+    /// A client that fails over between `addrs` (each `host:port` or a URL), in that order.
+    pub fn with_addrs<S: AsRef<str>>(addrs: &[S], timeout: Duration) -> Client {
+        let bases: Vec<String> = addrs.iter().map(|a| base_url(a.as_ref())).collect();
+        assert!(!bases.is_empty(), "a client needs at least one address");
+        Client::build(bases, timeout, None)
+    }
+
+    fn build(bases: Vec<String>, timeout: Duration, source: Option<std::net::IpAddr>) -> Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(64)
@@ -89,7 +113,16 @@ impl Client {
             .local_address(source)
             .build()
             .expect("http client builds");
-        Client { base, http }
+        Client {
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(0)),
+            http,
+        }
+    }
+
+    /// The base URL requests go to first (the node that answered last).
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -108,28 +141,88 @@ impl Client {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> ClientResult<(u16, T)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let (status, bytes) = self.send(method, path, body, timeout).await?;
         if (200..300).contains(&status) {
             let v = serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Transport(format!("bad response body: {e}")))?;
             return Ok((status, v));
         }
         Err(ClientError::from_response(status, &bytes))
+    }
+
+    /// Sends one request, failing over between the addresses; any status is an answer.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> ClientResult<(u16, bytes::Bytes)> {
+        let first = self.current.load(Ordering::Relaxed);
+        let idempotent = method == Method::GET;
+        let mut last = None;
+        for i in 0..self.bases.len() {
+            let at = (first + i) % self.bases.len();
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.bases[at]));
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let answer = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    resp.bytes().await.map(|b| (status, b))
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(answer) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    let next = e.is_connect() || idempotent;
+                    last = Some(ClientError::Transport(format!("{}: {e}", self.bases[at])));
+                    if !next {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.expect("at least one address was tried"))
+    }
+
+    /// Any request: the answer's status and JSON body for a 2xx, the API's error otherwise.
+    /// What the CLI's `-o json` prints.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> ClientResult<(u16, Value)> {
+        self.call_within(method, path, body, None).await
+    }
+
+    /// Like [`Client::request`] with its own timeout (a long poll).
+    pub async fn request_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> ClientResult<(u16, Value)> {
+        self.call_within(method, path, body, Some(timeout)).await
+    }
+
+    /// A GET whose answer is text (`/metrics`) or whose status is the answer (`/healthz`,
+    /// `/readyz`): the status and the body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> ClientResult<(u16, String)> {
+        let (status, bytes) = self.send::<()>(Method::GET, path, None, None).await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// PUT a definition; the status is 201 for a new version, 200 for an unchanged one.
