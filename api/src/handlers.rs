@@ -658,6 +658,9 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             client_addr: addr.client.clone(),
             peer_addr: addr.peer.clone(),
             reachable,
+            // Every member of a fixed cluster is active; the other states come with joining
+            // and draining.
+            state: "active".to_string(),
         });
     }
     let groups = node
@@ -669,6 +672,7 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             leader: g.leader,
             term: g.term,
             voters: g.voters,
+            learners: g.learners,
             last_applied: g.last_applied,
             last_log_index: g.last_log_index,
             committed: g.committed,
@@ -686,6 +690,8 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         .collect();
     let view = ClusterView {
         node_id: node.id(),
+        // Every data group has every member as a voter until placement on R of N nodes lands.
+        replication_factor: node.members().len() as u64,
         nodes,
         groups,
         placement: PlacementView {
@@ -693,6 +699,8 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group by rendezvous hashing"
                 .into(),
             slots_per_group: Value::Object(slots_per_group),
+            // Slots move only once groups can be added and retired online.
+            moves: Vec::new(),
         },
     };
     Ok(json_response(StatusCode::OK, &view))

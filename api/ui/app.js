@@ -389,19 +389,21 @@ async function clusterPage() {
   const led = {};
   for (const g of data) if (g.leader) led[g.leader] = (led[g.leader] || 0) + 1;
   const reachable = (yes) => h("span", { class: `badge ${yes ? "s-succeeded" : "s-failed"}` }, yes ? "yes" : "no");
-  const nodes = table(["Node", "Client", "Peer", "Reachable", "Data groups led"], c.nodes.map((n) => [
-    String(n.id), n.client_addr, n.peer_addr, reachable(n.reachable), String(led[n.id] || 0)]), { id: "nodes" });
+  const nodes = table(["Node", "Client", "Peer", "State", "Reachable", "Data groups led"], c.nodes.map((n) => [
+    String(n.id), n.client_addr, n.peer_addr, n.state || "active", reachable(n.reachable), String(led[n.id] || 0)]), { id: "nodes" });
   const slots = c.placement.slots_per_group || {};
-  const groups = table(["Group", "Kind", "Leader", "Term", "Voters", "Last applied", "Committed", "Slots"], c.groups.map((g) => [
+  const groups = table(["Group", "Kind", "Leader", "Term", "Voters", "Learners", "Last applied", "Committed", "Slots"], c.groups.map((g) => [
     String(g.id), g.kind, g.leader ? String(g.leader) : h("span", { class: "badge s-failed" }, "none"), String(g.term),
-    g.voters.join(", "), g.last_applied ?? "-", g.committed ?? "-", slots[g.id] !== undefined ? String(slots[g.id]) : "-"]), { id: "groups" });
+    g.voters.join(", "), (g.learners || []).join(", ") || "-", g.last_applied ?? "-", g.committed ?? "-", slots[g.id] !== undefined ? String(slots[g.id]) : "-"]), { id: "groups" });
   const matrix = h("table", { class: "matrix", id: "placement" },
     h("thead", {}, h("tr", {}, h("th", {}, "Group"), c.nodes.map((n) => h("th", {}, `node ${n.id}`)))),
     h("tbody", {}, c.groups.map((g) => h("tr", {}, h("td", {}, `${g.id} (${g.kind})`),
-      c.nodes.map((n) => h("td", {}, g.leader === n.id ? h("strong", {}, "leader") : g.voters.includes(n.id) ? "voter" : h("span", { class: "muted" }, "–")))))));
+      c.nodes.map((n) => h("td", {}, g.leader === n.id ? h("strong", {}, "leader") : g.voters.includes(n.id) ? "voter"
+        : (g.learners || []).includes(n.id) ? "learner" : h("span", { class: "muted" }, "–")))))));
   render(
     h("h1", {}, "Cluster"),
-    h("p", { class: "muted" }, `as seen by node ${c.node_id} · ${c.placement.slots} slots, ${c.placement.hash}`),
+    h("p", { class: "muted" }, `as seen by node ${c.node_id} · replication factor ${c.replication_factor} · ${c.placement.slots} slots, ${c.placement.hash}`),
+    (c.placement.moves || []).length ? h("p", { id: "moves" }, `slot moves in progress: ${c.placement.moves.length}`) : null,
     h("h2", {}, "Nodes"), nodes,
     h("h2", {}, "Groups"), groups,
     h("h2", {}, "Replica placement"), matrix);

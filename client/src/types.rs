@@ -152,6 +152,9 @@ pub struct NodeView {
     pub client_addr: String,
     pub peer_addr: String,
     pub reachable: bool,
+    /// `joining`, `active`, `draining` or `removed`.
+    #[serde(default)]
+    pub state: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -163,6 +166,9 @@ pub struct GroupView {
     pub leader: Option<u64>,
     pub term: u64,
     pub voters: Vec<u64>,
+    /// Non-voting replicas, catching up.
+    #[serde(default)]
+    pub learners: Vec<u64>,
     pub last_applied: Option<u64>,
     pub last_log_index: Option<u64>,
     pub committed: Option<u64>,
@@ -182,6 +188,10 @@ pub struct PlacementView {
     /// Slots owned by each data group, keyed by group id.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub slots_per_group: Value,
+    /// Slot moves in progress.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub moves: Vec<Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -189,6 +199,9 @@ pub struct PlacementView {
 pub struct ClusterView {
     /// The node that answered.
     pub node_id: u64,
+    /// Voters of each data group.
+    #[serde(default)]
+    pub replication_factor: u64,
     pub nodes: Vec<NodeView>,
     pub groups: Vec<GroupView>,
     pub placement: PlacementView,

@@ -342,7 +342,20 @@ async fn the_cli_drives_every_part_of_the_api() {
 
     // The cluster.
     let run = raftflow(&all, &["cluster", "status", "-o", "json"]).ok();
-    assert_eq!(run.json()["nodes"].as_array().unwrap().len(), 3);
+    let view = run.json();
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(view["replication_factor"], 3);
+    assert!(view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["state"] == "active"));
+    assert!(view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["learners"] == json!([])));
+    assert_eq!(view["placement"]["moves"], json!([]));
     let run = raftflow(&all, &["cluster", "groups"]).ok();
     assert_eq!(
         run.stdout.lines().count(),

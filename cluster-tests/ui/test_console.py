@@ -219,4 +219,6 @@ def test_cluster_page_matches_the_api(cluster, page):
     expect(page.locator("#placement")).to_contain_text("leader")
     for n in view["nodes"]:
         expect(page.locator("#nodes")).to_contain_text(n["client_addr"])
+    expect(page.locator("#nodes")).to_contain_text("active")
+    expect(page.locator("main")).to_contain_text(f"replication factor {view['replication_factor']}")
     shot(page, "cluster")

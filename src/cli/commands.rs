@@ -756,7 +756,13 @@ impl Cli {
                     ClusterCmd::Nodes => print!("{}", nodes_table(&c)),
                     ClusterCmd::Groups => print!("{}", groups_table(&c)),
                     _ => {
-                        println!("{}", dim(&format!("as seen by node {}", c.node_id)));
+                        println!(
+                            "{}",
+                            dim(&format!(
+                                "as seen by node {}; replication factor {}",
+                                c.node_id, c.replication_factor
+                            ))
+                        );
                         print!("{}", nodes_table(&c));
                         println!();
                         print!("{}", groups_table(&c));
@@ -846,6 +852,7 @@ fn nodes_table(c: &ClusterView) -> String {
                 n.id.to_string(),
                 n.client_addr.clone(),
                 n.peer_addr.clone(),
+                output::status(&n.state),
                 if n.reachable {
                     "yes".into()
                 } else {
@@ -854,7 +861,7 @@ fn nodes_table(c: &ClusterView) -> String {
             ]
         })
         .collect();
-    table(&["NODE", "CLIENT", "PEER", "REACHABLE"], &rows)
+    table(&["NODE", "CLIENT", "PEER", "STATE", "REACHABLE"], &rows)
 }
 
 fn groups_table(c: &ClusterView) -> String {
@@ -866,13 +873,21 @@ fn groups_table(c: &ClusterView) -> String {
                 .as_u64()
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "-".into());
-            let voters: Vec<String> = g.voters.iter().map(u64::to_string).collect();
+            let ids = |v: &[u64]| {
+                let s: Vec<String> = v.iter().map(u64::to_string).collect();
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.join(",")
+                }
+            };
             vec![
                 g.id.to_string(),
                 g.kind.clone(),
                 opt(g.leader),
                 g.term.to_string(),
-                voters.join(","),
+                ids(&g.voters),
+                ids(&g.learners),
                 opt(g.last_applied),
                 slots,
             ]
@@ -880,7 +895,7 @@ fn groups_table(c: &ClusterView) -> String {
         .collect();
     table(
         &[
-            "GROUP", "KIND", "LEADER", "TERM", "VOTERS", "APPLIED", "SLOTS",
+            "GROUP", "KIND", "LEADER", "TERM", "VOTERS", "LEARNERS", "APPLIED", "SLOTS",
         ],
         &rows,
     )

@@ -135,6 +135,8 @@ pub struct GroupStatus {
     pub leader: Option<u64>,
     pub term: u64,
     pub voters: Vec<u64>,
+    /// Non-voting replicas (catching up before they become voters).
+    pub learners: Vec<u64>,
     pub last_applied: Option<u64>,
     pub last_log_index: Option<u64>,
     pub committed: Option<u64>,
@@ -224,6 +226,7 @@ impl GroupRaft {
             leader: m.current_leader,
             term: m.current_term,
             voters: m.membership_config.membership().voter_ids().collect(),
+            learners: m.membership_config.membership().learner_ids().collect(),
             last_applied: m.last_applied.as_ref().map(|l| l.index),
             last_log_index: m.last_log_index,
             committed: m.local_committed.as_ref().map(|l| l.index),
