@@ -156,6 +156,21 @@ impl AppState {
 )]
 pub struct ApiDoc;
 
+/// `(METHOD, path)` of every route in the OpenAPI document.
+pub fn openapi_routes() -> std::collections::BTreeSet<(String, String)> {
+    let doc = ApiDoc::openapi();
+    let mut routes = std::collections::BTreeSet::new();
+    for (path, item) in &doc.paths.paths {
+        let item = serde_json::to_value(item).unwrap_or_default();
+        for method in item.as_object().into_iter().flat_map(|o| o.keys()) {
+            if matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch") {
+                routes.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    routes
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "the OpenAPI 3 document")))]
 async fn openapi() -> Response {

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use utoipa::OpenApi;
-
 /// `(METHOD, path)` of every route-table row of the served part of `docs/API.md` (the part
 /// before "Not yet served", which lists routes designed but not built).
 fn documented_routes() -> BTreeSet<(String, String)> {
@@ -31,23 +29,10 @@ fn documented_routes() -> BTreeSet<(String, String)> {
     routes
 }
 
-fn openapi_routes() -> BTreeSet<(String, String)> {
-    let doc = serde_json::to_value(raftflow_api::ApiDoc::openapi()).expect("serialises");
-    let mut routes = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for method in item.as_object().expect("path item").keys() {
-            if matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch") {
-                routes.insert((method.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
-}
-
 #[test]
 fn every_route_in_docs_api_md_is_in_openapi_and_the_other_way_round() {
     let documented = documented_routes();
-    let served = openapi_routes();
+    let served = raftflow_api::openapi_routes();
     assert!(
         documented.len() >= 20,
         "the parser found only {documented:?} in docs/API.md"
@@ -66,5 +51,5 @@ fn the_route_parser_sees_a_missing_route() {
     // The check above must be able to fail: a page without one of the routes differs.
     let mut documented = documented_routes();
     assert!(documented.remove(&("GET".to_string(), "/healthz".to_string())));
-    assert_ne!(documented, openapi_routes());
+    assert_ne!(documented, raftflow_api::openapi_routes());
 }

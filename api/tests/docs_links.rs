@@ -93,7 +93,7 @@ fn a_link_outside_the_repository_is_reported() {
     let page = dir.path().join("page.md");
     std::fs::write(
         &page,
-        "see [the contract](../shared/API.md) and [x](missing.md)",
+        "see [the contract](../elsewhere/API.md) and [x](missing.md)",
     )
     .unwrap();
     // The page is outside the repository: both links count as broken.

@@ -112,17 +112,20 @@ def shot(page, name):
     page.screenshot(path=os.path.join(OUT, f"{name}.png"), full_page=True)
 
 
-def test_setup(cluster):
+@pytest.fixture(scope="module")
+def data(cluster):
+    """The order definition, seven orders; order-2 paid, order-3 cancelled."""
     base = cluster[0]
     assert call(base, "PUT", "/v1/definitions/order", ORDER)[0] in (200, 201)
     for i in range(1, 8):
         assert call(base, "POST", "/v1/workflows", {"id": f"order-{i}", "definition": "order", "context": {"amount": 10 * i}})[0] in (200, 201)
     assert call(base, "POST", "/v1/workflows/order-2/events", {"event": "pay"})[0] == 200
     assert call(base, "POST", "/v1/workflows/order-3/cancel", {})[0] == 200
+    return cluster
 
 
-def test_workflow_list_matches_the_api_filters_and_pages(cluster, page):
-    base = cluster[1]
+def test_workflow_list_matches_the_api_filters_and_pages(data, page):
+    base = data[1]
     page.goto(base + "/ui/")
     expect(page.locator("#workflows tbody tr")).to_have_count(7)
     ids = sorted(page.locator("#workflows tbody tr td:first-child").all_inner_texts())
@@ -149,8 +152,8 @@ def test_workflow_list_matches_the_api_filters_and_pages(cluster, page):
     expect(page.locator("#workflows tbody tr")).to_have_count(8, timeout=8000)
 
 
-def test_workflow_page_sends_events_and_cancels(cluster, page):
-    base = cluster[2]
+def test_workflow_page_sends_events_and_cancels(data, page):
+    base = data[2]
     page.goto(base + "/ui/#/workflow/order-1")
     expect(page.locator("#wf-state")).to_have_text("created")
     expect(page.locator("#context")).to_contain_text('"amount": 10')
@@ -172,11 +175,11 @@ def test_workflow_page_sends_events_and_cancels(cluster, page):
     assert call(base, "GET", "/v1/workflows/order-1")[1]["status"] == "cancelled"
 
 
-def test_a_refused_event_shows_the_api_message(cluster, browser):
+def test_a_refused_event_shows_the_api_message(data, browser):
     # Its own page: the browser logs the 409 it expects as a failed resource.
     ctx = browser.new_context()
     page = ctx.new_page()
-    base = cluster[0]
+    base = data[0]
     page.goto(base + "/ui/#/workflow/order-4")
     expect(page.locator("#wf-state")).to_have_text("created")
     # Someone else moves the workflow on; the page's compare-and-set then fails with 409.
@@ -188,16 +191,16 @@ def test_a_refused_event_shows_the_api_message(cluster, browser):
     ctx.close()
 
 
-def test_an_unknown_workflow_shows_the_api_error(cluster, browser):
+def test_an_unknown_workflow_shows_the_api_error(data, browser):
     ctx = browser.new_context()
     pg = ctx.new_page()
-    pg.goto(cluster[0] + "/ui/#/workflow/no-such-thing")
+    pg.goto(data[0] + "/ui/#/workflow/no-such-thing")
     expect(pg.locator("#error")).to_contain_text("not_found")
     ctx.close()
 
 
-def test_definition_page_draws_the_state_machine(cluster, page):
-    base = cluster[0]
+def test_definition_page_draws_the_state_machine(data, page):
+    base = data[0]
     page.goto(base + "/ui/#/definitions")
     expect(page.locator("#definitions tbody tr")).to_have_count(1)
     page.click("#definitions >> text=order")
@@ -210,8 +213,8 @@ def test_definition_page_draws_the_state_machine(cluster, page):
     shot(page, "definition")
 
 
-def test_cluster_page_matches_the_api(cluster, page):
-    base = cluster[0]
+def test_cluster_page_matches_the_api(data, page):
+    base = data[0]
     page.goto(base + "/ui/#/cluster")
     expect(page.locator("#nodes tbody tr")).to_have_count(3)
     view = call(base, "GET", "/v1/cluster")[1]
