@@ -23,9 +23,20 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below.
     #[arg(long, env = "RAFTFLOW_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id (a member of --initial-cluster).
+    /// This node's id (a member of --initial-cluster, or a new id with --join).
     #[arg(long, env = "RAFTFLOW_ID")]
     pub id: Option<u64>,
+    /// Join a running cluster through any member's client URL (http://host:port) instead of
+    /// creating one with --initial-cluster.
+    #[arg(long, env = "RAFTFLOW_JOIN", conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
+    /// The client address other nodes and clients reach this node at (default: the
+    /// --client-listen address; needed when that is 0.0.0.0).
+    #[arg(long, env = "RAFTFLOW_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// The peer address other nodes reach this node at (default: the --peer-listen address).
+    #[arg(long, env = "RAFTFLOW_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
     /// Every member as ID=CLIENT_ADDR/PEER_ADDR, comma-separated,
     /// e.g. 1=127.0.0.1:7001/127.0.0.1:8001,2=...
     #[arg(long, env = "RAFTFLOW_INITIAL_CLUSTER")]
@@ -78,6 +89,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     id: Option<u64>,
+    join: Option<String>,
+    advertise_client: Option<String>,
+    advertise_peer: Option<String>,
     initial_cluster: Option<String>,
     client_listen: Option<String>,
     peer_listen: Option<String>,
@@ -96,6 +110,9 @@ struct FileConfig {
 }
 
 pub struct Config {
+    /// The client URL of a member to join through (`--join`); `node.members` then holds only
+    /// this node until the cluster answers.
+    pub join: Option<String>,
     pub node: NodeConfig,
     pub api: ApiConfig,
     pub client_listen: String,
@@ -149,15 +166,58 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         None => FileConfig::default(),
     };
     let id = args.id.or(file.id).context("--id is required")?;
-    let cluster = args
-        .initial_cluster
-        .or(file.initial_cluster)
-        .context("--initial-cluster is required")?;
-    let members = parse_initial_cluster(&cluster)?;
-    let me = members
-        .get(&id)
-        .with_context(|| format!("node {id} is not in --initial-cluster"))?
-        .clone();
+    let join = args.join.or(file.join);
+    let client_listen = args.client_listen.or(file.client_listen);
+    let peer_listen = args.peer_listen.or(file.peer_listen);
+    let (members, me) = match &join {
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--join {url:?} must be a member's client URL, like http://127.0.0.1:7001");
+            }
+            if id == 0 || id > u64::from(u32::MAX) {
+                bail!("--id {id} must be 1 to {}", u32::MAX);
+            }
+            let advertise = |flag: &str, given: Option<String>, listen: &Option<String>| {
+                let addr = given.or_else(|| listen.clone()).with_context(|| {
+                    format!("--join needs --{flag}-listen (or --advertise-{flag})")
+                })?;
+                if addr
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_unspecified())
+                {
+                    bail!(
+                        "{addr} is not an address other nodes can reach: give --advertise-{flag}"
+                    );
+                }
+                Ok(addr)
+            };
+            let me = NodeAddr {
+                client: advertise(
+                    "client",
+                    args.advertise_client.or(file.advertise_client),
+                    &client_listen,
+                )?,
+                peer: advertise(
+                    "peer",
+                    args.advertise_peer.or(file.advertise_peer),
+                    &peer_listen,
+                )?,
+            };
+            ([(id, me.clone())].into(), me)
+        }
+        None => {
+            let cluster = args
+                .initial_cluster
+                .or(file.initial_cluster)
+                .context("--initial-cluster (or --join) is required")?;
+            let members = parse_initial_cluster(&cluster)?;
+            let me = members
+                .get(&id)
+                .with_context(|| format!("node {id} is not in --initial-cluster"))?
+                .clone();
+            (members, me)
+        }
+    };
     let data_dir = args
         .data_dir
         .or(file.data_dir)
@@ -185,11 +245,9 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     let node = NodeConfig {
         id,
         data_dir,
-        peer_listen: args
-            .peer_listen
-            .or(file.peer_listen)
-            .unwrap_or_else(|| me.peer.clone()),
+        peer_listen: peer_listen.unwrap_or_else(|| me.peer.clone()),
         members,
+        joined: join.is_some(),
         groups: args.groups.or(file.groups).unwrap_or(8),
         timing,
         snapshot_every: args
@@ -226,10 +284,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         source_ip: node.bind_source_ip,
     };
     Ok(Config {
-        client_listen: args
-            .client_listen
-            .or(file.client_listen)
-            .unwrap_or(me.client),
+        join,
+        client_listen: client_listen.unwrap_or(me.client),
         log_format: args
             .log_format
             .or(file.log_format)
@@ -278,5 +334,41 @@ mod tests {
         assert_eq!(cfg.client_listen, "127.0.0.1:7002");
         assert_eq!(cfg.node.peer_listen, "127.0.0.1:8002");
         assert_eq!(cfg.node.timing.heartbeat_ms, Timing::default().heartbeat_ms);
+    }
+
+    #[test]
+    fn join_needs_a_url_and_addresses_others_can_reach() {
+        let join = |url: &str, client: &str, advertise: Option<&str>| {
+            resolve(ServeArgs {
+                id: Some(4),
+                join: Some(url.into()),
+                client_listen: Some(client.into()),
+                peer_listen: Some("127.0.0.4:8001".into()),
+                advertise_client: advertise.map(String::from),
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            })
+        };
+        let cfg = join("http://127.0.0.1:7001", "127.0.0.4:7001", None).unwrap();
+        assert!(cfg.node.joined);
+        assert_eq!(cfg.join.as_deref(), Some("http://127.0.0.1:7001"));
+        assert_eq!(cfg.node.members.len(), 1);
+        assert_eq!(cfg.node.members[&4].client, "127.0.0.4:7001");
+        let err = join("127.0.0.1:7001", "127.0.0.4:7001", None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("client URL"), "{err}");
+        let err = join("http://127.0.0.1:7001", "0.0.0.0:7001", None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--advertise-client"), "{err}");
+        let cfg = join(
+            "http://127.0.0.1:7001",
+            "0.0.0.0:7001",
+            Some("10.0.0.4:7001"),
+        )
+        .unwrap();
+        assert_eq!(cfg.node.members[&4].client, "10.0.0.4:7001");
+        assert_eq!(cfg.client_listen, "0.0.0.0:7001");
     }
 }

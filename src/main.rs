@@ -113,7 +113,64 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+/// How long `serve --join` keeps trying to reach the cluster before it gives up.
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `serve --join URL`: learns the cluster's members and number of groups from the member at
+/// `url` and registers this node (`POST /v1/cluster/nodes`; a restart registers again and gets
+/// 200). Retries while the member is unreachable or the cluster unavailable, for up to
+/// `JOIN_PATIENCE`; a refusal (a taken id) ends the process with the cluster's message.
+async fn join_cluster(url: &str, cfg: &mut config::Config) -> anyhow::Result<()> {
+    use raftflow_client::client::Method;
+    let client = raftflow_client::Client::new(url, std::time::Duration::from_secs(10));
+    let me = cfg.node.members[&cfg.node.id].clone();
+    let body = serde_json::json!({
+        "id": cfg.node.id, "client_addr": me.client, "peer_addr": me.peer,
+    });
+    let give_up = std::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        let attempt = async {
+            let cluster = client.cluster().await?;
+            let (status, node) = client
+                .request(Method::POST, "/v1/cluster/nodes", Some(&body))
+                .await?;
+            Ok::<_, raftflow_client::ClientError>((cluster, status, node))
+        };
+        match attempt.await {
+            Ok((cluster, status, node)) => {
+                for n in cluster.nodes.iter().filter(|n| n.state != "removed") {
+                    cfg.node
+                        .members
+                        .entry(n.id)
+                        .or_insert(raftflow_raft::NodeAddr {
+                            client: n.client_addr.clone(),
+                            peer: n.peer_addr.clone(),
+                        });
+                }
+                cfg.node.groups = cluster.groups.iter().filter(|g| g.kind == "data").count() as u64;
+                tracing::info!(
+                    node = cfg.node.id,
+                    through = url,
+                    state = node.get("state").and_then(|s| s.as_str()).unwrap_or("?"),
+                    new = status == 201,
+                    groups = cfg.node.groups,
+                    "registered with the cluster"
+                );
+                return Ok(());
+            }
+            Err(e) if e.is_transient() && std::time::Instant::now() < give_up => {
+                tracing::warn!(through = url, error = %e, "cannot join yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("joining the cluster through {url}: {e}"),
+        }
+    }
+}
+
+async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
+    if let Some(url) = cfg.join.clone() {
+        join_cluster(&url, &mut cfg).await?;
+    }
     let node = raftflow_raft::RaftNode::start(cfg.node.clone())
         .await
         .context("starting the node")?;
@@ -130,8 +187,23 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         data_dir = %cfg.node.data_dir.display(),
         "raftflow node serving"
     );
+    let removed = {
+        let node = node.clone();
+        async move {
+            node.wait_removed().await;
+            tracing::warn!(
+                node = node.id(),
+                "this node was removed from the cluster: it holds no replica any more and stops serving"
+            );
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = removed => {}
+            }
+        })
         .await
         .context("serving HTTP")?;
     tracing::info!("shutting down");
@@ -204,6 +276,12 @@ mod tests {
             "task heartbeat o-1:2 --lease-token 1",
         ),
         ("GET", "/v1/cluster", "cluster status"),
+        (
+            "POST",
+            "/v1/cluster/nodes",
+            "cluster add-node 4 --client-addr 127.0.0.1:7004 --peer-addr 127.0.0.1:8004",
+        ),
+        ("DELETE", "/v1/cluster/nodes/{id}", "cluster remove-node 4"),
         ("GET", "/v1/cluster/groups/{id}/digest", "cluster digest 1"),
         ("GET", "/healthz", "cluster health"),
         ("GET", "/readyz", "cluster health"),

@@ -100,6 +100,8 @@ impl From<Refusal> for ApiError {
             }
             Refusal::TaskNotFound { .. } => ApiError::not_found(message),
             Refusal::LeaseLost { .. } => ApiError::new(ErrorCode::LeaseLost, message),
+            Refusal::NodeExists { .. } => ApiError::new(ErrorCode::NodeExists, message),
+            Refusal::PlacementChanged { .. } => ApiError::unavailable(message),
             Refusal::EventNotAllowed { .. }
             | Refusal::Finished { .. }
             | Refusal::EngineEvent { .. } => ApiError::invalid_transition(message),
@@ -120,6 +122,7 @@ impl From<RaftError> for ApiError {
             RaftError::StorageFull(m) => ApiError::storage_full(m),
             RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
             RaftError::NoSuchGroup(g) => ApiError::not_found(format!("no group {g}")),
+            RaftError::NotEnoughNodes(m) => ApiError::new(ErrorCode::NotEnoughNodes, m),
             other => ApiError::internal(other.to_string()),
         }
     }

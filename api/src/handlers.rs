@@ -12,7 +12,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use raftflow_raft::{tables, Command, DefinitionVersion, Outcome, META_GROUP};
+use raftflow_raft::{
+    tables, Answer, Command, DefinitionVersion, NodeAddr, Outcome, Query, META_GROUP,
+};
 use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
 
 use crate::error::{ApiError, ApiResult};
@@ -132,24 +134,53 @@ fn stale_mutant() -> bool {
     raftflow_raft::mutant::active() == raftflow_raft::mutant::Mutant::StaleRead
 }
 
-/// Serves a read from this node's replica: directly (`local`), or once the replica has applied
-/// the leader's read index (linearizable).
-pub(crate) async fn read<F>(
+/// Serves a read of the meta group (every node holds a copy) from this node's replica:
+/// directly (`local`), or once the replica has applied the leader's read index.
+pub(crate) async fn read_meta<F>(
     state: &AppState,
-    group: u64,
     params: &ReadParams,
     read: F,
 ) -> ApiResult<Response>
 where
     F: FnOnce() -> ApiResult<Response>,
 {
-    let answer = async {
-        if !(params.local()? || stale_mutant()) {
-            read_barrier(state, group).await?;
-        }
-        read()
-    };
-    answer.await
+    if !(params.local()? || stale_mutant()) {
+        read_barrier(state, META_GROUP).await?;
+    }
+    read()
+}
+
+/// Reads `group`'s rows: from this node's replica, directly (`local`) or once it has applied
+/// the leader's read index (linearizable); from the group's leader when this node holds no
+/// replica of it.
+pub(crate) async fn query(
+    state: &AppState,
+    group: u64,
+    params: &ReadParams,
+    query: Query,
+) -> ApiResult<Answer> {
+    let linearizable = !(params.local()? || stale_mutant());
+    query_group(state, group, query, linearizable).await
+}
+
+pub(crate) async fn query_group(
+    state: &AppState,
+    group: u64,
+    query: Query,
+    linearizable: bool,
+) -> ApiResult<Answer> {
+    let timeout = state.config.write_timeout;
+    match tokio::time::timeout(
+        timeout,
+        state.node.query(group, query, linearizable, timeout),
+    )
+    .await
+    {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "group {group} has no quorum right now"
+        ))),
+    }
 }
 
 // ---- definitions ---------------------------------------------------------------------------
@@ -232,7 +263,7 @@ pub async fn get_definition(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_name("definition name", &name)?;
-    read(&state, META_GROUP, &params, || {
+    read_meta(&state, &params, || {
         let store = state.node.store();
         let latest = tables::read_latest_version(store, META_GROUP, &name)?
             .ok_or_else(|| ApiError::not_found(format!("definition {name:?} not found")))?;
@@ -256,7 +287,7 @@ pub async fn get_definition_version(
     let version: u32 = version.parse().map_err(|_| {
         ApiError::bad_request(format!("version {version:?} is not a positive integer"))
     })?;
-    read(&state, META_GROUP, &params, || {
+    read_meta(&state, &params, || {
         let stored = tables::read_definition(state.node.store(), META_GROUP, &name, version)?
             .ok_or_else(|| {
                 ApiError::not_found(format!("definition {name:?} has no version {version}"))
@@ -272,7 +303,7 @@ pub async fn list_definitions(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
-    read(&state, META_GROUP, &params, || {
+    read_meta(&state, &params, || {
         let list = tables::list_definitions(state.node.store(), META_GROUP)?;
         let definitions = list
             .into_iter()
@@ -450,15 +481,16 @@ pub async fn get_workflow(
 ) -> ApiResult<Response> {
     check_id(&id)?;
     let group = state.node.group_of(&id);
-    read(&state, group, &params, || {
-        let rec = tables::read_workflow(state.node.store(), group, &id)?
-            .ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
-        Ok(json_response(
-            StatusCode::OK,
-            &views::workflow_view(rec.workflow, group),
-        ))
-    })
-    .await
+    let Answer::Workflow(rec) =
+        query(&state, group, &params, Query::Workflow { id: id.clone() }).await?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let rec = rec.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &views::workflow_view(rec.workflow, group),
+    ))
 }
 
 /// A workflow's history, oldest first.
@@ -473,16 +505,16 @@ pub async fn get_history(
 ) -> ApiResult<Response> {
     check_id(&id)?;
     let group = state.node.group_of(&id);
-    read(&state, group, &params, || {
-        let store = state.node.store();
-        if tables::read_workflow(store, group, &id)?.is_none() {
-            return Err(ApiError::not_found(format!("workflow {id:?} not found")));
-        }
-        let rows = tables::read_history(store, group, &id, MAX_HISTORY_ROWS)?;
-        let events = rows.into_iter().map(views::history_event).collect();
-        Ok(json_response(StatusCode::OK, &HistoryView { events }))
-    })
-    .await
+    let history = Query::History {
+        id: id.clone(),
+        limit: MAX_HISTORY_ROWS as u32,
+    };
+    let Answer::History(rows) = query(&state, group, &params, history).await? else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let rows = rows.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
+    let events = rows.into_iter().map(views::history_event).collect();
+    Ok(json_response(StatusCode::OK, &HistoryView { events }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -560,13 +592,14 @@ pub async fn list_workflows(
         return Err(ApiError::bad_request("invalid page_token"));
     }
     let linearizable = !(parse_consistency(params.consistency.as_deref())? || stale_mutant());
-    let store = state.node.store();
     let mut out = Vec::new();
     let mut budget = limit * LIST_SCAN_FACTOR;
     let max_group = *groups.last().expect("at least one group");
     // Every group up to this one has had its read index. The page's first group gets its own
     // (most pages end in it); if the page goes on, every later group gets one at once, so a
     // filtered listing over many groups waits for one round of read indexes, not one per group.
+    // A group this node holds no replica of is read on its leader, which takes the read index
+    // itself.
     let mut linearized: Option<u64> = None;
     loop {
         if linearizable && linearized.is_none_or(|done| done < group) {
@@ -574,11 +607,20 @@ pub async fn list_workflows(
                 None => vec![group],
                 Some(_) => groups.iter().copied().filter(|g| *g >= group).collect(),
             };
-            futures::future::try_join_all(pending.iter().map(|g| read_barrier(&state, *g))).await?;
+            let hosted = pending.iter().filter(|g| state.node.serves(**g));
+            futures::future::try_join_all(hosted.map(|g| read_barrier(&state, *g))).await?;
             linearized = pending.last().copied();
         }
-        let chunk = tables::scan_workflows(store, group, after.as_deref(), budget.min(limit * 2))
-            .map_err(ApiError::from)?;
+        let scan = Query::Workflows {
+            after: after.clone(),
+            limit: budget.min(limit * 2) as u32,
+        };
+        let remote_linearizable = linearizable && !state.node.serves(group);
+        let Answer::Workflows(chunk) =
+            query_group(&state, group, scan, remote_linearizable).await?
+        else {
+            return Err(ApiError::internal("unexpected answer"));
+        };
         let exhausted = chunk.len() < budget.min(limit * 2);
         for rec in chunk {
             budget -= 1;
@@ -636,14 +678,16 @@ pub async fn list_workflows(
 #[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterView)))]
 pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
     let node = &state.node;
-    let mut nodes = Vec::new();
-    let probes = node.members().iter().map(|(id, addr)| {
+    let known = node.nodes();
+    let probes = known.iter().map(|n| {
         let http = state.http.clone();
-        let me = *id == node.id();
-        let url = format!("http://{}/healthz", addr.client);
+        let skip = n.id == node.id() || n.state == "removed";
+        let url = format!("http://{}/healthz", n.addr.client);
         async move {
-            me || http
-                .get(url)
+            if skip {
+                return n.id == node.id();
+            }
+            http.get(url)
                 .timeout(Duration::from_millis(300))
                 .send()
                 .await
@@ -652,18 +696,18 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         }
     });
     let reachable = futures::future::join_all(probes).await;
-    for ((id, addr), reachable) in node.members().iter().zip(reachable) {
-        nodes.push(NodeView {
-            id: *id,
-            client_addr: addr.client.clone(),
-            peer_addr: addr.peer.clone(),
+    let nodes = known
+        .iter()
+        .zip(reachable)
+        .map(|(n, reachable)| NodeView {
+            id: n.id,
+            client_addr: n.addr.client.clone(),
+            peer_addr: n.addr.peer.clone(),
             reachable,
-            // Every member of a fixed cluster is active; the other states come with joining
-            // and draining.
-            state: "active".to_string(),
-        });
-    }
-    let groups = node
+            state: n.state.to_string(),
+        })
+        .collect();
+    let mut groups: Vec<GroupView> = node
         .group_status()
         .into_iter()
         .map(|g| GroupView {
@@ -681,6 +725,31 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             role: g.role.to_string(),
         })
         .collect();
+    // Groups this node holds no replica of: as the meta group places them.
+    for group in node.data_groups().filter(|g| !node.hosts(*g)) {
+        let placement = node.placement(group);
+        let learners = placement
+            .as_ref()
+            .and_then(|p| p.moving.as_ref())
+            .filter(|m| m.step == tables::MoveStep::Learner)
+            .map(|m| vec![raftflow_raft::node_of(m.to)])
+            .unwrap_or_default();
+        groups.push(GroupView {
+            kind: "data".to_string(),
+            id: group,
+            leader: node.leader_of(group).map(|(id, _)| id),
+            term: 0,
+            voters: node.placement_voters(group),
+            learners,
+            last_applied: None,
+            last_log_index: None,
+            committed: None,
+            snapshot: None,
+            purged: None,
+            role: "none".to_string(),
+        });
+    }
+    groups.sort_by_key(|g| g.id);
     let slots_per_group: serde_json::Map<String, Value> = node
         .slots()
         .slots_per_group()
@@ -690,8 +759,7 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         .collect();
     let view = ClusterView {
         node_id: node.id(),
-        // Every data group has every member as a voter until placement on R of N nodes lands.
-        replication_factor: node.members().len() as u64,
+        replication_factor: node.replication_factor(),
         nodes,
         groups,
         placement: PlacementView {
@@ -701,9 +769,134 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             slots_per_group: Value::Object(slots_per_group),
             // Slots move only once groups can be added and retired online.
             moves: Vec::new(),
+            replica_moves: node
+                .placements()
+                .into_iter()
+                .filter_map(|p| {
+                    let m = p.moving?;
+                    Some(serde_json::json!({
+                        "group": p.group,
+                        "from": m.from.map(raftflow_raft::node_of),
+                        "to": raftflow_raft::node_of(m.to),
+                        "step": match m.step {
+                            tables::MoveStep::Learner => "learner",
+                            tables::MoveStep::Joint => "joint",
+                        },
+                    }))
+                })
+                .collect(),
         },
     };
     Ok(json_response(StatusCode::OK, &view))
+}
+
+/// A node asks to join the cluster (what `raftflow serve --join` sends): 201 with the node,
+/// `joining`; the same request again: 200. A taken or removed id: 409 `node_exists`.
+#[utoipa::path(post, path = "/v1/cluster/nodes", request_body = RegisterNode,
+    responses((status = 201, body = ClusterNode), (status = 200, body = ClusterNode),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn register_node(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<RegisterNode>,
+) -> ApiResult<Response> {
+    if req.id == 0 || req.id > u64::from(u32::MAX) {
+        return Err(ApiError::bad_request(format!(
+            "node id {} must be 1 to {}",
+            req.id,
+            u32::MAX
+        )));
+    }
+    check_host_port("client_addr", &req.client_addr)?;
+    check_host_port("peer_addr", &req.peer_addr)?;
+    let addr = NodeAddr {
+        client: req.client_addr,
+        peer: req.peer_addr,
+    };
+    let timeout = state.config.write_timeout;
+    let registered = tokio::time::timeout(timeout, state.node.register_node(req.id, addr, timeout))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the meta group did not record the node in time; retry")
+        })??;
+    match registered {
+        Outcome::Node { node, created } => Ok(json_response(
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            &views::cluster_node(node),
+        )),
+        Outcome::Refused(r) => Err(r.into()),
+        other => Err(ApiError::internal(format!("unexpected outcome {other}"))),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveParams {
+    /// For a node that is gone for good; the removal is the same (a drain never needs the
+    /// node itself), the flag says the operator knows it will not come back.
+    pub force: Option<bool>,
+}
+
+/// Drains a node: its replicas move to the other nodes, then it leaves every group and is
+/// recorded `removed` (202 with the node, `draining`). 404 for an unknown id; 409
+/// `not_enough_nodes` when the other active nodes could not hold every group's replicas.
+#[utoipa::path(delete, path = "/v1/cluster/nodes/{id}",
+    params(("id" = u64, Path, description = "node id"),
+        ("force" = Option<bool>, Query, description = "the node is gone for good")),
+    responses((status = 202, body = ClusterNode), (status = 200, body = ClusterNode),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<RemoveParams>,
+) -> ApiResult<Response> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("node id {id:?} is not a number")))?;
+    let timeout = state.config.write_timeout;
+    let removed = tokio::time::timeout(timeout, state.node.remove_node(id, timeout))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the meta group did not record the change in time; retry")
+        })??;
+    match removed {
+        None => Err(ApiError::not_found(format!("node {id} is not a member"))),
+        Some(Outcome::Node { node, created: _ }) => {
+            tracing::info!(
+                node = id,
+                force = params.force.unwrap_or(false),
+                state = node.state.as_str(),
+                "node removal requested"
+            );
+            let status = if node.state == tables::NodeState::Draining {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(status, &views::cluster_node(node)))
+        }
+        Some(Outcome::Refused(r)) => Err(r.into()),
+        Some(other) => Err(ApiError::internal(format!("unexpected outcome {other}"))),
+    }
+}
+
+/// `host:port` with a port number, at most 255 bytes, no spaces or slashes.
+fn check_host_port(what: &str, value: &str) -> ApiResult<()> {
+    let ok = value.len() <= 255
+        && !value.contains(|c: char| c.is_whitespace() || c == '/')
+        && value.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{what} {value:?} must be host:port"
+        )))
+    }
 }
 
 /// This replica's applied index of a group and a digest of its rows (for convergence checks).

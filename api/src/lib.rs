@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use utoipa::OpenApi;
 
@@ -118,6 +118,8 @@ impl AppState {
         tasks::heartbeat_task,
         tasks::get_task,
         handlers::cluster,
+        handlers::register_node,
+        handlers::remove_node,
         handlers::group_digest,
         handlers::healthz,
         handlers::readyz,
@@ -141,6 +143,8 @@ impl AppState {
         types::ErrorDetail,
         types::ClusterView,
         types::NodeView,
+        types::RegisterNode,
+        types::ClusterNode,
         types::GroupView,
         types::PlacementView,
         types::PollTasks,
@@ -240,6 +244,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/fail", post(tasks::fail_task))
         .route("/v1/tasks/{id}/heartbeat", post(tasks::heartbeat_task))
         .route("/v1/cluster", get(handlers::cluster))
+        .route("/v1/cluster/nodes", post(handlers::register_node))
+        .route("/v1/cluster/nodes/{id}", delete(handlers::remove_node))
         .route(
             "/v1/cluster/groups/{id}/digest",
             get(handlers::group_digest),

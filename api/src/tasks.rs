@@ -15,13 +15,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 
-use raftflow_raft::{tables, Command, LeasedTask, Outcome};
+use raftflow_raft::{tables, Answer, Command, LeasedTask, Outcome, Query};
 use raftflow_workflow::task::{workflow_of_task, MAX_LEASE_MS};
 use raftflow_workflow::{is_valid_id, is_valid_name};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
-use crate::handlers::{check_id, json_response, object_text, propose, read, ReadParams};
+use crate::handlers::{
+    check_id, json_response, object_text, propose, query, query_group, ReadParams,
+};
 use crate::types::*;
 use crate::{views, AppState};
 use raftflow_raft::rfc3339;
@@ -122,6 +124,23 @@ async fn lease_in_group(
     }
 }
 
+/// Whether `group` has a task of `types` ready: on this node's replica, or asked of the
+/// group's leader when this node holds none (the ready signal wakes a long poll for local
+/// groups only; remote ones are looked at again every `POLL_RECHECK`).
+async fn has_ready(state: &AppState, group: u64, types: &[String]) -> bool {
+    if state.node.serves(group) {
+        return tables::has_ready(state.node.store(), state.node.signals(), group, types)
+            .unwrap_or(false);
+    }
+    let ask = Query::HasReady {
+        types: types.to_vec(),
+    };
+    matches!(
+        query_group(state, group, ask, false).await,
+        Ok(Answer::HasReady(true))
+    )
+}
+
 /// Lease ready tasks of the given types from every group; long-poll up to `wait_ms` when
 /// none is ready.
 #[utoipa::path(post, path = "/v1/tasks/poll", request_body = PollTasks,
@@ -145,9 +164,8 @@ pub async fn poll_tasks(
             if left == 0 {
                 break;
             }
-            match tables::has_ready(state.node.store(), state.node.signals(), group, &req.types) {
-                Ok(true) => {}
-                _ => continue,
+            if !has_ready(&state, group, &req.types).await {
+                continue;
             }
             match lease_in_group(&state, group, &req, left).await {
                 Ok(mut got) => tasks.append(&mut got),
@@ -270,12 +288,12 @@ pub async fn get_task(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     let group = task_group(&state, &id)?;
-    read(&state, group, &params, || {
-        let rec = tables::read_task(state.node.store(), group, &id)?
-            .ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
-        Ok(json_response(StatusCode::OK, &views::task_view(rec.task)))
-    })
-    .await
+    let Answer::Task(rec) = query(&state, group, &params, Query::Task { id: id.clone() }).await?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let rec = rec.ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
+    Ok(json_response(StatusCode::OK, &views::task_view(rec.task)))
 }
 
 fn task_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use raftflow_client::types::{HistoryEvent, TaskView, WorkflowView};
+use raftflow_client::types::{ClusterNode, HistoryEvent, TaskView, WorkflowView};
 use raftflow_raft::rfc3339;
 use raftflow_workflow::{HistoryRow, Phase, Task, Workflow};
 
@@ -54,5 +54,15 @@ pub fn task_view(t: Task) -> TaskView {
         lease_expires_at,
         retry_at,
         last_error: t.last_error,
+    }
+}
+
+/// A node as the meta group records it.
+pub fn cluster_node(node: raftflow_raft::tables::NodeRecord) -> ClusterNode {
+    ClusterNode {
+        id: node.id,
+        client_addr: node.addr.client,
+        peer_addr: node.addr.peer,
+        state: node.state.as_str().to_string(),
     }
 }

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     StorageFull,
     /// 500: a bug.
     Internal,
+    /// 409: a node id that is taken, or was removed (ids are never used again).
+    NodeExists,
+    /// 409: a node cannot be removed: the others could not hold every group's replicas.
+    NotEnoughNodes,
     /// A code this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -43,7 +47,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends, in the order of the enum.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::WorkflowExists,
@@ -56,6 +60,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::StorageFull,
         ErrorCode::Internal,
+        ErrorCode::NodeExists,
+        ErrorCode::NotEnoughNodes,
     ];
 
     /// The wire form.
@@ -73,6 +79,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
+            ErrorCode::NodeExists => "node_exists",
+            ErrorCode::NotEnoughNodes => "not_enough_nodes",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -82,7 +90,11 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::NotFound => 404,
-            ErrorCode::WorkflowExists | ErrorCode::RevisionMismatch | ErrorCode::LeaseLost => 409,
+            ErrorCode::WorkflowExists
+            | ErrorCode::RevisionMismatch
+            | ErrorCode::LeaseLost
+            | ErrorCode::NodeExists
+            | ErrorCode::NotEnoughNodes => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidDefinition | ErrorCode::InvalidTransition => 422,
             ErrorCode::Overloaded => 429,

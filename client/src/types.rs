@@ -145,6 +145,30 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// `POST /v1/cluster/nodes`: a node asks to join (what `raftflow serve --join` sends).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    /// 1 to 4294967295; never used by another node before.
+    pub id: u64,
+    /// host:port of the node's HTTP API.
+    pub client_addr: String,
+    /// host:port of the node's peer (Raft) listener.
+    pub peer_addr: String,
+}
+
+/// A node as the cluster records it (the answer to `POST /v1/cluster/nodes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterNode {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// `joining`, `active`, `draining` or `removed`.
+    pub state: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
@@ -176,7 +200,9 @@ pub struct GroupView {
     pub snapshot: Option<u64>,
     /// Last log index this node has purged from the group's log.
     pub purged: Option<u64>,
-    /// This node's role in the group.
+    /// This node's role in the group: `leader`, `follower`, `candidate`, `learner`, or `none`
+    /// when it holds no replica (then the voters are the recorded placement and the indexes
+    /// are absent).
     pub role: String,
 }
 
@@ -192,6 +218,11 @@ pub struct PlacementView {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub moves: Vec<Value>,
+    /// Replica moves in progress: `{"group", "from", "to", "step"}` (nodes; step `learner`
+    /// while the new replica catches up, `joint` while it is swapped in).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub replica_moves: Vec<Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -60,6 +60,9 @@ pub struct NodeProc {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The client URL it joined through (`serve --join`), for a node added to a running
+    /// cluster.
+    join: Option<String>,
 }
 
 impl NodeProc {
@@ -82,6 +85,7 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
     client_ip: Option<std::net::IpAddr>,
+    own_ips: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -155,6 +159,7 @@ impl Cluster {
                     data_dir: dir.path().join(format!("n{id}")),
                     log: dir.path().join(format!("n{id}.log")),
                     child: None,
+                    join: None,
                 }
             })
             .collect();
@@ -172,12 +177,42 @@ impl Cluster {
             env: spec.env.clone(),
             node_env: spec.node_env.clone(),
             client_ip: spec.client_ip,
+            own_ips: spec.own_ips,
             _dir: dir,
         };
         for id in 1..=spec.nodes {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// Starts node `id` (new to the cluster) with `serve --join` through node `via`'s client
+    /// URL.
+    pub fn join(&mut self, id: u64, via: u64) {
+        assert!(
+            self.nodes.iter().all(|n| n.id != id),
+            "node {id} is already part of this test cluster"
+        );
+        let (client, peer) = if self.own_ips {
+            (format!("127.0.0.{id}:7001"), format!("127.0.0.{id}:8001"))
+        } else {
+            (
+                format!("127.0.0.1:{}", free_port("127.0.0.1")),
+                format!("127.0.0.1:{}", free_port("127.0.0.1")),
+            )
+        };
+        let dir = self._dir.path();
+        let join = format!("http://{}", self.node(via).client);
+        self.nodes.push(NodeProc {
+            id,
+            client,
+            peer,
+            data_dir: dir.join(format!("n{id}")),
+            log: dir.join(format!("n{id}.log")),
+            child: None,
+            join: Some(join),
+        });
+        self.spawn(id);
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -210,16 +245,26 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("open node log");
+        let how: Vec<String> = match &node.join {
+            None => vec![
+                "--initial-cluster".into(),
+                members,
+                "--groups".into(),
+                groups,
+            ],
+            Some(url) => vec![
+                "--join".into(),
+                url.clone(),
+                "--client-listen".into(),
+                node.client.clone(),
+                "--peer-listen".into(),
+                node.peer.clone(),
+            ],
+        };
         let child = Command::new(&bin)
             .arg("serve")
-            .args([
-                "--id",
-                &id.to_string(),
-                "--initial-cluster",
-                &members,
-                "--groups",
-                &groups,
-            ])
+            .args(["--id", &id.to_string()])
+            .args(&how)
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&extra)
@@ -238,6 +283,14 @@ impl Cluster {
         if let Some(mut child) = self.node_mut(id).child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Whether node `id`'s process has ended by itself (it was not killed by the test).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        match self.node_mut(id).child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+            None => false,
         }
     }
 

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use raftflow_workflow::{Rejection, Status, Task, Workflow};
 
+use crate::consensus::NodeAddr;
+use crate::tables::{NodeRecord, NodeState, Placement};
+
 /// A command and the time the leader proposed it (ms since the Unix epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stamped {
@@ -80,6 +83,22 @@ pub enum Command {
     /// commands is what lets a busy group pay Raft's per-entry costs (appending, replicating,
     /// applying, answering) once for all of them.
     Batch(Vec<Command>),
+    /// Meta group: a node asks to join. Records it as `joining` unless its id is known: the
+    /// same id with the same addresses is a retry; anything else is refused for good.
+    RegisterNode { id: u64, addr: NodeAddr },
+    /// Meta group: records a node's addresses and state (the membership driver's steps).
+    /// A removed node stays removed.
+    SetNode {
+        id: u64,
+        addr: NodeAddr,
+        state: NodeState,
+    },
+    /// Meta group: records a data group's placement, if the recorded one is still `expected`
+    /// (a compare-and-set: a driver that decided on an old placement changes nothing).
+    SetPlacement {
+        placement: Placement,
+        expected: Option<Placement>,
+    },
 }
 
 impl Command {
@@ -96,6 +115,9 @@ impl Command {
             Command::HeartbeatTask { .. } => "heartbeat_task",
             Command::Tick => "tick",
             Command::Batch(_) => "batch",
+            Command::RegisterNode { .. } => "register_node",
+            Command::SetNode { .. } => "set_node",
+            Command::SetPlacement { .. } => "set_placement",
         }
     }
 
@@ -174,6 +196,10 @@ impl Command {
             Command::HeartbeatTask { task_id, .. } => task_id.len(),
             Command::Tick => 0,
             Command::Batch(commands) => commands.iter().map(Command::text_len).sum(),
+            Command::RegisterNode { addr, .. } | Command::SetNode { addr, .. } => {
+                addr.client.len() + addr.peer.len()
+            }
+            Command::SetPlacement { placement, .. } => placement.voters.len() * 16 + 64,
         }
     }
 }
@@ -207,6 +233,10 @@ pub enum Refusal {
     TaskNotFound { id: String },
     #[error("task {task_id:?}: {reason}")]
     LeaseLost { task_id: String, reason: String },
+    #[error("node {id} {reason}")]
+    NodeExists { id: u64, reason: String },
+    #[error("the placement of group {group} changed since it was read")]
+    PlacementChanged { group: u64 },
 }
 
 impl From<Rejection> for Refusal {
@@ -251,6 +281,12 @@ pub enum Outcome {
     },
     /// The outcomes of a [`Command::Batch`], in its order.
     Batch(Vec<Outcome>),
+    /// A node's record after `RegisterNode` or `SetNode`.
+    Node {
+        node: NodeRecord,
+        /// true when `RegisterNode` recorded a node that was not known (HTTP 201).
+        created: bool,
+    },
 }
 
 /// A task as a worker receives it.
@@ -294,6 +330,12 @@ impl std::fmt::Display for Outcome {
                 write!(f, "task {} {}", task.id, task.phase.name())
             }
             Outcome::Batch(outcomes) => write!(f, "{} outcomes", outcomes.len()),
+            Outcome::Node { node, created } => write!(
+                f,
+                "node {} {} created={created}",
+                node.id,
+                node.state.as_str()
+            ),
         }
     }
 }

@@ -25,7 +25,9 @@ use raftflow_workflow::{HistoryRow, JsonObject, Status, Workflow};
 use serde::Serialize;
 
 use crate::command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal, Stamped};
-use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
+use crate::tables::{
+    self, Move, MoveStep, NodeRecord, NodeState, OpenStep, Placement, TaskRecord, WorkflowRecord,
+};
 use crate::transport::frames::{encode_frame, Frame, PeerReply, PeerRpc};
 use crate::transport::{Forward, ForwardError, ForwardReply};
 
@@ -170,7 +172,59 @@ fn commands() -> Vec<(&'static str, Command)> {
                 },
             ]),
         ),
+        (
+            "register_node",
+            Command::RegisterNode {
+                id: 4,
+                addr: node_addr(4),
+            },
+        ),
+        (
+            "set_node",
+            Command::SetNode {
+                id: 4,
+                addr: node_addr(4),
+                state: NodeState::Active,
+            },
+        ),
+        (
+            "set_placement",
+            Command::SetPlacement {
+                placement: placement(),
+                expected: None,
+            },
+        ),
     ]
+}
+
+fn node_addr(n: u64) -> crate::NodeAddr {
+    crate::NodeAddr {
+        client: format!("127.0.0.{n}:7001"),
+        peer: format!("127.0.0.{n}:8001"),
+    }
+}
+
+fn placement() -> Placement {
+    Placement {
+        group: 3,
+        voters: vec![1, 2, 3],
+        leader: Some(2),
+        moving: Some(Move {
+            from: Some(3),
+            to: crate::replica_id(4, 7),
+            step: MoveStep::Joint,
+        }),
+        epoch: 7,
+    }
+}
+
+fn node_record(state: NodeState) -> NodeRecord {
+    NodeRecord {
+        id: 4,
+        addr: node_addr(4),
+        state,
+        since_ms: 1_700_000_000_000,
+    }
 }
 
 fn outcomes() -> Vec<(&'static str, Outcome)> {
@@ -196,6 +250,11 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             task_id: "t".into(),
             reason: "expired".into(),
         },
+        Refusal::NodeExists {
+            id: 4,
+            reason: "was removed".into(),
+        },
+        Refusal::PlacementChanged { group: 3 },
     ];
     let names = [
         "refused_workflow_not_found",
@@ -206,6 +265,8 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
         "refused_revision_mismatch",
         "refused_task_not_found",
         "refused_lease_lost",
+        "refused_node_exists",
+        "refused_placement_changed",
     ];
     let mut out = vec![
         ("nothing", Outcome::Nothing),
@@ -256,6 +317,13 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
                 Outcome::Refused(Refusal::TaskNotFound { id: "t".into() }),
             ]),
         ),
+        (
+            "node",
+            Outcome::Node {
+                node: node_record(NodeState::Joining),
+                created: true,
+            },
+        ),
     ];
     out.extend(names.into_iter().zip(refusals.map(Outcome::Refused)));
     out
@@ -277,6 +345,18 @@ fn samples() -> Samples {
     }
 
     // The rows of a group's state.
+    for state in [
+        NodeState::Joining,
+        NodeState::Active,
+        NodeState::Draining,
+        NodeState::Removed,
+    ] {
+        s.value(&format!("row/node/{}", state.as_str()), &node_record(state));
+    }
+    s.value("row/placement", &placement());
+    for step in [MoveStep::Learner, MoveStep::Joint] {
+        s.value(&format!("row/placement/step_{step:?}"), &step);
+    }
     for (name, step) in [
         ("none", None),
         (

@@ -22,6 +22,7 @@ mod golden;
 pub mod mutant;
 mod node;
 mod proposer;
+pub mod query;
 pub mod ring;
 pub mod signals;
 pub mod tables;
@@ -33,8 +34,10 @@ pub use consensus::{
     SNAPSHOT_EVERY_ENTRIES,
 };
 pub use node::{
-    NodeConfig, RaftCounters, RaftNode, DATA_FORMAT, DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP,
+    NodeConfig, NodeView, RaftCounters, RaftNode, DATA_FORMAT, DEFAULT_MIN_FREE_DISK_BYTES,
+    META_GROUP,
 };
+pub use query::{Answer, Query};
 pub use raftflow_storage::{Store, SyncStats};
 
 /// Errors of the raft layer; each maps to one API error code.
@@ -58,11 +61,31 @@ pub enum Error {
     NoSuchGroup(u64),
     #[error("configuration: {0}")]
     Config(String),
+    /// A node cannot be removed: the rest could not hold every group's replicas.
+    #[error("{0}")]
+    NotEnoughNodes(String),
     #[error("fatal: {0}")]
     Fatal(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The node id part of a replica id.
+const NODE_BITS: u64 = 0xFFFF_FFFF;
+
+/// The id of a group's replica on `node` in its `incarnation`: the node's id in the low 32
+/// bits, the incarnation above. The replicas a cluster is created with are incarnation 0 (their
+/// ids are their nodes' ids); a replica added later gets the group's next incarnation, so a
+/// group that returns to a node it left starts a new replica there (openraft's docs warn that a
+/// reused identity can elect a leader on an old configuration).
+pub fn replica_id(node: u64, incarnation: u64) -> u64 {
+    (incarnation << 32) | (node & NODE_BITS)
+}
+
+/// The node a replica id belongs to.
+pub fn node_of(replica: u64) -> u64 {
+    replica & NODE_BITS
+}
 
 /// RFC 3339 UTC with millisecond precision: how the API (and engine history payloads) write
 /// times.

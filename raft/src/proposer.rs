@@ -14,14 +14,14 @@
 //! fails every command in it with the same error, and none of them applied, as for a single
 //! command.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use crate::command::{Command, Outcome, Stamped};
-use crate::consensus::{ConsensusError, GroupRaft, NodeAddr};
+use crate::consensus::{ConsensusError, GroupRaft};
+use crate::node::AddressBook;
 use crate::signals::Signals;
 use crate::{Error, Result};
 
@@ -36,7 +36,7 @@ pub(crate) struct Proposer {
     group: u64,
     raft: GroupRaft,
     signals: Arc<Signals>,
-    members: BTreeMap<u64, NodeAddr>,
+    book: Arc<AddressBook>,
     entries: Arc<AtomicU64>,
     queue: Mutex<Queue>,
 }
@@ -59,14 +59,14 @@ impl Proposer {
         group: u64,
         raft: GroupRaft,
         signals: Arc<Signals>,
-        members: BTreeMap<u64, NodeAddr>,
+        book: Arc<AddressBook>,
         entries: Arc<AtomicU64>,
     ) -> Arc<Proposer> {
         Arc::new(Proposer {
             group,
             raft,
             signals,
-            members,
+            book,
             entries,
             queue: Mutex::new(Queue::default()),
         })
@@ -166,7 +166,7 @@ impl Proposer {
     fn write_error(&self, e: &ConsensusError) -> Error {
         match e {
             ConsensusError::NotLeader(leader) => Error::NotLeader {
-                leader: crate::node::leader_hint(&self.members, *leader),
+                leader: self.book.hint(*leader),
             },
             ConsensusError::Unavailable(m) => Error::Unavailable(m.clone()),
         }

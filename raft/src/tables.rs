@@ -12,6 +12,8 @@
 //! | `e/{due ms u64 BE}{kind}{id}`| (deadline index)              | data groups  |
 //! | `d/{name}\0{version u32 BE}` | [`DefinitionVersion`]         | meta group   |
 //! | `l/{name}`                   | latest version (u32)          | meta group   |
+//! | `n/{node id u64 BE}`         | [`NodeRecord`]                | meta group   |
+//! | `g/{group u64 BE}`           | [`Placement`]                 | meta group   |
 //!
 //! Ids and names never contain `\0` (their alphabets exclude it), so `\0` ends them safely.
 //! The ready queue's `seq` is the log index that made the task ready, so workers get tasks
@@ -39,6 +41,82 @@ pub const DEADLINE_TIMER: u8 = b't';
 pub const DEADLINE_TASK: u8 = b'k';
 pub const DEFINITIONS: &[u8] = b"d/";
 pub const LATEST: &[u8] = b"l/";
+pub const NODES: &[u8] = b"n/";
+pub const PLACEMENTS: &[u8] = b"g/";
+
+/// A node of the cluster as the meta group records it. Nodes that were members when the
+/// cluster was created have no row until something changes them: they are active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub addr: crate::NodeAddr,
+    pub state: NodeState,
+    /// When the node entered `state` (ms since the Unix epoch, the leader's clock).
+    pub since_ms: u64,
+}
+
+/// Where a node is in its life in the cluster. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Registered; catching up on the meta group; holds no voting replica yet.
+    Joining,
+    /// A full member: may hold voting replicas and lead groups.
+    Active,
+    /// Its replicas are being moved away before it leaves.
+    Draining,
+    /// Gone for good; its id is never used again.
+    Removed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Removed => "removed",
+        }
+    }
+}
+
+/// Where a data group's voting replicas are, as the meta group records it, and the change of
+/// them under way. Nodes that hold no replica of the group route its requests to these.
+///
+/// Replicas are named by replica ids: the node's id in the low 32 bits and an incarnation
+/// above (see [`crate::replica_id`]), so that a group that comes back to a node it once left
+/// starts a new replica there, which no message meant for the old one can reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub group: u64,
+    /// Replica ids of the voters.
+    pub voters: Vec<u64>,
+    /// The node that should lead the group (the balancer hands leadership to it).
+    pub leader: Option<u64>,
+    /// The replica move under way, if any.
+    pub moving: Option<Move>,
+    /// The last incarnation handed out for this group.
+    pub epoch: u64,
+}
+
+/// A voter of a group being replaced by a new replica: first added as a learner and caught
+/// up, then swapped in by one joint change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The replica that leaves (None: the group gains a voter).
+    pub from: Option<u64>,
+    /// The new replica.
+    pub to: u64,
+    pub step: MoveStep,
+}
+
+/// Where a [`Move`] is. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveStep {
+    /// `to` is being added as a learner and catching up (by snapshot when the log was purged).
+    Learner,
+    /// `to` has caught up; the joint change `voters - from + to` is being made.
+    Joint,
+}
 
 /// A workflow as stored: the workflow, the fingerprint of the request that created it, and
 /// the engine step it waits on.
@@ -149,6 +227,14 @@ pub fn latest_key(name: &str) -> Vec<u8> {
     join(LATEST, &[name.as_bytes()])
 }
 
+pub fn node_key(id: u64) -> Vec<u8> {
+    join(NODES, &[&id.to_be_bytes()])
+}
+
+pub fn placement_key(group: u64) -> Vec<u8> {
+    join(PLACEMENTS, &[&group.to_be_bytes()])
+}
+
 fn get<T: serde::de::DeserializeOwned>(store: &Store, group: u64, key: &[u8]) -> Result<Option<T>> {
     match store.get_state(group, key)? {
         Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
@@ -249,5 +335,23 @@ pub fn list_definitions(store: &Store, group: u64) -> Result<Vec<(String, u32)>>
             let name = String::from_utf8_lossy(&k[LATEST.len()..]).into_owned();
             Ok((name, codec::decode(&v)?))
         })
+        .collect()
+}
+
+/// Every node row of the meta group, in id order.
+pub fn read_nodes(store: &Store) -> Result<Vec<NodeRecord>> {
+    store
+        .scan_state(crate::META_GROUP, NODES, None, usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| Ok(codec::decode(&v)?))
+        .collect()
+}
+
+/// Every data group's recorded placement, in group order.
+pub fn read_placements(store: &Store) -> Result<Vec<Placement>> {
+    store
+        .scan_state(crate::META_GROUP, PLACEMENTS, None, usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| Ok(codec::decode(&v)?))
         .collect()
 }

@@ -834,6 +834,38 @@ impl Cli {
                 let v = self.get("/openapi.json").await?;
                 print_json(&v);
             }
+            ClusterCmd::AddNode {
+                id,
+                client_addr,
+                peer_addr,
+            } => {
+                let body = serde_json::json!({
+                    "id": id, "client_addr": client_addr, "peer_addr": peer_addr,
+                });
+                let (code, v) = self.send(Method::POST, "/v1/cluster/nodes", &body).await?;
+                if self.json {
+                    print_json(&v);
+                } else {
+                    let state = v.get("state").and_then(Value::as_str).unwrap_or("?");
+                    let what = if code == 201 {
+                        "registered"
+                    } else {
+                        "already registered"
+                    };
+                    println!("node {id} {what}: {state}");
+                }
+            }
+            ClusterCmd::RemoveNode { id, force } => {
+                let query = if force { "?force=true" } else { "" };
+                let path = format!("/v1/cluster/nodes/{id}{query}");
+                let (_, v) = self.client.request(Method::DELETE, &path, None).await?;
+                if self.json {
+                    print_json(&v);
+                } else {
+                    let state = v.get("state").and_then(Value::as_str).unwrap_or("?");
+                    println!("node {id}: {state} (its replicas move first; watch raftflow cluster nodes)");
+                }
+            }
         }
         Ok(ExitCode::Ok)
     }

@@ -301,6 +301,34 @@ pub enum ClusterCmd {
     /// The API's OpenAPI 3 document.
     #[command(after_help = "Example:\n  raftflow cluster openapi | head")]
     Openapi,
+    /// Register a node that will join (what `raftflow serve --join` does itself): it is
+    /// `joining` until it has caught up, then `active`.
+    #[command(
+        name = "add-node",
+        after_help = "Example:\n  raftflow cluster add-node 4 --client-addr 127.0.0.1:7004 --peer-addr 127.0.0.1:8004"
+    )]
+    AddNode {
+        /// The new node's id (never used before in this cluster).
+        id: u64,
+        /// host:port of its HTTP API.
+        #[arg(long)]
+        client_addr: String,
+        /// host:port of its peer listener.
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// Drain a node and remove it: its replicas move to the other nodes first, then it leaves
+    /// every group and stops. Its id is never used again.
+    #[command(
+        name = "remove-node",
+        after_help = "Examples:\n  raftflow cluster remove-node 1\n  raftflow cluster remove-node 3 --force   # node 3's machine is gone for good"
+    )]
+    RemoveNode {
+        id: u64,
+        /// The node is gone for good (a dead disk): replace its replicas from the others.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// A client command, as `main` hands it over.

@@ -289,6 +289,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes everything of `group` (its log, its Raft metadata and its rows), atomically and
+    /// durably: what a node does with a replica that left the group.
+    pub fn delete_group(&self, group: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for cf in [CF_LOG, CF_RAFT, CF_STATE] {
+            batch.delete_range_cf(
+                self.cf(cf),
+                group.to_be_bytes().to_vec(),
+                group_upper_bound(group),
+            );
+        }
+        self.write_synced(batch)
+    }
+
     /// Replaces every state row of `group` with `rows`, atomically and durably.
     pub fn replace_group_state(&self, group: u64, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         let mut batch = WriteBatch::default();

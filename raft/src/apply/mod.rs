@@ -181,6 +181,22 @@ impl Applier {
                     })
                     .collect(),
             ),
+            Command::RegisterNode { id, addr } => register_node(tx, *id, addr, now),
+            Command::SetNode { id, addr, state } => set_node(tx, *id, addr, *state, now),
+            Command::SetPlacement {
+                placement,
+                expected,
+            } => {
+                let key = tables::placement_key(placement.group);
+                let current: Option<tables::Placement> = tx.get_decoded(&key);
+                if current != *expected {
+                    return Outcome::Refused(Refusal::PlacementChanged {
+                        group: placement.group,
+                    });
+                }
+                tx.put_encoded(key, placement);
+                Outcome::Nothing
+            }
         }
     }
 
@@ -251,5 +267,69 @@ fn put_definition(tx: &mut Tx, name: &str, json: &str, now: u64) -> Outcome {
     Outcome::Definition {
         stored,
         created: true,
+    }
+}
+
+fn register_node(tx: &mut Tx, id: u64, addr: &crate::NodeAddr, now: u64) -> Outcome {
+    if let Some(node) = tx.get_decoded::<tables::NodeRecord>(&tables::node_key(id)) {
+        return if node.state != tables::NodeState::Removed && node.addr == *addr {
+            Outcome::Node {
+                node,
+                created: false,
+            }
+        } else if node.state == tables::NodeState::Removed {
+            Outcome::Refused(Refusal::NodeExists {
+                id,
+                reason: "was removed; a removed id is never used again".into(),
+            })
+        } else {
+            Outcome::Refused(Refusal::NodeExists {
+                id,
+                reason: format!(
+                    "is already a member with client address {} and peer address {}",
+                    node.addr.client, node.addr.peer
+                ),
+            })
+        };
+    }
+    let node = tables::NodeRecord {
+        id,
+        addr: addr.clone(),
+        state: tables::NodeState::Joining,
+        since_ms: now,
+    };
+    tx.put_encoded(tables::node_key(id), &node);
+    Outcome::Node {
+        node,
+        created: true,
+    }
+}
+
+fn set_node(
+    tx: &mut Tx,
+    id: u64,
+    addr: &crate::NodeAddr,
+    state: tables::NodeState,
+    now: u64,
+) -> Outcome {
+    let old = tx.get_decoded::<tables::NodeRecord>(&tables::node_key(id));
+    if let Some(old) = &old {
+        if old.state == tables::NodeState::Removed || (old.state == state && old.addr == *addr) {
+            return Outcome::Node {
+                node: old.clone(),
+                created: false,
+            };
+        }
+    }
+    let node = tables::NodeRecord {
+        id,
+        addr: addr.clone(),
+        state,
+        since_ms: now,
+    };
+    tx.put_encoded(tables::node_key(id), &node);
+    Outcome::Node {
+        node,
+        created: false,
     }
 }

@@ -323,3 +323,97 @@ fn a_batch_applies_in_order_and_each_command_reads_the_ones_before() {
     ));
     assert_eq!(g.workflow("wf").workflow.revision, 2);
 }
+
+fn addr(n: u16) -> crate::NodeAddr {
+    crate::NodeAddr {
+        client: format!("127.0.0.1:{}", 7000 + n),
+        peer: format!("127.0.0.1:{}", 8000 + n),
+    }
+}
+
+fn node_outcome(o: Outcome) -> (tables::NodeState, bool) {
+    match o {
+        Outcome::Node { node, created } => (node.state, created),
+        other => panic!("expected a node, got {other}"),
+    }
+}
+
+#[test]
+fn a_node_registers_once_and_a_taken_or_removed_id_is_refused() {
+    use tables::NodeState::*;
+    let mut g = Group::new();
+    let register = |id, n| Command::RegisterNode { id, addr: addr(n) };
+    assert_eq!(node_outcome(g.apply(1, register(4, 4))), (Joining, true));
+    // The same request again is a retry.
+    assert_eq!(node_outcome(g.apply(2, register(4, 4))), (Joining, false));
+    // The same id from other addresses is another node.
+    assert!(matches!(
+        g.apply(3, register(4, 5)),
+        Outcome::Refused(Refusal::NodeExists { id: 4, .. })
+    ));
+    let set = |id, n, state| Command::SetNode {
+        id,
+        addr: addr(n),
+        state,
+    };
+    assert_eq!(node_outcome(g.apply(4, set(4, 4, Active))), (Active, false));
+    assert_eq!(node_outcome(g.apply(5, register(4, 4))), (Active, false));
+    // Removed is for good: no state change and no registration brings the id back.
+    assert_eq!(
+        node_outcome(g.apply(6, set(4, 4, Removed))),
+        (Removed, false)
+    );
+    assert_eq!(
+        node_outcome(g.apply(7, set(4, 4, Active))),
+        (Removed, false)
+    );
+    match g.apply(8, register(4, 4)) {
+        Outcome::Refused(Refusal::NodeExists { id: 4, reason }) => {
+            assert!(reason.contains("removed"), "{reason}")
+        }
+        other => panic!("a removed id registered again: {other}"),
+    }
+    let row: tables::NodeRecord =
+        raftflow_storage::codec::decode(&g.rows[&tables::node_key(4)]).unwrap();
+    assert_eq!((row.state, row.since_ms), (Removed, 6));
+}
+
+#[test]
+fn a_placement_changes_only_from_the_placement_it_was_decided_on() {
+    let mut g = Group::new();
+    let placement = |voters: Vec<u64>, epoch| tables::Placement {
+        group: 2,
+        voters,
+        leader: None,
+        moving: None,
+        epoch,
+    };
+    let first = placement(vec![1, 2, 3], 0);
+    let set = |p: &tables::Placement, expected: Option<&tables::Placement>| Command::SetPlacement {
+        placement: p.clone(),
+        expected: expected.cloned(),
+    };
+    assert_eq!(g.apply(1, set(&first, None)), Outcome::Nothing);
+    // A second "first" placement, decided without seeing the one recorded, is refused.
+    let other = placement(vec![4, 5, 6], 0);
+    assert!(matches!(
+        g.apply(2, set(&other, None)),
+        Outcome::Refused(Refusal::PlacementChanged { group: 2 })
+    ));
+    let mut moving = first.clone();
+    moving.epoch = 1;
+    moving.moving = Some(tables::Move {
+        from: Some(3),
+        to: crate::replica_id(4, 1),
+        step: tables::MoveStep::Learner,
+    });
+    assert_eq!(g.apply(3, set(&moving, Some(&first))), Outcome::Nothing);
+    // A stale driver that still sees the first placement changes nothing.
+    assert!(matches!(
+        g.apply(4, set(&other, Some(&first))),
+        Outcome::Refused(Refusal::PlacementChanged { .. })
+    ));
+    let p: tables::Placement =
+        raftflow_storage::codec::decode(&g.rows[&tables::placement_key(2)]).unwrap();
+    assert_eq!(p, moving);
+}

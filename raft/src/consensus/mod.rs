@@ -128,7 +128,8 @@ impl Role {
     }
 }
 
-/// Leadership and progress of one group as this node sees it.
+/// Leadership and progress of one group as this node sees it; replicas are named by their
+/// nodes.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GroupStatus {
     pub id: u64,
@@ -147,6 +148,14 @@ pub struct GroupStatus {
     pub role: &'static str,
 }
 
+/// A group's members as one replica knows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: std::collections::BTreeSet<u64>,
+    pub learners: std::collections::BTreeSet<u64>,
+    pub nodes: BTreeMap<u64, NodeAddr>,
+}
+
 /// Why a write or a read index was not served.
 #[derive(Debug)]
 pub(crate) enum ConsensusError {
@@ -158,7 +167,8 @@ pub(crate) enum ConsensusError {
 
 /// Where a group's replica keeps its rows and how it reaches its peers.
 pub(crate) struct GroupParts {
-    pub node: u64,
+    /// This replica's id (see [`crate::replica_id`]).
+    pub replica: u64,
     pub group: u64,
     pub store: Arc<Store>,
     pub signals: Arc<Signals>,
@@ -173,6 +183,7 @@ pub(crate) struct GroupParts {
 #[derive(Clone)]
 pub struct GroupRaft {
     raft: Raft,
+    replica: u64,
 }
 
 impl GroupRaft {
@@ -180,7 +191,7 @@ impl GroupRaft {
     /// heartbeats and elections are driven by the node's timer task, not openraft's own tick.
     pub(crate) async fn open(parts: GroupParts) -> crate::Result<GroupRaft> {
         let GroupParts {
-            node,
+            replica,
             group,
             store,
             signals,
@@ -193,20 +204,37 @@ impl GroupRaft {
         let log = log_store::GroupLogStore::new(group, store);
         let network = network::GroupNetwork { group, clients };
         let config = raft_config(group, timing, snapshot_every, log_kept_behind_snapshot);
-        let raft = Raft::new(node, config, network, log, sm)
+        let raft = Raft::new(replica, config, network, log, sm)
             .await
             .map_err(|e| crate::Error::Fatal(e.to_string()))?;
         raft.runtime_config().tick(false);
-        Ok(GroupRaft { raft })
+        Ok(GroupRaft { raft, replica })
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> u64 {
+        self.replica
+    }
+
+    /// Whether this replica is a voter of the configuration it knows.
+    pub fn is_voter(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let mut voters = m.membership_config.membership().voter_ids();
+        voters.any(|v| v == self.replica)
     }
 
     fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// The leader this replica knows.
+    /// The node of the leader this replica knows.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow_watched().current_leader
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .map(crate::node_of)
     }
 
     pub fn role(&self) -> Role {
@@ -221,12 +249,15 @@ impl GroupRaft {
 
     pub fn status(&self, id: u64) -> GroupStatus {
         let m = self.metrics();
+        let config = m.membership_config.membership();
+        let voters = config.voter_ids().map(crate::node_of).collect();
+        let learners = config.learner_ids().map(crate::node_of).collect();
         GroupStatus {
             id,
-            leader: m.current_leader,
+            leader: m.current_leader.map(crate::node_of),
             term: m.current_term,
-            voters: m.membership_config.membership().voter_ids().collect(),
-            learners: m.membership_config.membership().learner_ids().collect(),
+            voters,
+            learners,
             last_applied: m.last_applied.as_ref().map(|l| l.index),
             last_log_index: m.last_log_index,
             committed: m.local_committed.as_ref().map(|l| l.index),
@@ -261,7 +292,7 @@ impl GroupRaft {
         match self.raft.client_write(stamped).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ConsensusError::NotLeader(f.leader_id))
+                Err(ConsensusError::NotLeader(f.leader_id.map(crate::node_of)))
             }
             Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
         }
@@ -282,7 +313,7 @@ impl GroupRaft {
         match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
             Ok(linearizer) => Ok(linearizer.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(ConsensusError::NotLeader(f.leader_id))
+                Err(ConsensusError::NotLeader(f.leader_id.map(crate::node_of)))
             }
             Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
         }
@@ -320,12 +351,12 @@ impl GroupRaft {
         let _ = self.raft.trigger().elect(true).await;
     }
 
-    /// As a leader, hands leadership to `to`.
+    /// As a leader, hands leadership to replica `to`.
     pub(crate) async fn transfer_leader(&self, to: u64) {
         let _ = self.raft.trigger().transfer_leader(to).await;
     }
 
-    /// As a leader, whether `node`'s log has everything this leader's has.
+    /// As a leader, whether replica `node`'s log has everything this leader's has.
     pub fn has_caught_up(&self, node: u64) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
@@ -338,6 +369,68 @@ impl GroupRaft {
             .and_then(|r| r.get(&node).cloned().flatten())
             .map(|l| l.index);
         matched.is_some() && matched >= m.last_log_index
+    }
+
+    /// The group's voters and learners (replica ids) with their nodes' addresses, as this
+    /// replica knows them.
+    pub fn membership(&self) -> Membership {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let config = m.membership_config.membership();
+        Membership {
+            voters: config.voter_ids().collect(),
+            learners: config.learner_ids().collect(),
+            nodes: config.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
+    }
+
+    /// As the leader, adds replica `replica` (on the node at `addr`) as a learner, a
+    /// non-voting replica the leader replicates to, and returns once the change is committed,
+    /// without waiting for it to catch up. A replica already in the group is left as it is.
+    pub(crate) async fn add_learner(
+        &self,
+        replica: u64,
+        addr: NodeAddr,
+    ) -> Result<(), ConsensusError> {
+        if self.membership().nodes.contains_key(&replica) {
+            return Ok(());
+        }
+        management(self.raft.add_learner(replica, addr, false).await)
+    }
+
+    /// As the leader, makes `voters` (replica ids, each already a voter or a learner) the
+    /// group's voters, through a joint configuration (old and new voters must both agree while
+    /// it stands) and then the new one alone; replicas no longer voters stay as learners when
+    /// `keep_as_learners`, else leave the group. Returns once the new configuration is
+    /// committed; does nothing if it already is.
+    pub(crate) async fn change_voters(
+        &self,
+        voters: std::collections::BTreeSet<u64>,
+        keep_as_learners: bool,
+    ) -> Result<(), ConsensusError> {
+        if self.membership().voters == voters {
+            return Ok(());
+        }
+        management(self.raft.change_membership(voters, keep_as_learners).await)
+    }
+
+    /// As the leader, removes learners `replicas` from the group.
+    pub(crate) async fn remove_learners(
+        &self,
+        replicas: std::collections::BTreeSet<u64>,
+    ) -> Result<(), ConsensusError> {
+        let present: std::collections::BTreeSet<u64> = replicas
+            .intersection(&self.membership().learners)
+            .copied()
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        management(
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(present), false)
+                .await,
+        )
     }
 
     /// Whether this replica has any Raft state (a vote or a log).
@@ -355,6 +448,19 @@ impl GroupRaft {
 
     pub(crate) async fn shutdown(&self) -> Result<(), String> {
         self.raft.shutdown().await.map_err(|e| e.to_string())
+    }
+}
+
+/// The result of a membership change as [`ConsensusError`].
+fn management<T>(
+    r: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+) -> Result<(), ConsensusError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ConsensusError::NotLeader(f.leader_id.map(crate::node_of)))
+        }
+        Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
     }
 }
 
@@ -455,6 +561,17 @@ pub(crate) fn golden_samples(s: &mut crate::golden::Samples) {
             },
             data: vec![1, 2, 3],
         }),
+    );
+    s.frame(
+        "frame/raft_for_replica",
+        Frame::Request {
+            id: 5,
+            group: 2,
+            rpc: PeerRpc::RaftFor {
+                replica: crate::replica_id(3, 1),
+                request: RaftRequest::Vote(vote_request()),
+            },
+        },
     );
     s.frame(
         "frame/raft_transfer_leader",

@@ -84,7 +84,9 @@ impl GroupRaft {
 
 fn into_rpc(e: CallError) -> RPCError<TypeConfig> {
     match e {
-        CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+        CallError::NotSent(e) | CallError::Unreachable(e) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
         // A remote failure (group not there yet, node shutting down): back off and retry.
         CallError::Remote(m) => RPCError::Unreachable(Unreachable::new(&io::Error::other(m))),
@@ -93,7 +95,9 @@ fn into_rpc(e: CallError) -> RPCError<TypeConfig> {
 
 fn into_streaming(e: CallError) -> StreamingError<TypeConfig> {
     match e {
-        CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+        CallError::NotSent(e) | CallError::Unreachable(e) => {
+            StreamingError::Unreachable(Unreachable::new(&e))
+        }
         CallError::Network(e) => StreamingError::Network(NetworkError::new(&e)),
         CallError::Remote(m) => StreamingError::Unreachable(Unreachable::new(&io::Error::other(m))),
     }
@@ -111,7 +115,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> PeerNetwork {
         PeerNetwork {
             group: self.group,
-            conn: self.clients.conn(target, &node.peer),
+            target,
+            conn: self.clients.conn(crate::node_of(target), &node.peer),
         }
     }
 }
@@ -119,6 +124,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 /// One group's view of the connection to one peer.
 pub struct PeerNetwork {
     group: u64,
+    /// The replica messages are for.
+    target: u64,
     conn: Arc<PeerConn>,
 }
 
@@ -127,6 +134,14 @@ fn unexpected<T>() -> Result<T, CallError> {
 }
 
 impl PeerNetwork {
+    /// `request` for the target replica.
+    fn to_target(&self, request: RaftRequest) -> PeerRpc {
+        PeerRpc::RaftFor {
+            replica: self.target,
+            request,
+        }
+    }
+
     /// Sends `rpc` within the option's deadline and takes the reply `pick` expects.
     async fn rpc<T>(
         &self,
@@ -151,7 +166,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(
-            PeerRpc::Raft(RaftRequest::Append(rpc)),
+            self.to_target(RaftRequest::Append(rpc)),
             &option,
             |r| match r {
                 PeerReply::Raft(RaftReply::Append(r)) => Some(r),
@@ -167,7 +182,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(
-            PeerRpc::Raft(RaftRequest::Vote(rpc)),
+            self.to_target(RaftRequest::Vote(rpc)),
             &option,
             |r| match r {
                 PeerReply::Raft(RaftReply::Vote(r)) => Some(r),
@@ -183,7 +198,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(
-            PeerRpc::Raft(RaftRequest::PreVote(rpc)),
+            self.to_target(RaftRequest::PreVote(rpc)),
             &option,
             |r| match r {
                 PeerReply::Raft(RaftReply::Vote(r)) => Some(r),
@@ -200,7 +215,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let rpc = PeerRpc::Raft(RaftRequest::Snapshot {
+        let rpc = self.to_target(RaftRequest::Snapshot {
             vote,
             meta: snapshot.meta,
             data: snapshot.snapshot,
@@ -226,7 +241,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(
-            PeerRpc::Raft(RaftRequest::TransferLeader(req)),
+            self.to_target(RaftRequest::TransferLeader(req)),
             &option,
             |r| match r {
                 PeerReply::Raft(RaftReply::TransferLeader(r)) => Some(r),

@@ -10,10 +10,10 @@ const BALANCE_EVERY: Duration = Duration::from_secs(1);
 
 impl RaftNode {
     /// Moves leadership of each data group to its preferred node, so that every node leads
-    /// about G/N groups. A group's preferred node is member `(group - 1) mod N` in id order;
-    /// leadership moves only to a preferred node whose log has caught up.
+    /// about G/N groups. A group's preferred node is the one its placement names (the
+    /// membership driver spreads them), else voter `(group - 1) mod R` of its R voters in id
+    /// order; leadership moves only to a preferred replica whose log has caught up.
     pub(super) async fn balance_leaders(self: Arc<Self>) {
-        let ids: Vec<u64> = self.config.members.keys().copied().collect();
         let mut tick = tokio::time::interval(BALANCE_EVERY);
         loop {
             tick.tick().await;
@@ -21,8 +21,17 @@ impl RaftNode {
                 let Some(raft) = self.registry.get(group) else {
                     continue;
                 };
-                let preferred = ids[((group - 1) % ids.len() as u64) as usize];
-                if preferred == self.id {
+                let voters: Vec<u64> = raft.membership().voters.into_iter().collect();
+                if voters.is_empty() || raft.role() != crate::consensus::Role::Leader {
+                    continue;
+                }
+                let named = self
+                    .placement(group)
+                    .and_then(|p| p.leader)
+                    .and_then(|node| voters.iter().copied().find(|r| crate::node_of(*r) == node));
+                let preferred =
+                    named.unwrap_or(voters[((group - 1) % voters.len() as u64) as usize]);
+                if preferred == raft.replica_id() {
                     continue;
                 }
                 let caught_up = raft.has_caught_up(preferred);

@@ -97,6 +97,9 @@ impl RaftNode {
     /// with all members as voters. A node never initialises while any peer reports Raft state,
     /// so a node whose data directory was wiped rejoins instead of forking the cluster.
     pub(super) async fn bootstrap(self: Arc<Self>, clients: Arc<PeerClients>) {
+        if self.config.joined {
+            return;
+        }
         let lowest = *self
             .config
             .members
@@ -212,6 +215,7 @@ mod tests {
             log_kept_behind_snapshot: crate::LOG_KEPT_BEHIND_SNAPSHOT,
             bind_source_ip: None,
             min_free_disk_bytes: 0,
+            joined: false,
         };
         let err = match RaftNode::start(config).await {
             Ok(_) => panic!("a node started on a directory of format 99"),

@@ -6,14 +6,18 @@
 //! heartbeats and elections, [`balancer`] spreads leadership, [`bootstrap`] creates a cluster
 //! and checks a data directory, [`disk`] watches free space.
 
+mod address_book;
 mod balancer;
 mod bootstrap;
 mod clock;
 mod disk;
+mod membership;
 mod raft_timers;
 mod routing;
 
+pub(crate) use address_book::AddressBook;
 pub use bootstrap::DATA_FORMAT;
+pub use membership::NodeView;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -36,6 +40,9 @@ use disk::FreeDisk;
 
 /// The metadata group: membership, definitions. Data groups are `1..=groups`.
 pub const META_GROUP: u64 = 0;
+/// Where a node records the id of its replica of a group that was added after the cluster
+/// was created.
+const REPLICA_KEY: &str = "replica";
 /// A leader refuses client writes below this much free disk unless configured otherwise.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 64 << 20;
 
@@ -45,8 +52,13 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address the peer listener binds.
     pub peer_listen: String,
-    /// Every node of the cluster (this one included) with its addresses.
+    /// The nodes this one knows at start (itself included) with their addresses: the
+    /// initial cluster, or the cluster a joining node asked to join.
     pub members: BTreeMap<u64, NodeAddr>,
+    /// Whether this node joined a running cluster (`--join`) rather than being one of the
+    /// members it was created with: it never initialises groups, and holds only the replicas
+    /// it was given.
+    pub joined: bool,
     /// Number of data groups.
     pub groups: u64,
     pub timing: Timing,
@@ -79,20 +91,17 @@ pub struct RaftNode {
     clients: Arc<PeerClients>,
     slots: SlotTable,
     counters: RaftCounters,
-    /// Each group's proposer, by group id.
-    proposers: Vec<Arc<Proposer>>,
+    /// Where every known node can be reached.
+    book: Arc<AddressBook>,
+    /// The leader of each group this node holds no replica of, as last learnt from a hint.
+    remote_leaders: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// The proposer of each group this node holds a replica of, by group id.
+    proposers: std::sync::RwLock<BTreeMap<u64, Arc<Proposer>>>,
     signals: Arc<Signals>,
     free_disk: FreeDisk,
+    /// Set once the cluster has recorded this node removed.
+    removed: tokio::sync::watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// The leader another node or openraft named, with its addresses, for a `NotLeader` answer.
-pub(crate) fn leader_hint(
-    members: &BTreeMap<u64, NodeAddr>,
-    leader: Option<u64>,
-) -> Option<(u64, NodeAddr)> {
-    let id = leader?;
-    Some((id, members.get(&id)?.clone()))
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -126,28 +135,7 @@ impl RaftNode {
         let clients = PeerClients::new(config.bind_source_ip);
         let signals = Arc::new(Signals::default());
         let counters = RaftCounters::default();
-        let mut proposers = Vec::new();
-        for group in std::iter::once(META_GROUP).chain(1..=config.groups) {
-            let raft = GroupRaft::open(GroupParts {
-                node: config.id,
-                group,
-                store: store.clone(),
-                signals: signals.clone(),
-                clients: clients.clone(),
-                timing: config.timing,
-                snapshot_every: config.snapshot_every,
-                log_kept_behind_snapshot: config.log_kept_behind_snapshot,
-            })
-            .await?;
-            proposers.push(Proposer::new(
-                group,
-                raft.clone(),
-                signals.clone(),
-                config.members.clone(),
-                counters.proposal_entries.clone(),
-            ));
-            registry.insert(group, raft);
-        }
+        let book = Arc::new(AddressBook::new(config.members.clone()));
         let listener = TcpListener::bind(&config.peer_listen)
             .await
             .map_err(|e| Error::Config(format!("bind peer address {}: {e}", config.peer_listen)))?;
@@ -159,17 +147,33 @@ impl RaftNode {
             registry: registry.clone(),
             clients: clients.clone(),
             counters,
-            proposers,
+            book,
+            remote_leaders: Default::default(),
+            proposers: Default::default(),
             signals,
             free_disk: FreeDisk::default(),
+            removed: tokio::sync::watch::Sender::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
+        for group in std::iter::once(META_GROUP).chain(node.data_groups()) {
+            let replica = node.stored_replica(group)?;
+            let raft = node.open_group(group, replica).await?;
+            // A data group this node holds no replica of any more (or, having joined, was never
+            // given) is closed again: only a brand-new cluster's first members create them.
+            let created_here = !node.config.joined && node.placement(group).is_none();
+            if group != META_GROUP && !created_here && !raft.is_initialized().await.unwrap_or(true)
+            {
+                node.close_group(group).await;
+            }
+        }
         registry.set_forwarder(Arc::new(routing::ServeForwarded(Arc::downgrade(&node))));
         let mut tasks = vec![tokio::spawn(serve_peers(listener, registry))];
         tasks.push(tokio::spawn(node.clone().bootstrap(clients)));
         tasks.push(tokio::spawn(node.clone().balance_leaders()));
         tasks.push(tokio::spawn(node.clone().run_clock()));
         tasks.push(tokio::spawn(node.clone().run_raft_timers()));
+        tasks.push(tokio::spawn(node.clone().watch_membership()));
+        tasks.push(tokio::spawn(node.clone().drive_membership()));
         node.tasks.lock().expect("lock").extend(tasks);
         Ok(node)
     }
@@ -178,8 +182,82 @@ impl RaftNode {
         self.id
     }
 
-    pub fn members(&self) -> &BTreeMap<u64, NodeAddr> {
-        &self.config.members
+    /// Every node this one knows how to reach, with its addresses (removed nodes excluded).
+    pub fn members(&self) -> BTreeMap<u64, NodeAddr> {
+        self.book.all()
+    }
+
+    /// Whether this node holds a replica of `group`.
+    pub fn hosts(&self, group: u64) -> bool {
+        self.registry.get(group).is_some()
+    }
+
+    /// The id of this node's replica of `group` as its data directory records it: the node's
+    /// own id unless the replica was added to the group after the cluster was created.
+    fn stored_replica(&self, group: u64) -> Result<u64> {
+        match self.store.get_raft_meta(group, REPLICA_KEY)? {
+            Some(bytes) => Ok(raftflow_storage::codec::decode(&bytes)?),
+            None => Ok(self.id),
+        }
+    }
+
+    /// Opens this node's replica `replica` of `group` (empty if it has no state here) and
+    /// starts serving it.
+    async fn open_group(&self, group: u64, replica: u64) -> Result<GroupRaft> {
+        if replica != self.id {
+            let mut batch = raftflow_storage::Batch::default();
+            let bytes = raftflow_storage::codec::encode(&replica)?;
+            self.store
+                .put_raft_meta(&mut batch, group, REPLICA_KEY, &bytes);
+            self.store.write_synced(batch)?;
+        }
+        let raft = GroupRaft::open(GroupParts {
+            replica,
+            group,
+            store: self.store.clone(),
+            signals: self.signals.clone(),
+            clients: self.clients.clone(),
+            timing: self.config.timing,
+            snapshot_every: self.config.snapshot_every,
+            log_kept_behind_snapshot: self.config.log_kept_behind_snapshot,
+        })
+        .await?;
+        let proposer = Proposer::new(
+            group,
+            raft.clone(),
+            self.signals.clone(),
+            self.book.clone(),
+            self.counters.proposal_entries.clone(),
+        );
+        self.proposers
+            .write()
+            .expect("proposers lock")
+            .insert(group, proposer);
+        self.registry.insert(group, raft.clone());
+        Ok(raft)
+    }
+
+    /// Stops serving this node's replica of `group` (its rows stay).
+    async fn close_group(&self, group: u64) {
+        self.proposers
+            .write()
+            .expect("proposers lock")
+            .remove(&group);
+        if let Some(raft) = self.registry.remove(group) {
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(group, error = %e, "group shutdown failed");
+            }
+        }
+    }
+
+    /// The proposer of this node's replica of `group`.
+    fn proposer(&self, group: u64) -> Result<Arc<Proposer>> {
+        self.proposers
+            .read()
+            .expect("proposers lock")
+            .get(&group)
+            .cloned()
+            .ok_or(Error::NoSuchGroup(group))
     }
 
     pub fn store(&self) -> &Store {

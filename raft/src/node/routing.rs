@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use super::{leader_hint, now_ms, RaftNode};
+use super::{now_ms, RaftNode};
 use crate::command::{Command, Outcome, Stamped};
 use crate::consensus::{ConsensusError, GroupRaft, NodeAddr};
-use crate::transport::{Forward, ForwardError, ForwardReply, Forwarder};
+use crate::query::{Answer, Query};
+use crate::transport::{Forward, ForwardError, ForwardReply, Forwarder, MembershipChange};
 use crate::{Error, Result};
 
 /// A request that met a leadership change looks for the new leader again after this long,
@@ -38,6 +39,8 @@ impl Forwarder for ServeForwarded {
                     Error::NotLeader { leader } => {
                         ForwardError::NotLeader(leader.map(|(id, _)| id))
                     }
+                    // This node holds no replica (any more): the sender asks another.
+                    Error::NoSuchGroup(_) => ForwardError::NotLeader(None),
                     Error::Unavailable(m) => ForwardError::Unavailable(m),
                     Error::StorageFull(m) => ForwardError::StorageFull(m),
                     Error::Storage(s) if s.is_no_space() => {
@@ -50,11 +53,51 @@ impl Forwarder for ServeForwarded {
 }
 
 impl RaftNode {
-    /// The leader of `group` as this node knows it.
+    /// The leader of `group` as this node knows it: its replica's leader, or for a group it
+    /// holds no replica of, the leader it last learnt or else one of the group's voters.
     pub fn leader_of(&self, group: u64) -> Option<(u64, NodeAddr)> {
-        let leader = self.registry.get(group)?.leader()?;
-        let addr = self.config.members.get(&leader)?.clone();
-        Some((leader, addr))
+        match self.registry.get(group) {
+            Some(raft) if raft.leader().is_some() || self.serves(group) => {
+                self.book.hint(raft.leader())
+            }
+            _ => self.remote_leader(group, 0),
+        }
+    }
+
+    /// Whether this node serves `group` from a replica of its own: it holds one that votes.
+    /// A learner still catching up (or not yet added) does not: requests go to the leader.
+    pub fn serves(&self, group: u64) -> bool {
+        self.registry.get(group).is_some_and(|raft| raft.is_voter())
+    }
+
+    /// A guess at the leader of a group this node holds no replica of: first the leader it
+    /// last learnt, then (on later attempts) each of the group's recorded voters in turn.
+    fn remote_leader(&self, group: u64, attempt: usize) -> Option<(u64, NodeAddr)> {
+        if attempt == 0 {
+            let known = self
+                .remote_leaders
+                .lock()
+                .expect("remote leaders lock")
+                .get(&group)
+                .copied();
+            if let Some(hint) = self.book.hint(known) {
+                return Some(hint);
+            }
+        }
+        let voters: Vec<u64> = self
+            .placement_voters(group)
+            .into_iter()
+            .filter(|v| *v != self.id)
+            .collect();
+        let id = *voters.get(attempt % voters.len().max(1))?;
+        self.book.hint(Some(id))
+    }
+
+    fn learn_remote_leader(&self, group: u64, leader: u64) {
+        self.remote_leaders
+            .lock()
+            .expect("remote leaders lock")
+            .insert(group, leader);
     }
 
     pub fn is_leader(&self, group: u64) -> bool {
@@ -79,10 +122,7 @@ impl RaftNode {
             }
             command = stamped.command;
         }
-        let proposer = self
-            .proposers
-            .get(group as usize)
-            .ok_or(Error::NoSuchGroup(group))?;
+        let proposer = self.proposer(group)?;
         let outcome = proposer.propose(command).await;
         if outcome.is_err() {
             self.counters
@@ -156,7 +196,7 @@ impl RaftNode {
         self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
         raft.read_index().await.map_err(|e| match e {
             ConsensusError::NotLeader(leader) => Error::NotLeader {
-                leader: leader_hint(&self.config.members, leader),
+                leader: self.book.hint(leader),
             },
             ConsensusError::Unavailable(m) => Error::Unavailable(m),
         })
@@ -231,6 +271,9 @@ impl RaftNode {
     ) -> Result<ForwardReply> {
         let settle_until = Instant::now() + timeout / 2;
         let mut pause = LEADER_RETRY_FIRST;
+        let hosted = self.serves(group);
+        // Which of a remote group's voters to try next (see `remote_leader`).
+        let mut attempt = 0;
         let mut leader = self.leader_of(group);
         let mut followed_hint = false;
         let lost_after = Duration::from_millis(self.config.timing.election_max_ms);
@@ -248,17 +291,29 @@ impl RaftNode {
             let result = match leader.take() {
                 None => Err(Error::NotLeader { leader: None }),
                 Some((id, _)) if id == self.id => here().await,
-                Some((id, addr)) => match self.registry.silence(group) {
+                Some((id, addr)) => match self.registry.silence(group).filter(|_| hosted) {
                     Some(quiet) if quiet > lost_after * 2 => return Err(cut_off_error(id, quiet)),
                     Some(quiet) if quiet > lost_after => {
                         cut_off = Some((id, quiet));
                         Err(Error::NotLeader { leader: None })
                     }
-                    _ => self
+                    _ => match self
                         .clients
                         .forward(id, &addr.peer, group, work(), timeout)
                         .await
-                        .map_err(|e| self.forward_error(e)),
+                    {
+                        Ok(reply) => {
+                            if !hosted {
+                                self.learn_remote_leader(group, id);
+                            }
+                            Ok(reply)
+                        }
+                        // A remote group's voter that cannot be reached: ask another.
+                        Err(ForwardError::NotSent(_)) if !hosted => {
+                            Err(Error::NotLeader { leader: None })
+                        }
+                        Err(e) => Err(self.forward_error(e)),
+                    },
                 },
             };
             let hint = match result {
@@ -267,6 +322,9 @@ impl RaftNode {
             };
             // The node asked names another leader: ask it at once, once in a row.
             if let Some(next) = hint.as_ref().filter(|(next, _)| Some(*next) != tried) {
+                if !hosted {
+                    self.learn_remote_leader(group, next.0);
+                }
                 if !followed_hint {
                     followed_hint = true;
                     leader = Some(next.clone());
@@ -282,15 +340,21 @@ impl RaftNode {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LEADER_RETRY_MAX);
             followed_hint = false;
-            leader = self.leader_of(group).or(hint);
+            leader = if hosted {
+                self.leader_of(group).or(hint)
+            } else {
+                attempt += 1;
+                hint.or_else(|| self.remote_leader(group, attempt))
+            };
         }
     }
 
     fn forward_error(&self, e: ForwardError) -> Error {
         match e {
             ForwardError::NotLeader(leader) => Error::NotLeader {
-                leader: leader_hint(&self.config.members, leader),
+                leader: self.book.hint(leader),
             },
+            ForwardError::NotSent(m) => Error::Unavailable(m),
             ForwardError::Unavailable(m) => Error::Unavailable(m),
             ForwardError::StorageFull(m) => Error::StorageFull(m),
             ForwardError::Failed(m) => Error::Fatal(m),
@@ -311,10 +375,103 @@ impl RaftNode {
         self.propose(group, command).await
     }
 
+    /// Makes `change` to `group`'s members on its leader, wherever it is.
+    pub(crate) async fn change_members(
+        &self,
+        group: u64,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<ForwardReply> {
+        let work = || Forward::Membership {
+            change: change.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let here = || -> BoxFuture<'_, Result<ForwardReply>> {
+            let change = change.clone();
+            Box::pin(async move { self.change_members_here(group, change).await })
+        };
+        self.route(group, timeout, work, here).await
+    }
+
+    /// Makes `change` to `group`'s members as its leader.
+    async fn change_members_here(
+        &self,
+        group: u64,
+        change: MembershipChange,
+    ) -> Result<ForwardReply> {
+        let raft = self.raft(group)?;
+        if raft.role() != crate::consensus::Role::Leader {
+            return Err(Error::NotLeader {
+                leader: self.book.hint(raft.leader()),
+            });
+        }
+        let not_leader = |e| match e {
+            ConsensusError::NotLeader(leader) => Error::NotLeader {
+                leader: self.book.hint(leader),
+            },
+            ConsensusError::Unavailable(m) => Error::Unavailable(m),
+        };
+        let mut added = None;
+        match change {
+            MembershipChange::AddLearner { replica, addr } => {
+                raft.add_learner(replica, addr).await.map_err(not_leader)?;
+                added = Some(replica);
+            }
+            MembershipChange::SetVoters { voters } => {
+                raft.change_voters(voters.into_iter().collect(), false)
+                    .await
+                    .map_err(not_leader)?;
+            }
+            MembershipChange::RemoveLearners { replicas } => {
+                raft.remove_learners(replicas.into_iter().collect())
+                    .await
+                    .map_err(not_leader)?;
+            }
+        }
+        let members = raft.membership();
+        Ok(ForwardReply::Members {
+            voters: members.voters.into_iter().collect(),
+            learners: members.learners.into_iter().collect(),
+            caught_up: added.is_some_and(|r| raft.has_caught_up(r)),
+        })
+    }
+
+    /// Reads `group`'s rows on this node's replica (after a read index when `linearizable`),
+    /// or on the group's leader when this node holds no replica of it.
+    pub async fn query(
+        &self,
+        group: u64,
+        query: Query,
+        linearizable: bool,
+        timeout: Duration,
+    ) -> Result<Answer> {
+        if self.serves(group) {
+            if linearizable {
+                self.linearize(group, timeout).await?;
+            }
+            return query.run(&self.store, &self.signals, group);
+        }
+        let work = || Forward::Query {
+            query: query.clone(),
+            linearizable,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let here = || -> BoxFuture<'_, Result<ForwardReply>> {
+            Box::pin(async move { Err(Error::NoSuchGroup(group)) })
+        };
+        match self.route(group, timeout, work, here).await? {
+            ForwardReply::Answer(answer) => Ok(answer),
+            other => Err(Error::Fatal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Serves work another node forwarded, as the leader of `group`.
     async fn serve_forwarded(&self, group: u64, work: Forward) -> Result<ForwardReply> {
         let timeout_ms = match &work {
-            Forward::Propose { timeout_ms, .. } | Forward::ReadIndex { timeout_ms } => *timeout_ms,
+            Forward::Propose { timeout_ms, .. }
+            | Forward::ReadIndex { timeout_ms }
+            | Forward::Query { timeout_ms, .. }
+            | Forward::Membership { timeout_ms, .. } => *timeout_ms,
         };
         // A node that no longer leads answers NotLeader with its hint from openraft itself.
         let served = async {
@@ -323,6 +480,20 @@ impl RaftNode {
                     ForwardReply::Outcome(Box::new(self.commit_here(group, command).await?))
                 }
                 Forward::ReadIndex { .. } => ForwardReply::ReadIndex(self.read_index(group).await?),
+                Forward::Query {
+                    query,
+                    linearizable,
+                    ..
+                } => {
+                    if linearizable {
+                        let index = self.read_index(group).await?;
+                        self.await_applied(group, index).await?;
+                    }
+                    ForwardReply::Answer(query.run(&self.store, &self.signals, group)?)
+                }
+                Forward::Membership { change, .. } => {
+                    self.change_members_here(group, change).await?
+                }
             })
         };
         tokio::time::timeout(Duration::from_millis(timeout_ms), served)

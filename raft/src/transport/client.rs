@@ -149,7 +149,7 @@ impl PeerConn {
         rpc: PeerRpc,
         timeout: Duration,
     ) -> Result<PeerReply, CallError> {
-        let live = self.live().await.map_err(CallError::Unreachable)?;
+        let live = self.live().await.map_err(CallError::NotSent)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(Frame::Request { id, group, rpc }).map_err(CallError::Network)?;
         let (tx, rx) = oneshot::channel();
@@ -189,6 +189,8 @@ impl PeerConn {
 }
 
 pub(crate) enum CallError {
+    /// No connection could be made: the request was not sent.
+    NotSent(io::Error),
     Unreachable(io::Error),
     Network(io::Error),
     Remote(String),
@@ -239,7 +241,9 @@ impl PeerClients {
         {
             Ok(PeerReply::Initialized(b)) => Ok(b),
             Ok(_) => Err(io::Error::other("unexpected reply")),
-            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
+            Err(CallError::NotSent(e) | CallError::Unreachable(e) | CallError::Network(e)) => {
+                Err(e)
+            }
             Err(CallError::Remote(m)) => Err(io::Error::other(m)),
         }
     }
@@ -260,6 +264,9 @@ impl PeerClients {
         {
             Ok(PeerReply::Forward(r)) => r,
             Ok(_) => Err(ForwardError::Failed("unexpected reply kind".into())),
+            Err(CallError::NotSent(e)) => Err(ForwardError::NotSent(format!(
+                "node {target} is unreachable: {e}"
+            ))),
             Err(CallError::Unreachable(e) | CallError::Network(e)) => {
                 Err(ForwardError::Unavailable(format!(
                     "the leader (node {target}) is unreachable: {e}"

@@ -53,6 +53,9 @@ pub(crate) enum PeerRpc {
     Initialized,
     /// Client work for the group's leader.
     Forward(Forward),
+    /// One of Raft's own messages for replica `replica` of the group: refused unless that is
+    /// the replica this node holds (an old incarnation never gets a new one's messages).
+    RaftFor { replica: u64, request: RaftRequest },
 }
 
 /// Client work a node hands to the leader of a group over the peer connection.
@@ -63,6 +66,30 @@ pub enum Forward {
     /// Confirm leadership with a quorum and answer the log index a linearizable read must see
     /// applied (etcd's ReadIndex, served to a follower).
     ReadIndex { timeout_ms: u64 },
+    /// Run `query` on the leader's replica, after a read index when `linearizable`.
+    Query {
+        query: crate::query::Query,
+        linearizable: bool,
+        timeout_ms: u64,
+    },
+    /// Change the group's members (the membership driver's steps), as its leader.
+    Membership {
+        change: MembershipChange,
+        timeout_ms: u64,
+    },
+}
+
+/// A change of a group's members, made by its leader. Each is idempotent: made again after
+/// it was made, it changes nothing and answers the same. Variants are only ever appended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add `replica` (on the node at `addr`) as a learner unless it is in the group, and say
+    /// whether it has caught up.
+    AddLearner { replica: u64, addr: crate::NodeAddr },
+    /// Make `voters` the voters, through a joint configuration; others leave the group.
+    SetVoters { voters: Vec<u64> },
+    /// Remove learners that are no longer wanted.
+    RemoveLearners { replicas: Vec<u64> },
 }
 
 /// The leader's answer to a [`Forward`].
@@ -70,6 +97,14 @@ pub enum Forward {
 pub enum ForwardReply {
     Outcome(Box<Outcome>),
     ReadIndex(u64),
+    Answer(crate::query::Answer),
+    /// The group's members after a [`MembershipChange`] (replica ids), and whether the
+    /// replica it added has caught up.
+    Members {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        caught_up: bool,
+    },
 }
 
 /// Why a [`Forward`] was not served.
@@ -82,6 +117,9 @@ pub enum ForwardError {
     /// The leader's data disk is (nearly) full.
     StorageFull(String),
     Failed(String),
+    /// No connection to the node asked could be made: the work was not sent (only ever
+    /// made by the sender, never sent).
+    NotSent(String),
 }
 
 #[derive(Serialize, Deserialize)]

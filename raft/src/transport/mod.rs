@@ -14,7 +14,7 @@ mod registry;
 mod server;
 
 pub(crate) use client::{CallError, PeerClients, PeerConn};
-pub(crate) use frames::{Forward, ForwardError, ForwardReply};
+pub(crate) use frames::{Forward, ForwardError, ForwardReply, MembershipChange};
 pub(crate) use frames::{PeerReply, PeerRpc};
 pub(crate) use registry::{Forwarder, Registry};
 pub(crate) use server::serve_peers;
@@ -97,6 +97,10 @@ mod tests {
                         Ok(ForwardReply::ReadIndex(group * 1000 + timeout_ms))
                     }
                     Forward::Propose { .. } => Err(ForwardError::NotLeader(Some(group))),
+                    Forward::Query { .. } => Ok(ForwardReply::Answer(
+                        crate::query::Answer::HasReady(group == 7),
+                    )),
+                    Forward::Membership { .. } => Err(ForwardError::Unavailable("not here".into())),
                 }
             })
         }
@@ -132,7 +136,41 @@ mod tests {
             matches!(write, Err(ForwardError::NotLeader(Some(7)))),
             "{write:?}"
         );
+        let query = ask(Forward::Query {
+            query: crate::query::Query::HasReady { types: vec![] },
+            linearizable: false,
+            timeout_ms: 5,
+        })
+        .await;
+        assert!(
+            matches!(
+                query,
+                Ok(ForwardReply::Answer(crate::query::Answer::HasReady(true)))
+            ),
+            "{query:?}"
+        );
+        // Nothing listens here: the work was never sent, and the error says so.
+        let nobody = format!("127.0.0.1:{}", crate::transport::tests::closed_port());
+        let unsent = clients
+            .forward(
+                3,
+                &nobody,
+                7,
+                Forward::ReadIndex { timeout_ms: 5 },
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(unsent, Err(ForwardError::NotSent(_))),
+            "{unsent:?}"
+        );
         server.abort();
+    }
+
+    /// A port on 127.0.0.1 nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
     }
 
     /// Holds every `ReadIndex` with `timeout_ms == 0` until released; answers others at once.

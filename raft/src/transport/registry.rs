@@ -69,6 +69,15 @@ impl Registry {
             .insert(group, (raft, Arc::new(Contact::new())));
     }
 
+    /// Forgets `group`, returning its replica.
+    pub fn remove(&self, group: u64) -> Option<GroupRaft> {
+        self.groups
+            .write()
+            .expect("registry lock")
+            .remove(&group)
+            .map(|(r, _)| r)
+    }
+
     pub fn get(&self, group: u64) -> Option<GroupRaft> {
         self.get_with_contact(group).map(|(r, _)| r)
     }

@@ -121,6 +121,18 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
             }
             raft.serve_rpc(req).await.map(PeerReply::Raft)
         }
+        PeerRpc::RaftFor { replica, request } => {
+            if replica != raft.replica_id() {
+                return Err(format!(
+                    "group {group} has replica {:#x} here, not {replica:#x}",
+                    raft.replica_id()
+                ));
+            }
+            if request.is_from_leader_or_candidate() {
+                contact.touch();
+            }
+            raft.serve_rpc(request).await.map(PeerReply::Raft)
+        }
         PeerRpc::Initialized => raft.is_initialized().await.map(PeerReply::Initialized),
         PeerRpc::Forward(_) => unreachable!("served above"),
     }
