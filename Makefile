@@ -1,4 +1,5 @@
-# raftflow: `make cluster` starts a local three-node cluster, `make test` runs every test.
+# raftflow: `make cluster` starts a local three-node cluster (NODES=5: five, the last two
+# joining), `make cluster-join` adds a node to it, `make test` runs every test.
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export RAFTFLOW_BIN := $(CARGO_TARGET_DIR)/release/raftflow
@@ -7,7 +8,7 @@ export RAFTFLOW_GROUPS ?= 8
 # One profile for the binary, unit tests and cluster tests, so RocksDB is built once.
 CARGO_PROFILE := --release
 
-.PHONY: deps build cluster cluster-stop cluster-status mutants test test-console jepsen lint fmt bench profile
+.PHONY: deps build deploy-check cluster cluster-join cluster-stop cluster-status mutants test test-console jepsen lint fmt bench profile
 
 deps:
 	@scripts/deps.sh build
@@ -17,6 +18,9 @@ build: deps
 
 cluster: build
 	@scripts/cluster.sh start
+
+cluster-join: build
+	@scripts/cluster.sh join
 
 cluster-stop:
 	@scripts/cluster.sh stop
@@ -34,6 +38,12 @@ test: deps mutants
 	cargo build $(CARGO_PROFILE) --workspace --all-targets
 	cargo test $(CARGO_PROFILE) --workspace -- --test-threads=2
 	@$(MAKE) --no-print-directory test-console
+	@$(MAKE) --no-print-directory deploy-check
+
+# The steps of docs/DEPLOY.md, run on 127.0.0.11-.15 as five stand-in machines.
+deploy-check: build
+	@scripts/deps.sh test
+	@scripts/deploy-check.sh
 
 # The web console in headless Chromium (Debian's) against a real three-node cluster; screenshots
 # under $(CARGO_TARGET_DIR)/console-screenshots/.

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Starts, stops and shows the local three-node cluster that `make cluster` runs.
-# Data, logs and pid files live under .cluster/ (git-ignored).
+# Starts, grows, stops and shows the local cluster that `make cluster` runs: nodes 1-3 create
+# it (--initial-cluster), any further node joins the running cluster (--join). Node i serves
+# its API on 127.0.0.1:700i and its peers on 127.0.0.1:800i (i up to 9). Data, logs and pid
+# files live under .cluster/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${RAFTFLOW_BIN:?RAFTFLOW_BIN is not set}
 DIR=${CLUSTER_DIR:-$PWD/.cluster}
 NGROUPS=${RAFTFLOW_GROUPS:-8}
-NODES=(1 2 3)
+WANT=${NODES:-3}
+INITIAL=(1 2 3)
 client() { echo "127.0.0.1:700$1"; }
 peer() { echo "127.0.0.1:800$1"; }
 members() {
   local out=""
-  for i in "${NODES[@]}"; do out+="${out:+,}$i=$(client "$i")/$(peer "$i")"; done
+  for i in "${INITIAL[@]}"; do out+="${out:+,}$i=$(client "$i")/$(peer "$i")"; done
   echo "$out"
 }
 # The pid in $1's pid file, if that process is still the raftflow node we started.
@@ -21,33 +24,46 @@ our_pid() {
   pid=$(cat "$f")
   [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--data-dir $DIR/n$1 " && echo "$pid"
 }
+# Every node id this cluster has started (it has a data directory), in order.
+known_nodes() {
+  local ids=()
+  for d in "$DIR"/n[0-9]; do [ -d "$d" ] && ids+=("${d##*/n}"); done
+  [ "${#ids[@]}" -gt 0 ] && printf '%s\n' "${ids[@]}" | sort -n
+  return 0
+}
 
-start() {
-  mkdir -p "$DIR"
-  for i in "${NODES[@]}"; do
-    if pid=$(our_pid "$i"); then
-      echo "node $i already running (pid $pid)"
-      continue
-    fi
-    # shellcheck disable=SC2086
-    nohup "$BIN" serve --id "$i" --initial-cluster "$(members)" --data-dir "$DIR/n$i" \
-      --groups "$NGROUPS" ${RAFTFLOW_EXTRA_FLAGS:-} >>"$DIR/n$i.log" 2>&1 &
-    echo $! >"$DIR/n$i.pid"
-  done
-  echo -n "waiting for all nodes to be ready "
+launch() {
+  local i=$1 pid
+  if pid=$(our_pid "$i"); then
+    echo "node $i already running (pid $pid)"
+    return 0
+  fi
+  local how
+  if [ "$i" -le 3 ]; then
+    how=(--initial-cluster "$(members)" --groups "$NGROUPS")
+  else
+    # Any running member will do; node 1's address is the one to remember.
+    how=(--join "http://$(client 1)" --client-listen "$(client "$i")" --peer-listen "$(peer "$i")")
+  fi
+  # shellcheck disable=SC2086
+  nohup "$BIN" serve --id "$i" "${how[@]}" --data-dir "$DIR/n$i" \
+    ${RAFTFLOW_EXTRA_FLAGS:-} >>"$DIR/n$i.log" 2>&1 &
+  echo $! >"$DIR/n$i.pid"
+}
+
+# Waits until nodes $@ answer /readyz.
+wait_ready() {
+  echo -n "waiting for nodes $* to be ready "
   for _ in $(seq 1 120); do
-    ready=0
-    for i in "${NODES[@]}"; do
+    local ready=0
+    for i in "$@"; do
       curl -fs "http://$(client "$i")/readyz" >/dev/null 2>&1 && ready=$((ready + 1))
     done
-    if [ "$ready" = "${#NODES[@]}" ]; then
+    if [ "$ready" = "$#" ]; then
       echo " ready."
-      for i in "${NODES[@]}"; do
+      for i in "$@"; do
         echo "  node $i  client http://$(client "$i")  peer $(peer "$i")  log $DIR/n$i.log"
       done
-      echo
-      echo "try:  $BIN cluster status   (or open http://127.0.0.1:7001/ui/)"
-      echo "stop: make cluster-stop"
       return 0
     fi
     echo -n "."
@@ -57,9 +73,48 @@ start() {
   return 1
 }
 
+start() {
+  if ! [[ "$WANT" =~ ^[3-9]$ ]]; then
+    echo "NODES=$WANT: a local cluster has 3 to 9 nodes" >&2
+    exit 2
+  fi
+  mkdir -p "$DIR"
+  local ids=()
+  for i in $(seq 1 "$WANT") $(known_nodes); do
+    [[ " ${ids[*]} " == *" $i "* ]] || ids+=("$i")
+  done
+  for i in "${INITIAL[@]}"; do launch "$i"; done
+  wait_ready "${INITIAL[@]}"
+  for i in "${ids[@]}"; do if [ "$i" -gt 3 ]; then launch "$i"; fi; done
+  local joined=()
+  for i in "${ids[@]}"; do if [ "$i" -gt 3 ]; then joined+=("$i"); fi; done
+  [ "${#joined[@]}" = 0 ] || wait_ready "${joined[@]}"
+  echo
+  echo "try:  $BIN cluster status   (or open http://127.0.0.1:7001/ui/)"
+  echo "grow: make cluster-join      stop: make cluster-stop"
+}
+
+# Adds the next node (4, 5, ...) to the running cluster.
+join() {
+  local last next
+  last=$(known_nodes | tail -n1)
+  next=$(( ${last:-3} + 1 ))
+  if [ "$next" -gt 9 ]; then
+    echo "a local cluster has at most 9 nodes" >&2
+    exit 2
+  fi
+  if ! curl -fs "http://$(client 1)/readyz" >/dev/null 2>&1; then
+    echo "node 1 does not answer; start the cluster first (make cluster)" >&2
+    exit 1
+  fi
+  launch "$next"
+  wait_ready "$next"
+  echo "node $next joined; see it with: $BIN cluster nodes"
+}
+
 stop() {
   local any=0
-  for i in "${NODES[@]}"; do
+  for i in $(known_nodes); do
     if pid=$(our_pid "$i"); then
       any=1
       kill -TERM "$pid"
@@ -73,18 +128,20 @@ stop() {
 }
 
 status() {
-  for i in "${NODES[@]}"; do
-    if pid=$(our_pid "$i"); then echo "node $i: running (pid $pid), client $(client "$i")"; else echo "node $i: stopped"; fi
-  done
   local addrs=()
-  for i in "${NODES[@]}"; do addrs+=("$(client "$i")"); done
+  for i in $(known_nodes); do
+    if pid=$(our_pid "$i"); then echo "node $i: running (pid $pid), client $(client "$i")"; else echo "node $i: stopped"; fi
+    addrs+=("$(client "$i")")
+  done
+  [ "${#addrs[@]}" -gt 0 ] || addrs=("$(client 1)")
   # The CLI moves on to the next address when one does not answer.
   "$BIN" cluster status --addr "$(IFS=,; echo "${addrs[*]}")" || echo "no node answers /v1/cluster"
 }
 
 case "${1:-}" in
   start) start ;;
+  join) join ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|join|stop|status" >&2; exit 2 ;;
 esac
