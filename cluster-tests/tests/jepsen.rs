@@ -146,6 +146,13 @@ fn clock_skew_and_jump_scenario_passes() {
     assert_valid("clock", 109);
 }
 
+/// Nodes 4 and 5 join (replicas move to them), node 4 drains, node 5 is killed and
+/// force-removed, all under the register, append, unique and task workloads.
+#[test]
+fn membership_changes_scenario_passes() {
+    assert_valid("membership", 110);
+}
+
 #[test]
 fn mutant_serving_reads_without_read_index_is_caught() {
     assert_caught(
@@ -174,4 +181,16 @@ fn mutant_answering_before_commit_is_caught() {
 #[test]
 fn mutant_skipping_the_lease_check_is_caught() {
     assert_caught("kill-leader", 204, "lease-check", &["tasks"]);
+}
+
+/// A group that comes back to a node it left must start a new replica there: one that
+/// inherits the node's memory of the old one leases tasks differently from the other replicas.
+#[test]
+fn mutant_keeping_an_old_replicas_state_is_caught() {
+    assert_caught(
+        "membership",
+        205,
+        "keep-replica-state",
+        &["whole-cluster", "tasks"],
+    );
 }

@@ -7,7 +7,9 @@
 //!   from its stale replica;
 //! - `skip-dedup`: the state machine ignores `request_id`, so a retried event applies twice;
 //! - `early-ack`: an event is answered with its predicted outcome before it is committed;
-//! - `lease-check`: completing a task skips the lease check: any token completes an open task.
+//! - `lease-check`: completing a task skips the lease check: any token completes an open task;
+//! - `keep-replica-state`: a replica a group gives a node inherits what the node remembered of
+//!   the group's earlier replica there (its ready-queue floors) instead of starting afresh.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutant {
@@ -16,6 +18,7 @@ pub enum Mutant {
     SkipDedup,
     EarlyAck,
     LeaseCheck,
+    KeepReplicaState,
 }
 
 /// The mutant this process runs, if any.
@@ -28,6 +31,7 @@ pub fn active() -> Mutant {
             Ok("skip-dedup") => Mutant::SkipDedup,
             Ok("early-ack") => Mutant::EarlyAck,
             Ok("lease-check") => Mutant::LeaseCheck,
+            Ok("keep-replica-state") => Mutant::KeepReplicaState,
             Ok(other) if !other.is_empty() => panic!("unknown RAFTFLOW_MUTANT {other:?}"),
             _ => Mutant::None,
         })

@@ -73,6 +73,19 @@ impl Signals {
             .remove(&group);
     }
 
+    /// Forgets everything this node remembered of its replica of `group`: the replica is
+    /// gone, or a new one (a new incarnation, empty) takes its place. A floor of the old
+    /// replica's ready queue would hide the new one's tasks from apply, and its replicas
+    /// would lease differently.
+    pub fn forget_group(&self, group: u64) {
+        self.forget_ready_floors(group);
+        self.deadlines
+            .lock()
+            .expect("deadlines lock")
+            .remove(&group);
+        self.deadlines_changed.notify_waiters();
+    }
+
     /// A receiver that sees every later [`Signals::task_ready`].
     pub fn subscribe_ready(&self) -> watch::Receiver<u64> {
         self.ready.subscribe()

@@ -21,10 +21,13 @@ pub enum Fault {
     Bridge,
     OneWay,
     Clock,
+    /// Nodes join, drain and are force-replaced while the workloads run (see
+    /// `runner::membership_step`).
+    Membership,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillAll,
@@ -34,6 +37,7 @@ impl Fault {
         Fault::Bridge,
         Fault::OneWay,
         Fault::Clock,
+        Fault::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Fault {
             Fault::Bridge => "bridge",
             Fault::OneWay => "one-way",
             Fault::Clock => "clock",
+            Fault::Membership => "membership",
         }
     }
 
@@ -179,6 +184,7 @@ impl Nemesis {
                 std::fs::write(file, "+3600\n")?;
                 "node 1's clock jumps forward one hour".into()
             }
+            Fault::Membership => bail!("membership changes are made by the runner"),
         })
     }
 

@@ -337,6 +337,104 @@ async fn final_read(
     }
 }
 
+/// How long one membership request may take before its outcome is recorded as unknown.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The membership nemesis's `step`th change, made through the API while the workloads run on
+/// nodes 1-3: node 4 joins, node 5 joins, node 4 drains, node 5 is killed and force-removed
+/// (ids are never reused, and 127.0.0.1-5 are the namespace's addresses). Each change is
+/// recorded with its outcome: a request that timed out is `info` (it may still happen).
+async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
+    let rec = |what: &str, detail: Value| {
+        ctx.rec
+            .invoke(NEMESIS_PROCESS, "membership", what, detail, 0)
+    };
+    let request = |via: u64, method: reqwest::Method, path: String| {
+        let client = ctx.client(via).clone();
+        async move {
+            tokio::time::timeout(MEMBERSHIP_TIMEOUT, client.request(method, &path, None)).await
+        }
+    };
+    let record =
+        |op: super::history::Pending<'_>,
+         r: Result<Result<(u16, Value), ClientError>, tokio::time::error::Elapsed>| match r
+        {
+            Ok(Ok((status, v))) => op.ok(json!({"status": status, "node": v})),
+            Ok(Err(e)) if is_write_indeterminate(&e) => op.info(json!(e.to_string())),
+            Ok(Err(e)) => op.fail(json!(e.to_string())),
+            Err(_) => op.info(json!("timed out: the change may still happen")),
+        };
+    match step {
+        0 | 1 => {
+            let (id, via) = (4 + step as u64, 1 + step as u64);
+            let op = rec("join", json!({"node": id, "via": via}));
+            cluster.join(id, via);
+            op.ok(json!(format!(
+                "node {id} started with --join through node {via}"
+            )));
+        }
+        2 => {
+            let op = rec("drain", json!({"node": 4}));
+            let r = request(3, reqwest::Method::DELETE, "/v1/cluster/nodes/4".into()).await;
+            record(op, r);
+        }
+        3 => {
+            cluster.kill9(5);
+            let op = rec("force-remove", json!({"node": 5, "killed": true}));
+            let r = request(
+                1,
+                reqwest::Method::DELETE,
+                "/v1/cluster/nodes/5?force=true".into(),
+            )
+            .await;
+            record(op, r);
+        }
+        _ => {}
+    }
+}
+
+/// After the membership nemesis: waits (up to 90 s) until nodes 4 and 5 are removed and every
+/// data group has three voters on nodes 1-3 with no replica moving, and records whether it
+/// got there.
+async fn membership_settle(ctx: &Ctx) {
+    let op = ctx
+        .rec
+        .invoke(NEMESIS_PROCESS, "membership-settled", "", Value::Null, 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match ctx.client(1).cluster().await {
+            Ok(view) => {
+                let removed = view
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id > 3)
+                    .all(|n| n.state == "removed");
+                let placed = view
+                    .groups
+                    .iter()
+                    .filter(|g| g.kind == "data")
+                    .all(|g| g.voters.len() == 3 && g.voters.iter().all(|v| *v <= 3));
+                if removed && placed && view.placement.replica_moves.is_empty() {
+                    op.ok(json!("nodes 4 and 5 removed; every group on nodes 1-3"));
+                    return;
+                }
+                last = format!(
+                    "nodes {:?}; moves {:?}",
+                    view.nodes
+                        .iter()
+                        .map(|n| (n.id, n.state.clone()))
+                        .collect::<Vec<_>>(),
+                    view.placement.replica_moves
+                );
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    op.fail(json!(format!("not settled within 90 s: {last}")));
+}
+
 async fn data_group_leader(cluster: &Cluster, group: u64) -> Option<u64> {
     for n in 1..=3 {
         if let Some(l) = cluster.leader_of(n, group).await {
@@ -592,7 +690,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(cfg.seconds);
     let fault = cfg.fault.name();
     tokio::time::sleep(FAULT_PERIOD / 2).await;
-    loop {
+    let mut membership = 0;
+    while cfg.fault == Fault::Membership && Instant::now() + FAULT_PERIOD < deadline {
+        membership_step(&ctx, &mut cluster, membership).await;
+        membership += 1;
+        tokio::time::sleep(FAULT_PERIOD).await;
+    }
+    if cfg.fault == Fault::Membership {
+        // Whatever changes the run had no time for happen now, while the workloads go on.
+        while membership < 4 {
+            membership_step(&ctx, &mut cluster, membership).await;
+            membership += 1;
+            tokio::time::sleep(FAULT_PERIOD).await;
+        }
+        membership_settle(&ctx).await;
+    }
+    while cfg.fault != Fault::Membership {
         let group = rng.gen_range(1..=cfg.groups);
         let Some(leader) = data_group_leader(&cluster, group).await else {
             if Instant::now() + FAULT_PERIOD >= deadline {

@@ -33,6 +33,8 @@ use crate::{node_of, replica_id, Error, Result};
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// How often the meta group's leader looks for membership work.
 const DRIVE_EVERY: Duration = Duration::from_millis(300);
+/// How long a closed replica's last apply gets to finish before its rows are deleted.
+const CLOSE_SETTLE: Duration = Duration::from_millis(100);
 /// How long one of the driver's steps may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replica moves under way at once, cluster-wide: each moves one replica's data to one node,
@@ -225,6 +227,8 @@ impl RaftNode {
                 (Some(w), local) => {
                     if local.is_some() {
                         self.close_group(group).await;
+                        // Let an apply the old replica had under way finish before its rows go.
+                        tokio::time::sleep(CLOSE_SETTLE).await;
                     }
                     if local.is_some() || self.stored_replica(group)? != w {
                         self.store.delete_group(group)?;
@@ -238,6 +242,7 @@ impl RaftNode {
                 }
                 (None, Some(l)) => {
                     self.close_group(group).await;
+                    tokio::time::sleep(CLOSE_SETTLE).await;
                     self.store.delete_group(group)?;
                     tracing::info!(
                         group,

@@ -204,6 +204,8 @@ impl RaftNode {
     /// Opens this node's replica `replica` of `group` (empty if it has no state here) and
     /// starts serving it.
     async fn open_group(&self, group: u64, replica: u64) -> Result<GroupRaft> {
+        // Nothing this node remembers of an earlier replica of the group may reach this one.
+        self.forget_group(group);
         if replica != self.id {
             let mut batch = raftflow_storage::Batch::default();
             let bytes = raftflow_storage::codec::encode(&replica)?;
@@ -247,6 +249,15 @@ impl RaftNode {
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(group, error = %e, "group shutdown failed");
             }
+        }
+        self.forget_group(group);
+    }
+
+    /// Forgets what this node remembered of its replica of `group` (unless the
+    /// `keep-replica-state` mutant runs).
+    fn forget_group(&self, group: u64) {
+        if crate::mutant::active() != crate::mutant::Mutant::KeepReplicaState {
+            self.signals.forget_group(group);
         }
     }
 
