@@ -705,7 +705,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
         membership_settle(&ctx).await;
     }
-    while cfg.fault != Fault::Membership {
+    // Every other fault: fault / heal cycles (the membership changes above are the whole of
+    // that scenario's nemesis).
+    loop {
+        if cfg.fault == Fault::Membership {
+            break;
+        }
         let group = rng.gen_range(1..=cfg.groups);
         let Some(leader) = data_group_leader(&cluster, group).await else {
             if Instant::now() + FAULT_PERIOD >= deadline {
