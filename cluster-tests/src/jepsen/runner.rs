@@ -374,6 +374,28 @@ async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
             )));
         }
         2 => {
+            // The joins must have moved replicas: else the drain below would move nothing.
+            let op = rec("replicas-on-4", json!({"node": 4}));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let voting = match ctx.client(1).cluster().await {
+                    Ok(v) => v
+                        .groups
+                        .iter()
+                        .filter(|g| g.kind == "data" && g.voters.contains(&4))
+                        .count(),
+                    Err(_) => 0,
+                };
+                if voting > 0 {
+                    op.ok(json!({"groups": voting}));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    op.fail(json!("node 4 holds no voting replica 20 s after joining"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             let op = rec("drain", json!({"node": 4}));
             let r = request(3, reqwest::Method::DELETE, "/v1/cluster/nodes/4".into()).await;
             record(op, r);

@@ -206,7 +206,7 @@ impl RaftNode {
     async fn open_group(&self, group: u64, replica: u64) -> Result<GroupRaft> {
         // Nothing this node remembers of an earlier replica of the group may reach this one.
         self.forget_group(group);
-        if replica != self.id {
+        if replica != self.stored_replica(group)? {
             let mut batch = raftflow_storage::Batch::default();
             let bytes = raftflow_storage::codec::encode(&replica)?;
             self.store
