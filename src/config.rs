@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Number of data groups; fixed when the cluster is created [default: 8].
     #[arg(long, env = "RAFTFLOW_GROUPS")]
     pub groups: Option<u64>,
+    /// Voters of each data group, an odd number, read when the cluster is created [default:
+    /// 3, or every member when fewer].
+    #[arg(long, env = "RAFTFLOW_REPLICATION_FACTOR")]
+    pub replication_factor: Option<u64>,
     /// Leader heartbeat interval [default: 150].
     #[arg(long, env = "RAFTFLOW_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -97,6 +101,7 @@ struct FileConfig {
     peer_listen: Option<String>,
     data_dir: Option<PathBuf>,
     groups: Option<u64>,
+    replication_factor: Option<u64>,
     heartbeat_ms: Option<u64>,
     election_min_ms: Option<u64>,
     election_max_ms: Option<u64>,
@@ -241,6 +246,15 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
     {
         bail!("need heartbeat_ms < election_min_ms < election_max_ms, got {timing:?}");
     }
+    let replication_factor = match args.replication_factor.or(file.replication_factor) {
+        Some(r) if r % 2 == 0 => bail!(
+            "--replication-factor must be odd (1, 3, 5, ...), not {r}: {r} voters tolerate \
+             no more failures than {}",
+            r.saturating_sub(1)
+        ),
+        Some(r) => r,
+        None => 3.min(members.len() as u64),
+    };
     let peer_ip = me.peer.parse::<SocketAddr>().map(|a| a.ip()).ok();
     let node = NodeConfig {
         id,
@@ -249,6 +263,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         members,
         joined: join.is_some(),
         groups: args.groups.or(file.groups).unwrap_or(8),
+        replication_factor,
         timing,
         snapshot_every: args
             .snapshot_every

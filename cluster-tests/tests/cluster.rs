@@ -339,6 +339,18 @@ async fn follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         .map(|g| (g.id, g.last_applied.unwrap_or(0)))
         .collect();
     cluster.kill9(3);
+    // Rows enough that each group's snapshot spans several 1 MiB chunks.
+    let big: Vec<String> = (0..48).map(|i| format!("snap-big-{i}")).collect();
+    let blob = |i: usize| format!("{i}-{}", "x".repeat(100_000));
+    for (i, id) in big.iter().enumerate() {
+        let mut req = create(id, "counter");
+        req.context = Some(serde_json::json!({"blob": blob(i)}));
+        eventually(Duration::from_secs(10), || async {
+            Ok(n1.create_workflow(&req).await?)
+        })
+        .await
+        .unwrap();
+    }
     // Enough writes that every group snapshots and purges well past node 3's log.
     let mut revs: BTreeMap<String, u64> = BTreeMap::new();
     let c = cluster.client(1);
@@ -385,6 +397,25 @@ async fn follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         .await
         .unwrap();
     }
+    for (i, id) in big.iter().enumerate() {
+        let got = n3.get_workflow(id, true).await.unwrap();
+        assert_eq!(got.context["blob"], blob(i), "{id} on node 3");
+    }
+    // The leaders streamed node 3 its snapshots in chunks: at least one was over a chunk.
+    let sent: Vec<u64> = [1, 2]
+        .iter()
+        .flat_map(|n| {
+            let log = std::fs::read_to_string(cluster.log_path(*n)).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("sent a snapshot"))
+                .filter_map(|l| l.split("bytes=").nth(1)?.split(' ').next()?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    assert!(
+        sent.iter().any(|b| *b > 1 << 20),
+        "snapshot sizes sent: {sent:?}"
+    );
     let after = n3.cluster().await.unwrap();
     for g in after.groups.iter().filter(|g| g.kind == "data") {
         // The entries node 3 missed were gone from every log, so only a snapshot could bring it here.

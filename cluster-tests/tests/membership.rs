@@ -502,3 +502,86 @@ async fn a_node_joining_with_a_taken_id_stops_and_says_why() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("node 2 is already a member"), "{err}");
 }
+
+/// Five members created with `--replication-factor 3`: each data group starts on three of
+/// them, spread (replicas per node differ by at most one, first leaders too), and every node
+/// serves every group, whether it holds a replica or not. An even factor, or one above the
+/// members, is refused at start with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_node_cluster_keeps_three_replicas_of_each_group() {
+    let cluster = Cluster::start(5, 5, &["--replication-factor", "3"]);
+    cluster.wait_ready(READY).await.unwrap();
+    define_order(&cluster).await;
+    let view = wait_settled(&cluster, 2, &[1, 2, 3, 4, 5]).await;
+    assert_eq!(view.replication_factor, 3);
+    let data: Vec<_> = view.groups.iter().filter(|g| g.kind == "data").collect();
+    assert_eq!(data.len(), 5);
+    // Leadership follows the preferred leaders, spread one per node.
+    eventually(SETTLE, || async {
+        let view = cluster.probe(2).cluster().await?;
+        let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
+        for g in view.groups.iter().filter(|g| g.kind == "data") {
+            let l = g
+                .leader
+                .ok_or_else(|| anyhow::anyhow!("group {} has no leader", g.id))?;
+            *leaders.entry(l).or_default() += 1;
+        }
+        anyhow::ensure!(
+            leaders.values().all(|n| *n <= 2),
+            "leaders per node {leaders:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = (0..40).map(|i| format!("rf-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let via = cluster.client(1 + i as u64 % 5);
+        eventually(Duration::from_secs(10), || async {
+            Ok(via.create_workflow(&create(id)).await?)
+        })
+        .await
+        .unwrap();
+    }
+    for node in 1..=5 {
+        let c = cluster.probe(node);
+        for id in &ids {
+            let wf = c.get_workflow(id, false).await.unwrap();
+            assert_eq!(wf.state, "created", "{id} through node {node}");
+        }
+    }
+    wait_converged(&cluster, &view).await;
+    // The factor is checked at start, and a member's data directory keeps the one it was
+    // created with: a restart with another is refused.
+    let mut cluster = cluster;
+    cluster.kill9(1);
+    let members = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("{}={}/{}", n.id, n.client, n.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let fresh = tempfile::tempdir().unwrap();
+    for (dir, factor, reason) in [
+        (fresh.path().to_path_buf(), "2", "must be odd"),
+        (fresh.path().to_path_buf(), "7", "needs 1 to 5 members"),
+        (
+            cluster.data_dir(1),
+            "1",
+            "created with replication factor 3, not 1",
+        ),
+    ] {
+        let out = std::process::Command::new(raftflow_cluster_tests::binary())
+            .arg("serve")
+            .args(["--id", "1", "--groups", "5", "--initial-cluster", &members])
+            .args(["--replication-factor", factor, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "factor {factor} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "factor {factor}: {err}");
+    }
+    cluster.restart(1);
+    cluster.wait_ready(READY).await.unwrap();
+}

@@ -125,6 +125,16 @@ impl Command {
     /// token is its entry's index, which must differ between any two leases. A tick may not:
     /// it stands for the time of its own entry. Definitions go to the meta group, which is
     /// never busy.
+    /// Whether this records the cluster's own shape (nodes, placements): a few bytes that
+    /// creating a cluster, and draining a node whose disk fills, cannot do without, so they
+    /// pass the free-disk guard that client writes meet.
+    pub fn shapes_cluster(&self) -> bool {
+        matches!(
+            self,
+            Command::RegisterNode { .. } | Command::SetNode { .. } | Command::SetPlacement { .. }
+        )
+    }
+
     pub fn batchable(&self) -> bool {
         matches!(
             self,

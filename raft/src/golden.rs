@@ -450,6 +450,12 @@ fn samples() -> Samples {
     let response = |reply| Frame::Response { id: 5, reply };
     s.frame("frame/initialized", request(PeerRpc::Initialized));
     s.frame(
+        "frame/initialize",
+        request(PeerRpc::Initialize {
+            members: [(2, node_addr(2)), (3, node_addr(3))].into(),
+        }),
+    );
+    s.frame(
         "frame/forward_propose",
         request(PeerRpc::Forward(Forward::Propose {
             command: commands().remove(2).1,

@@ -10,6 +10,9 @@ pub enum StorageError {
     Corrupt(String),
     #[error("encode: {0}")]
     Encode(String),
+    /// A snapshot file could not be read or written.
+    #[error("snapshot file: {0}")]
+    Io(String),
 }
 
 /// The text of RocksDB's `Status::SubCode::kNoSpace`. RocksDB's C API hands an error over as its

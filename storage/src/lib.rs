@@ -19,9 +19,11 @@
 
 pub mod codec;
 mod error;
+mod snapshot;
 mod syncer;
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -31,6 +33,7 @@ use rocksdb::{
 
 pub use error::StorageError;
 pub use rocksdb::WriteBatch as Batch;
+pub use snapshot::{IncomingSnapshot, SnapshotFile, SnapshotReader};
 pub use syncer::{Covers, SyncStats, Syncer};
 
 const CF_LOG: &str = "log";
@@ -56,6 +59,10 @@ fn register_insert_hints() {
 pub struct Store {
     db: Arc<DB>,
     syncer: Syncer,
+    /// Where snapshot files are written and received.
+    snapshot_dir: PathBuf,
+    /// Groups whose rows a snapshot install is rewriting right now.
+    installing: parking_lot::Mutex<HashSet<u64>>,
 }
 
 impl Drop for Store {
@@ -105,7 +112,14 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let db = Arc::new(db);
         let syncer = Syncer::start(db.clone());
-        Ok(Arc::new(Store { db, syncer }))
+        let snapshot_dir = Store::snapshot_dir_of(path);
+        Store::prepare_snapshot_dir(&snapshot_dir)?;
+        Ok(Arc::new(Store {
+            db,
+            syncer,
+            snapshot_dir,
+            installing: Default::default(),
+        }))
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -270,22 +284,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Every state row of `group`, read from one consistent point in time while writers go on.
+    /// Every state row of `group`, read from one consistent point in time while writers go on
+    /// (small groups and tests; a snapshot goes through [`Store::export_group_file`]).
     pub fn export_group_state(&self, group: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let snap = self.db.snapshot();
-        let mut ro = ReadOptions::default();
-        ro.set_snapshot(&snap);
-        ro.set_iterate_upper_bound(group_upper_bound(group));
-        let it = self.db.iterator_cf_opt(
-            self.cf(CF_STATE),
-            ro,
-            IteratorMode::From(&group.to_be_bytes(), Direction::Forward),
-        );
         let mut out = Vec::new();
-        for item in it {
-            let (k, v) = item?;
-            out.push((k[8..].to_vec(), v.into_vec()));
-        }
+        self.visit_group_state(group, |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -300,21 +306,9 @@ impl Store {
                 group_upper_bound(group),
             );
         }
-        self.write_synced(batch)
-    }
-
-    /// Replaces every state row of `group` with `rows`, atomically and durably.
-    pub fn replace_group_state(&self, group: u64, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_STATE),
-            group.to_be_bytes().to_vec(),
-            group_upper_bound(group),
-        );
-        for (k, v) in rows {
-            self.put_state(&mut batch, group, k, v);
-        }
-        self.write_synced(batch)
+        self.write_synced(batch)?;
+        let _ = std::fs::remove_file(self.install_path(group));
+        Ok(())
     }
 }
 
@@ -349,7 +343,7 @@ fn key_index(k: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn meta_key(group: u64, name: &str) -> Vec<u8> {
+pub(crate) fn meta_key(group: u64, name: &str) -> Vec<u8> {
     let mut k = group.to_be_bytes().to_vec();
     k.extend_from_slice(name.as_bytes());
     k
@@ -363,7 +357,7 @@ fn state_key(group: u64, key: &[u8]) -> Vec<u8> {
 }
 
 /// The first key after every key of `group`.
-fn group_upper_bound(group: u64) -> Vec<u8> {
+pub(crate) fn group_upper_bound(group: u64) -> Vec<u8> {
     match group.checked_add(1) {
         Some(next) => next.to_be_bytes().to_vec(),
         None => vec![0xff; 9],
@@ -574,20 +568,91 @@ mod tests {
         assert_eq!(rest[0].0, b"w/c".to_vec());
     }
 
+    fn rows_of(s: &Store, group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.export_group_state(group).unwrap()
+    }
+
     #[test]
-    fn replacing_group_state_leaves_other_groups() {
+    fn a_snapshot_file_installs_the_rows_and_leaves_other_groups() {
+        let (_d, from) = open();
+        let mut b = WriteBatch::default();
+        for i in 0..2_000u32 {
+            from.put_state(&mut b, 1, format!("w/{i:05}").as_bytes(), &[7u8; 3000]);
+        }
+        from.put_state(&mut b, 1, b"a", b"applied");
+        from.put_state(&mut b, 2, b"x", b"other group");
+        from.write(b).unwrap();
+        let (file, applied) = from.export_group_file(1, b"a").unwrap();
+        assert_eq!(applied, Some(b"applied".to_vec()));
+        assert!(file.len() > 6_000_000, "{}", file.len());
+
+        let (_d2, to) = open();
+        let mut b = WriteBatch::default();
+        to.put_state(&mut b, 1, b"stale", b"row");
+        to.put_state(&mut b, 3, b"y", b"kept");
+        to.write(b).unwrap();
+        // Receive it in chunks, as a follower does.
+        let mut incoming = to.receive_snapshot(1).unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        for chunk in bytes.chunks(100_000) {
+            incoming.append(chunk).unwrap();
+        }
+        assert_eq!(incoming.received(), file.len());
+        to.install_group_file(1, incoming.finish().unwrap())
+            .unwrap();
+        assert_eq!(rows_of(&to, 1), rows_of(&from, 1));
+        assert_eq!(to.get_state(3, b"y").unwrap(), Some(b"kept".to_vec()));
+        assert!(!to.resume_install(1).unwrap(), "nothing left to finish");
+        let path = file.path().to_path_buf();
+        drop(file);
+        assert!(!path.exists(), "a sent snapshot file is removed");
+        assert_eq!(std::fs::read_dir(&to.snapshot_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_truncated_snapshot_file_is_refused_before_any_row_changes() {
         let (_d, s) = open();
         let mut b = WriteBatch::default();
-        s.put_state(&mut b, 1, b"a", b"1");
-        s.put_state(&mut b, 2, b"a", b"2");
+        s.put_state(&mut b, 1, b"k", b"v");
         s.write(b).unwrap();
-        s.replace_group_state(1, &[(b"b".to_vec(), b"3".to_vec())])
-            .unwrap();
-        assert_eq!(
-            s.export_group_state(1).unwrap(),
-            vec![(b"b".to_vec(), b"3".to_vec())]
-        );
-        assert_eq!(s.get_state(2, b"a").unwrap(), Some(b"2".to_vec()));
+        let (file, _) = s.export_group_file(1, b"a").unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        for cut in [0, 4, bytes.len() - 1] {
+            let mut incoming = s.receive_snapshot(1).unwrap();
+            incoming.append(&bytes[..cut]).unwrap();
+            let err = s.install_group_file(1, incoming.finish().unwrap());
+            assert!(matches!(err, Err(StorageError::Corrupt(_))), "cut at {cut}");
+            assert_eq!(rows_of(&s, 1), vec![(b"k".to_vec(), b"v".to_vec())]);
+        }
+    }
+
+    #[test]
+    fn an_install_a_crash_interrupted_is_finished_at_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = {
+            let s = Store::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            for i in 0..100u32 {
+                s.put_state(&mut b, 4, format!("w/{i}").as_bytes(), b"new");
+            }
+            s.write(b).unwrap();
+            let (file, _) = s.export_group_file(4, b"a").unwrap();
+            let want = rows_of(&s, 4);
+            // What a crash leaves: the file at its install path, the mark, and some rows of the
+            // install written over the old state.
+            std::fs::copy(file.path(), s.install_path(4)).unwrap();
+            let mut b = WriteBatch::default();
+            s.delete_state(&mut b, 4, b"w/7");
+            s.put_state(&mut b, 4, b"w/old", b"old");
+            s.put_raft_meta(&mut b, 4, snapshot::INSTALLING, b"1");
+            s.write_synced(b).unwrap();
+            want
+        };
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.resume_install(4).unwrap());
+        assert_eq!(rows_of(&s, 4), want);
+        assert!(!s.install_path(4).exists());
+        assert!(!s.resume_install(4).unwrap());
     }
 
     #[test]

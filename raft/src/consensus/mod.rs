@@ -48,6 +48,7 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub use state_machine::SnapshotData;
 
 /// Timing of every group, chosen for many groups on few cores: a leader sends a heartbeat
 /// every `heartbeat_ms`, a follower that hears nothing for a random time in
@@ -184,6 +185,10 @@ pub(crate) struct GroupParts {
 pub struct GroupRaft {
     raft: Raft,
     replica: u64,
+    group: u64,
+    store: Arc<Store>,
+    /// The snapshot this replica is receiving, if any.
+    incoming: Arc<tokio::sync::Mutex<Option<network::Incoming>>>,
 }
 
 impl GroupRaft {
@@ -201,14 +206,22 @@ impl GroupRaft {
             log_kept_behind_snapshot,
         } = parts;
         let sm = state_machine::GroupStateMachine::open(group, store.clone(), signals)?;
-        let log = log_store::GroupLogStore::new(group, store);
+        let started = sm.started.clone();
+        let log = log_store::GroupLogStore::new(group, store.clone());
         let network = network::GroupNetwork { group, clients };
         let config = raft_config(group, timing, snapshot_every, log_kept_behind_snapshot);
         let raft = Raft::new(replica, config, network, log, sm)
             .await
             .map_err(|e| crate::Error::Fatal(e.to_string()))?;
         raft.runtime_config().tick(false);
-        Ok(GroupRaft { raft, replica })
+        started.store(true, std::sync::atomic::Ordering::Release);
+        Ok(GroupRaft {
+            raft,
+            replica,
+            group,
+            store,
+            incoming: Default::default(),
+        })
     }
 
     /// This replica's id.
@@ -614,6 +627,30 @@ pub(crate) fn golden_samples(s: &mut crate::golden::Samples) {
         "frame/raft_reply_transfer_leader",
         reply(RaftReply::TransferLeader(Ok(()))),
     );
+    s.frame(
+        "frame/raft_snapshot_chunk",
+        request(RaftRequest::SnapshotChunk {
+            transfer: 77,
+            offset: 1 << 20,
+            data: vec![4, 5, 6],
+        }),
+    );
+    s.frame(
+        "frame/raft_snapshot_end",
+        request(RaftRequest::SnapshotEnd {
+            vote,
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(4, 2, 11)),
+                last_membership: StoredMembership::default(),
+            },
+            transfer: 77,
+            len: 3 << 20,
+        }),
+    );
+    s.frame(
+        "frame/raft_reply_snapshot_chunk",
+        reply(RaftReply::SnapshotChunk { received: 2 << 20 }),
+    );
 }
 
 #[cfg(test)]
@@ -640,6 +677,7 @@ mod conformance {
             let log = GroupLogStore::new(group, store.clone());
             let sm = GroupStateMachine::open(group, store, Default::default())
                 .expect("open state machine");
+            sm.started.store(true, std::sync::atomic::Ordering::Release);
             Ok((dir, log, sm))
         }
     }
@@ -670,14 +708,14 @@ mod conformance {
             .await
             .unwrap();
         assert_eq!(built.meta.last_log_id, Some(log_id(1, 1, 1)));
-        assert!(built.snapshot.is_empty());
+        assert!(built.snapshot.is_none());
         let full = sm
             .get_current_snapshot()
             .await
             .unwrap()
             .expect("a snapshot");
         assert_eq!(full.meta, built.meta);
-        assert!(!full.snapshot.is_empty());
+        assert!(full.snapshot.as_ref().is_some_and(|f| !f.is_empty()));
 
         let (_dir2, _log2, mut other) = Builder.build().await.unwrap();
         assert!(other

@@ -6,12 +6,13 @@
 //! response is never ahead of what a read on this node sees.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use raftflow_storage::{codec, Batch, Store};
+use raftflow_storage::{codec, Batch, SnapshotFile, Store};
 use serde::{Deserialize, Serialize};
 
 use super::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -20,7 +21,11 @@ use crate::command::Outcome;
 use crate::signals::Signals;
 use crate::tables;
 
-type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+/// A snapshot's data: the file of the group's rows, or nothing in the snapshots that carry only
+/// a position (what openraft builds to learn how far it may purge, and reads when it starts).
+pub type SnapshotData = Option<SnapshotFile>;
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// What `a` holds: how far this group's rows have applied the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,10 +79,17 @@ pub struct GroupStateMachine {
     /// apply's transaction, so `None` while one runs or after one failed (then empty again).
     cache: Option<RowCache>,
     signals: Arc<Signals>,
+    /// Set once the replica's Raft has started. Before, openraft reads the current snapshot
+    /// only for its position (twice, while it starts): exporting every row then would cost a
+    /// copy of the group at each start.
+    pub(crate) started: Arc<AtomicBool>,
 }
 
 impl GroupStateMachine {
     pub fn open(group: u64, store: Arc<Store>, signals: Arc<Signals>) -> io::Result<Self> {
+        if store.resume_install(group)? {
+            signals.forget_ready_floors(group);
+        }
         let applied = read_applied(&store, group)?;
         let mut sm = GroupStateMachine {
             group,
@@ -86,6 +98,7 @@ impl GroupStateMachine {
             applier: Applier::new(group, signals.clone()),
             cache: None,
             signals,
+            started: Arc::new(AtomicBool::new(false)),
         };
         sm.publish_deadline()?;
         Ok(sm)
@@ -127,7 +140,7 @@ impl GroupStateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = GroupSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -220,12 +233,20 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&snapshot)?;
+        let Some(file) = snapshot else {
+            return Err(io::Error::other(format!(
+                "group {}: a snapshot without rows cannot be installed",
+                self.group
+            )));
+        };
         self.cache = None;
         self.signals.forget_ready_floors(self.group);
-        self.store.replace_group_state(self.group, &rows)?;
+        let (store, group) = (self.store.clone(), self.group);
+        tokio::task::spawn_blocking(move || store.install_group_file(group, file))
+            .await
+            .map_err(io::Error::other)??;
         let reopened =
             GroupStateMachine::open(self.group, self.store.clone(), self.signals.clone())?;
         self.signals.task_ready();
@@ -245,27 +266,49 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if self.applied.last_applied.is_none() {
             return Ok(None);
         }
+        if !self.started.load(Ordering::Acquire) {
+            return Ok(Some(position_only(&self.store, self.group)?));
+        }
         // Built fresh from the rows: always at or after any purge point, never stored twice.
         Ok(Some(export_snapshot(self.group, self.store.clone()).await?))
     }
 }
 
-/// Every row of `group` from one consistent RocksDB view (taken while apply goes on), with
-/// the applied position the rows are at: what a follower installs.
+/// Every row of `group` written to a file from one consistent RocksDB view (taken while apply
+/// goes on), with the applied position the rows are at: what a follower installs.
 async fn export_snapshot(group: u64, store: Arc<Store>) -> Result<Snapshot, io::Error> {
-    let rows = tokio::task::spawn_blocking(move || store.export_group_state(group))
-        .await
-        .map_err(io::Error::other)??;
-    let applied: Applied = match rows.iter().find(|(k, _)| k.as_slice() == tables::APPLIED) {
-        Some((_, v)) => codec::decode(v)?,
+    let (file, applied) =
+        tokio::task::spawn_blocking(move || store.export_group_file(group, tables::APPLIED))
+            .await
+            .map_err(io::Error::other)??;
+    let applied: Applied = match applied {
+        Some(v) => codec::decode(&v)?,
         None => Applied::default(),
     };
+    tracing::info!(
+        group,
+        bytes = file.len(),
+        at = ?applied.last_applied,
+        "exported a snapshot to send"
+    );
     Ok(Snapshot {
         meta: SnapshotMeta {
             last_log_id: applied.last_applied,
             last_membership: applied.membership,
         },
-        snapshot: codec::encode(&rows)?,
+        snapshot: Some(file),
+    })
+}
+
+/// A snapshot of the position the rows are at, without the rows.
+fn position_only(store: &Store, group: u64) -> Result<Snapshot, io::Error> {
+    let applied = read_applied(store, group)?;
+    Ok(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+        },
+        snapshot: None,
     })
 }
 
@@ -273,25 +316,18 @@ async fn export_snapshot(group: u64, store: Arc<Store>) -> Result<Snapshot, io::
 /// only to learn how far it may purge the log: it keeps the meta and drops the data, and a
 /// follower that needs a snapshot gets [`RaftStateMachine::get_current_snapshot`], built fresh
 /// from the rows. The rows in RocksDB are the snapshot, so this reads just the applied row
-/// instead of copying the group's whole state each time. Its empty data does not decode, so
-/// it could never be installed by mistake.
+/// instead of copying the group's whole state each time. It has no rows, so it could never be
+/// installed by mistake.
 pub struct GroupSnapshotBuilder {
     group: u64,
     store: Arc<Store>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let applied = read_applied(&self.store, self.group)?;
-        Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership,
-            },
-            snapshot: Vec::new(),
-        })
+        position_only(&self.store, self.group)
     }
 }
 
@@ -577,7 +613,15 @@ mod tests {
         apply(&mut sm, vec![create(1)]).await;
         let cached = |sm: &GroupStateMachine| sm.cache.as_ref().map_or(0, |c| c.len());
         assert_eq!(cached(&sm), 1, "the new workflow row is cached");
+        let at_start = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(
+            at_start.snapshot.is_none(),
+            "only the position while Raft starts"
+        );
+        assert!(sm.install_snapshot(&at_start.meta, None).await.is_err());
+        sm.started.store(true, Ordering::Release);
         let at_1 = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(at_1.meta.last_log_id, at_start.meta.last_log_id);
 
         apply(&mut sm, vec![flip(2, 1)]).await;
         assert_eq!(revision(&store), 2);

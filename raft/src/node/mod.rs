@@ -61,6 +61,10 @@ pub struct NodeConfig {
     pub joined: bool,
     /// Number of data groups.
     pub groups: u64,
+    /// Voters of each data group when the cluster is created (odd, at most the members).
+    /// Read only when the cluster is created; a group keeps its number of voters through
+    /// every move.
+    pub replication_factor: u64,
     pub timing: Timing,
     /// Build a snapshot (and purge the log behind it) after this many entries.
     pub snapshot_every: u64,
@@ -127,10 +131,21 @@ impl RaftNode {
                 "a cluster needs at least one data group".into(),
             ));
         }
+        let r = config.replication_factor;
+        if !config.joined && (r == 0 || r > config.members.len() as u64) {
+            return Err(Error::Config(format!(
+                "a replication factor of {r} needs 1 to {} members in the initial cluster \
+                 (each group's voters are on that many different nodes)",
+                config.members.len()
+            )));
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("create {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("db"))?;
         bootstrap::check_data_dir(&store, config.groups)?;
+        if !config.joined {
+            bootstrap::check_replication_factor(&store, config.replication_factor)?;
+        }
         let registry = Arc::new(Registry::default());
         let clients = PeerClients::new(config.bind_source_ip);
         let signals = Arc::new(Signals::default());
@@ -321,21 +336,22 @@ impl RaftNode {
     /// read from one consistent view: replicas at the same index must have the same digest.
     pub fn group_digest(&self, group: u64) -> Result<(Option<u64>, u64)> {
         self.raft(group)?;
-        let rows = self.store.export_group_state(group)?;
         let mut h = crate::ring::StableHasher::default();
         let mut applied = None;
-        for (k, v) in &rows {
-            if k.as_slice() == crate::tables::APPLIED {
+        self.store.visit_group_state(group, |k, v| {
+            if k == crate::tables::APPLIED {
                 // The applied row carries the leader id of the entry; only the index matters.
-                applied = crate::consensus::applied_index(v)?;
-                continue;
+                applied = crate::consensus::applied_index(v)
+                    .map_err(|e| raftflow_storage::StorageError::Corrupt(e.to_string()))?;
+                return Ok(());
             }
             // Lengths first, so that row boundaries are part of what is hashed.
             h.write(&(k.len() as u64).to_be_bytes());
             h.write(k);
             h.write(&(v.len() as u64).to_be_bytes());
             h.write(v);
-        }
+            Ok(())
+        })?;
         Ok((applied, h.finish()))
     }
 

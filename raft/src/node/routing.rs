@@ -361,10 +361,14 @@ impl RaftNode {
         }
     }
 
-    /// A client write on this node as the group's leader: refused while the data disk is
-    /// nearly full, else proposed.
+    /// A write on this node as the group's leader: a client's is refused while the data disk
+    /// is nearly full; then it is proposed.
     async fn commit_here(&self, group: u64, command: Command) -> Result<Outcome> {
-        if let Some(free) = self.free_disk.bytes(&self.config.data_dir) {
+        let guarded = !command.shapes_cluster();
+        if let Some(free) = guarded
+            .then(|| self.free_disk.bytes(&self.config.data_dir))
+            .flatten()
+        {
             if free < self.config.min_free_disk_bytes {
                 return Err(Error::StorageFull(format!(
                     "the data disk of node {} has {free} bytes free, below the {} bytes writes need",
@@ -437,7 +441,7 @@ impl RaftNode {
     }
 
     /// Reads `group`'s rows on this node's replica (after a read index when `linearizable`),
-    /// or on the group's leader when this node holds no replica of it.
+    /// or on the group's leader when this node holds no replica of it or is installing one.
     pub async fn query(
         &self,
         group: u64,
@@ -445,7 +449,9 @@ impl RaftNode {
         linearizable: bool,
         timeout: Duration,
     ) -> Result<Answer> {
-        if self.serves(group) {
+        // While a snapshot install rewrites the replica's rows they are no state at all: the
+        // leader answers instead.
+        if self.serves(group) && !self.store.is_installing(group) {
             if linearizable {
                 self.linearize(group, timeout).await?;
             }

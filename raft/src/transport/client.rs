@@ -248,6 +248,28 @@ impl PeerClients {
         }
     }
 
+    /// Asks node `target` to create `group` with `members` as its voters (unless it has).
+    pub async fn initialize(
+        &self,
+        target: u64,
+        addr: &str,
+        group: u64,
+        members: std::collections::BTreeMap<u64, crate::NodeAddr>,
+    ) -> io::Result<()> {
+        match self
+            .conn(target, addr)
+            .call(group, PeerRpc::Initialize { members }, CONNECT_TIMEOUT * 2)
+            .await
+        {
+            Ok(PeerReply::Initialized(true)) => Ok(()),
+            Ok(_) => Err(io::Error::other("unexpected reply")),
+            Err(CallError::NotSent(e) | CallError::Unreachable(e) | CallError::Network(e)) => {
+                Err(e)
+            }
+            Err(CallError::Remote(m)) => Err(io::Error::other(m)),
+        }
+    }
+
     /// Hands `work` for `group` to node `target` (its leader, as far as this node knows).
     pub async fn forward(
         &self,

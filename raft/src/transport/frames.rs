@@ -56,6 +56,12 @@ pub(crate) enum PeerRpc {
     /// One of Raft's own messages for replica `replica` of the group: refused unless that is
     /// the replica this node holds (an old incarnation never gets a new one's messages).
     RaftFor { replica: u64, request: RaftRequest },
+    /// Create the group here with `members` (replica id to address) as its voters, unless it
+    /// has Raft state already: what the member creating a cluster asks of a group's first
+    /// voters. Answered with `Initialized(true)`.
+    Initialize {
+        members: std::collections::BTreeMap<u64, crate::NodeAddr>,
+    },
 }
 
 /// Client work a node hands to the leader of a group over the peer connection.

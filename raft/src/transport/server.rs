@@ -134,6 +134,18 @@ async fn handle(registry: &Registry, group: u64, rpc: PeerRpc) -> Result<PeerRep
             raft.serve_rpc(request).await.map(PeerReply::Raft)
         }
         PeerRpc::Initialized => raft.is_initialized().await.map(PeerReply::Initialized),
+        PeerRpc::Initialize { members } => {
+            if !members.contains_key(&raft.replica_id()) {
+                return Err(format!(
+                    "group {group} has replica {:#x} here, which is not among the voters to create",
+                    raft.replica_id()
+                ));
+            }
+            if !raft.is_initialized().await? {
+                raft.initialize(members).await?;
+            }
+            Ok(PeerReply::Initialized(true))
+        }
         PeerRpc::Forward(_) => unreachable!("served above"),
     }
 }
