@@ -7,7 +7,7 @@ use std::time::Duration;
 use raftflow_cluster_tests::bench::etcd::{EtcdClient, EtcdCluster};
 use raftflow_cluster_tests::bench::load::{self, Conn, Workload};
 use raftflow_cluster_tests::bench::wire::Wire;
-use raftflow_cluster_tests::bench::{report, run, Config, System};
+use raftflow_cluster_tests::bench::{join, report, run, Config, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compare_and_set_refuses_a_stale_revision() {
@@ -121,6 +121,7 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
         machine: &machine,
         idle: None,
         restart: None,
+        join: None,
     };
     report::write_json(&dir.path().join("bench.json"), &extras, &config, &rows).unwrap();
     report::plot(&dir.path().join("chart.png"), &rows).unwrap();
@@ -137,4 +138,18 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
             .len()
             > 10_000
     );
+}
+
+/// The join measurement on a small cluster: node 4 joins under the transition load and takes
+/// its share (3 of 12 replicas of 4 groups); both windows commit transitions without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_under_load_is_measured_until_it_holds_its_share() {
+    let r = join(3_000, 4, 8, 2, None).await.expect("join bench");
+    assert_eq!(r.replicas, 3, "{r:?}");
+    assert!(r.active_seconds <= r.share_seconds, "{r:?}");
+    assert!(r.caught_up_mib > 0.0, "{r:?}");
+    for m in [&r.before, &r.during] {
+        assert!(m.ops > 0, "{m:?}");
+        assert!(m.errors.is_empty(), "{m:?}");
+    }
 }

@@ -153,6 +153,13 @@ fn membership_changes_scenario_passes() {
     assert_valid("membership", 110);
 }
 
+/// The same changes, each followed by a kill of the node driving them, a partition, a pause
+/// or a kill of a follower, healed before the next change.
+#[test]
+fn membership_changes_under_kills_and_partitions_pass() {
+    assert_valid("membership-faults", 111);
+}
+
 #[test]
 fn mutant_serving_reads_without_read_index_is_caught() {
     assert_caught(

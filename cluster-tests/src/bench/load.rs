@@ -386,6 +386,8 @@ pub struct Cell<'a> {
     pub pids: Vec<u32>,
     /// Unique per cell, so that keys never collide across cells.
     pub prefix: String,
+    /// Ends the measurement early once set (else it lasts `duration`).
+    pub until: Option<Arc<AtomicBool>>,
 }
 
 /// Runs one cell: starts the clients, waits out the warm-up, measures, stops the clients.
@@ -413,7 +415,12 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
     let mut peaks = vec![0u64; cell.pids.len()];
     let mut last = 0;
     let mut next_line = Duration::from_secs(1);
-    while start.elapsed() < cell.duration {
+    let ended = || {
+        cell.until
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    };
+    while start.elapsed() < cell.duration && !ended() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for (peak, pid) in peaks.iter_mut().zip(&cell.pids) {
             *peak = (*peak).max(super::procstat::rss_bytes(*pid));

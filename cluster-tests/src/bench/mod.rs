@@ -204,6 +204,7 @@ async fn cell(
         connect,
         pids: pids.to_vec(),
         prefix: format!("b{run_id}-{}-{}-{clients}", system.name(), workload.name()),
+        until: None,
     })
     .await;
     measured.host_memory_ns = memory_ns;
@@ -297,61 +298,12 @@ pub async fn restart(
     groups: u64,
     bin: Option<PathBuf>,
 ) -> anyhow::Result<RestartResult> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
     let mut cluster = settled_cluster(groups, bin, Vec::new()).await?;
     cluster
         .client(1)
         .put_definition("bench-pingpong", &load::pingpong())
         .await?;
-    let next = Arc::new(AtomicU64::new(0));
-    let started = std::time::Instant::now();
-    let mut handles = Vec::new();
-    for c in 0..256usize {
-        let client = Client::new(
-            &cluster.nodes[c % cluster.nodes.len()].client,
-            REQUEST_TIMEOUT,
-        );
-        let next = next.clone();
-        handles.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= workflows {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let req = raftflow_client::types::CreateWorkflow {
-                    id: Some(format!("restart-{n}")),
-                    definition: "bench-pingpong".into(),
-                    version: None,
-                    context: None,
-                };
-                let mut tries = 0;
-                while let Err(e) = client.create_workflow(&req).await {
-                    tries += 1;
-                    anyhow::ensure!(e.is_transient() && tries < 20, "create restart-{n}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }));
-    }
-    let progress = {
-        let next = next.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                eprint!(
-                    "\r    loaded {:>9} of {workflows} ",
-                    next.load(Ordering::Relaxed).min(workflows)
-                );
-            }
-        })
-    };
-    for h in handles {
-        h.await??;
-    }
-    progress.abort();
-    eprintln!();
-    let load_seconds = started.elapsed().as_secs_f64();
+    let load_seconds = load_workflows(&cluster, workflows, "restart").await?;
     // Let node 3 catch up and apply everything before it is killed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let data_dir_mib = dir_size(&cluster.data_dir(3)) as f64 / (1024.0 * 1024.0);
@@ -395,6 +347,188 @@ pub async fn restart(
         rss_at_ready_mib: rss_at_ready as f64 / (1024.0 * 1024.0),
         peak_rss_mib: peak.max(rss_at_ready) as f64 / (1024.0 * 1024.0),
         data_dir_mib,
+    })
+}
+
+/// Creates `workflows` workflows `{prefix}-0`, `{prefix}-1`, ... of `bench-pingpong` with 256
+/// clients spread over the nodes; returns the seconds it took.
+async fn load_workflows(cluster: &Cluster, workflows: u64, prefix: &str) -> anyhow::Result<f64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    cluster
+        .client(1)
+        .put_definition("bench-pingpong", &load::pingpong())
+        .await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..256usize {
+        let client = Client::new(
+            &cluster.nodes[c % cluster.nodes.len()].client,
+            REQUEST_TIMEOUT,
+        );
+        let next = next.clone();
+        let prefix = prefix.to_string();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= workflows {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let req = raftflow_client::types::CreateWorkflow {
+                    id: Some(format!("{prefix}-{n}")),
+                    definition: "bench-pingpong".into(),
+                    version: None,
+                    context: None,
+                };
+                let mut tries = 0;
+                while let Err(e) = client.create_workflow(&req).await {
+                    tries += 1;
+                    anyhow::ensure!(e.is_transient() && tries < 20, "create {prefix}-{n}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    let progress = {
+        let next = next.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprint!(
+                    "\r    loaded {:>9} of {workflows} ",
+                    next.load(Ordering::Relaxed).min(workflows)
+                );
+            }
+        })
+    };
+    for h in handles {
+        h.await??;
+    }
+    progress.abort();
+    eprintln!();
+    let load_seconds = started.elapsed().as_secs_f64();
+    Ok(load_seconds)
+}
+
+/// A fourth node joining a cluster that holds many workflows, under a transition load.
+#[derive(Clone, Debug, Serialize)]
+pub struct JoinResult {
+    pub workflows: u64,
+    pub groups: u64,
+    pub load_seconds: f64,
+    /// Node 1's data directory before the join.
+    pub node_data_mib: f64,
+    /// The transition load on three nodes, before the join.
+    pub before: Measured,
+    /// The same load from the join until node 4 holds its share.
+    pub during: Measured,
+    /// From starting node 4 to its record `active`.
+    pub active_seconds: f64,
+    /// From starting node 4 until it holds its share of voting replicas with no move left.
+    pub share_seconds: f64,
+    /// Voting replicas node 4 holds then.
+    pub replicas: usize,
+    /// Node 4's data directory then, and that divided by `share_seconds`.
+    pub caught_up_mib: f64,
+    pub catch_up_mib_per_s: f64,
+}
+
+/// Loads `workflows` workflows into a three-node cluster, measures the transition load from
+/// `clients` clients for `seconds`, then starts node 4 with `--join` under the same load and
+/// measures it until node 4 holds its share of the groups' replicas.
+pub async fn join(
+    workflows: u64,
+    groups: u64,
+    clients: usize,
+    seconds: u64,
+    bin: Option<PathBuf>,
+) -> anyhow::Result<JoinResult> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let load_seconds = load_workflows(&cluster, workflows, "join").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node_data_mib = dir_size(&cluster.data_dir(1)) as f64 / (1024.0 * 1024.0);
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
+    let connect = |c: usize| {
+        let addr = &addrs[c % addrs.len()];
+        Conn::Raftflow {
+            wire: Wire::new(addr, REQUEST_TIMEOUT),
+            client: Client::new(addr, REQUEST_TIMEOUT),
+        }
+    };
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let measure = |prefix: &str, duration: Duration, until: Option<Arc<AtomicBool>>| {
+        load::run_cell(Cell {
+            workload: Workload::Transitions,
+            clients,
+            warmup: Duration::from_secs(1),
+            duration,
+            connect: &connect,
+            pids: pids.clone(),
+            prefix: prefix.to_string(),
+            until,
+        })
+    };
+    eprintln!("    transitions on three nodes, {seconds} s");
+    let before = measure("join-before", Duration::from_secs(seconds), None).await;
+
+    // The same load again; one second in (after its warm-up), node 4 joins.
+    let done = Arc::new(AtomicBool::new(false));
+    let share = (groups as usize * 3) / 4;
+    let admin = cluster.client(1);
+    let during = measure("join-during", Duration::from_secs(900), Some(done.clone()));
+    let change = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = std::time::Instant::now();
+        cluster.join(4, 1);
+        let mut active_seconds = None;
+        let result = loop {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(900),
+                "node 4 did not take its share within 900 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Ok(view) = admin.cluster().await else {
+                continue;
+            };
+            if active_seconds.is_none()
+                && view.nodes.iter().any(|n| n.id == 4 && n.state == "active")
+            {
+                active_seconds = Some(started.elapsed().as_secs_f64());
+                eprintln!(
+                    "    node 4 active after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let held = view
+                .groups
+                .iter()
+                .filter(|g| g.kind == "data" && g.voters.contains(&4))
+                .count();
+            if held >= share && view.placement.replica_moves.is_empty() {
+                break (started.elapsed().as_secs_f64(), held);
+            }
+        };
+        done.store(true, Ordering::Relaxed);
+        Ok::<_, anyhow::Error>((active_seconds.unwrap_or(result.0), result))
+    };
+    let (during, change) = tokio::join!(during, change);
+    let (active_seconds, (share_seconds, replicas)) = change?;
+    let caught_up_mib = dir_size(&cluster.data_dir(4)) as f64 / (1024.0 * 1024.0);
+    Ok(JoinResult {
+        workflows,
+        groups,
+        load_seconds,
+        node_data_mib,
+        before,
+        during,
+        active_seconds,
+        share_seconds,
+        replicas,
+        caught_up_mib,
+        catch_up_mib_per_s: caught_up_mib / share_seconds,
     })
 }
 

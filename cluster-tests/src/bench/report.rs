@@ -336,6 +336,7 @@ pub struct Extras<'a> {
     pub machine: &'a Machine,
     pub idle: Option<&'a super::IdleResult>,
     pub restart: Option<&'a super::RestartResult>,
+    pub join: Option<&'a super::JoinResult>,
 }
 
 #[derive(Serialize)]

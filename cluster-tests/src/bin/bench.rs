@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use raftflow_cluster_tests::bench::load::Workload;
 use raftflow_cluster_tests::bench::report::{self, Machine};
-use raftflow_cluster_tests::bench::{idle, restart, run, Config, System};
+use raftflow_cluster_tests::bench::{idle, join as join_bench, restart, run, Config, System};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -42,6 +42,13 @@ struct Args {
     /// Also time a kill -9 and restart of a node holding this many workflows (0: skip).
     #[arg(long, default_value_t = 0)]
     restart_workflows: u64,
+    /// Also time a fourth node joining a cluster holding this many workflows, under a
+    /// transition load (0: skip).
+    #[arg(long, default_value_t = 0)]
+    join_workflows: u64,
+    /// Clients of the transition load around the join.
+    #[arg(long, default_value_t = 64)]
+    join_clients: usize,
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
@@ -138,6 +145,39 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let joined = if args.join_workflows > 0 {
+        let r = join_bench(
+            args.join_workflows,
+            args.groups,
+            args.join_clients,
+            args.duration_s.max(10),
+            args.bin.clone(),
+        )
+        .await?;
+        table.push_str(&format!(
+            "\njoin: a 4th node joins 3 holding {} workflows ({:.0} MiB per node, loaded in {:.0} s): \
+             active after {:.1} s, holds its share ({} of {} voting replicas) after {:.1} s, \
+             {:.0} MiB caught up ({:.1} MiB/s); transitions from {} clients {:.0}/s p99 {:.1} ms \
+             during the change, {:.0}/s p99 {:.1} ms before it\n",
+            r.workflows,
+            r.node_data_mib,
+            r.load_seconds,
+            r.active_seconds,
+            r.replicas,
+            r.groups * 3,
+            r.share_seconds,
+            r.caught_up_mib,
+            r.catch_up_mib_per_s,
+            args.join_clients,
+            r.during.ops_per_s,
+            r.during.p99_ms,
+            r.before.ops_per_s,
+            r.before.p99_ms,
+        ));
+        Some(r)
+    } else {
+        None
+    };
     println!("\n{table}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("table.md"), &table)?;
@@ -147,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             machine: &machine,
             idle: idle.as_ref(),
             restart: restarted.as_ref(),
+            join: joined.as_ref(),
         },
         &config,
         &rows,

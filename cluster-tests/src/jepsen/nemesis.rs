@@ -24,10 +24,14 @@ pub enum Fault {
     /// Nodes join, drain and are force-replaced while the workloads run (see
     /// `runner::membership_step`).
     Membership,
+    /// The membership changes, each followed by a kill, partition or pause among nodes 1-3
+    /// (aimed at the metadata group's leader, which drives the changes) that is healed before
+    /// the next change.
+    MembershipFaults,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillAll,
@@ -38,6 +42,7 @@ impl Fault {
         Fault::OneWay,
         Fault::Clock,
         Fault::Membership,
+        Fault::MembershipFaults,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,7 +57,13 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::Clock => "clock",
             Fault::Membership => "membership",
+            Fault::MembershipFaults => "membership-faults",
         }
+    }
+
+    /// Whether nodes join and leave in this scenario.
+    pub fn changes_membership(self) -> bool {
+        matches!(self, Fault::Membership | Fault::MembershipFaults)
     }
 
     pub fn parse(s: &str) -> Option<Fault> {
@@ -184,7 +195,9 @@ impl Nemesis {
                 std::fs::write(file, "+3600\n")?;
                 "node 1's clock jumps forward one hour".into()
             }
-            Fault::Membership => bail!("membership changes are made by the runner"),
+            Fault::Membership | Fault::MembershipFaults => {
+                bail!("membership changes are made by the runner")
+            }
         })
     }
 

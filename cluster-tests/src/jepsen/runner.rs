@@ -415,6 +415,52 @@ async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
     }
 }
 
+/// In the `membership-faults` scenario, after the `step`th membership change: a kill, a
+/// partition, a pause or another kill among nodes 1-3, aimed at the metadata group's leader
+/// (the node driving the change) when it is one of them, held for half a fault period and
+/// healed.
+async fn membership_fault(
+    ctx: &Ctx,
+    cluster: &mut Cluster,
+    nemesis: &mut Nemesis,
+    fault: Fault,
+    step: usize,
+) -> anyhow::Result<()> {
+    if fault != Fault::MembershipFaults {
+        return Ok(());
+    }
+    let kind = [
+        Fault::KillLeader,
+        Fault::PartitionLeaderMinority,
+        Fault::PauseLeader,
+        Fault::KillFollower,
+    ][step % 4];
+    let mut target = 1 + step as u64 % 3;
+    for n in 1..=3 {
+        if let Some(l) = cluster.leader_of(n, 0).await {
+            if l <= 3 {
+                target = l;
+            }
+            break;
+        }
+    }
+    let op = ctx.rec.invoke(
+        NEMESIS_PROCESS,
+        kind.name(),
+        "",
+        json!({"group": 0, "leader": target}),
+        0,
+    );
+    match nemesis.inject(cluster, kind, target) {
+        Ok(what) => op.ok(json!(what)),
+        Err(e) => op.fail(json!(format!("{e:#}"))),
+    }
+    tokio::time::sleep(FAULT_PERIOD / 2).await;
+    let op = ctx.rec.invoke(NEMESIS_PROCESS, "heal", "", Value::Null, 0);
+    op.ok(json!(nemesis.heal(cluster)?));
+    Ok(())
+}
+
 /// After the membership nemesis: waits (up to 90 s) until nodes 4 and 5 are removed and every
 /// data group has three voters on nodes 1-3 with no replica moving, and records whether it
 /// got there.
@@ -713,15 +759,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let fault = cfg.fault.name();
     tokio::time::sleep(FAULT_PERIOD / 2).await;
     let mut membership = 0;
-    while cfg.fault == Fault::Membership && Instant::now() + FAULT_PERIOD < deadline {
+    while cfg.fault.changes_membership() && Instant::now() + FAULT_PERIOD < deadline {
         membership_step(&ctx, &mut cluster, membership).await;
+        membership_fault(&ctx, &mut cluster, &mut nemesis, cfg.fault, membership).await?;
         membership += 1;
         tokio::time::sleep(FAULT_PERIOD).await;
     }
-    if cfg.fault == Fault::Membership {
+    if cfg.fault.changes_membership() {
         // Whatever changes the run had no time for happen now, while the workloads go on.
         while membership < 4 {
             membership_step(&ctx, &mut cluster, membership).await;
+            membership_fault(&ctx, &mut cluster, &mut nemesis, cfg.fault, membership).await?;
             membership += 1;
             tokio::time::sleep(FAULT_PERIOD).await;
         }
@@ -730,7 +778,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // Every other fault: fault / heal cycles (the membership changes above are the whole of
     // that scenario's nemesis).
     loop {
-        if cfg.fault == Fault::Membership {
+        if cfg.fault.changes_membership() {
             break;
         }
         let group = rng.gen_range(1..=cfg.groups);
