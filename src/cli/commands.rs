@@ -917,7 +917,12 @@ fn groups_table(c: &ClusterView) -> String {
                 g.id.to_string(),
                 g.kind.clone(),
                 opt(g.leader),
-                g.term.to_string(),
+                // A node without a replica of the group knows no term of it.
+                if g.role == "none" {
+                    "-".into()
+                } else {
+                    g.term.to_string()
+                },
                 ids(&g.voters),
                 ids(&g.learners),
                 opt(g.last_applied),
