@@ -349,21 +349,6 @@ async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
         ctx.rec
             .invoke(NEMESIS_PROCESS, "membership", what, detail, 0)
     };
-    let request = |via: u64, method: reqwest::Method, path: String| {
-        let client = ctx.client(via).clone();
-        async move {
-            tokio::time::timeout(MEMBERSHIP_TIMEOUT, client.request(method, &path, None)).await
-        }
-    };
-    let record =
-        |op: super::history::Pending<'_>,
-         r: Result<Result<(u16, Value), ClientError>, tokio::time::error::Elapsed>| match r
-        {
-            Ok(Ok((status, v))) => op.ok(json!({"status": status, "node": v})),
-            Ok(Err(e)) if is_write_indeterminate(&e) => op.info(json!(e.to_string())),
-            Ok(Err(e)) => op.fail(json!(e.to_string())),
-            Err(_) => op.info(json!("timed out: the change may still happen")),
-        };
     match step {
         0 | 1 => {
             let (id, via) = (4 + step as u64, 1 + step as u64);
@@ -396,20 +381,18 @@ async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let op = rec("drain", json!({"node": 4}));
-            let r = request(3, reqwest::Method::DELETE, "/v1/cluster/nodes/4".into()).await;
-            record(op, r);
+            send_until_answered(ctx, "drain", json!({"node": 4}), "/v1/cluster/nodes/4").await;
         }
         3 => {
             cluster.kill9(5);
-            let op = rec("force-remove", json!({"node": 5, "killed": true}));
-            let r = request(
-                1,
-                reqwest::Method::DELETE,
-                "/v1/cluster/nodes/5?force=true".into(),
+            let path = "/v1/cluster/nodes/5?force=true";
+            send_until_answered(
+                ctx,
+                "force-remove",
+                json!({"node": 5, "killed": true}),
+                path,
             )
             .await;
-            record(op, r);
         }
         _ => {}
     }
@@ -459,6 +442,40 @@ async fn membership_fault(
     let op = ctx.rec.invoke(NEMESIS_PROCESS, "heal", "", Value::Null, 0);
     op.ok(json!(nemesis.heal(cluster)?));
     Ok(())
+}
+
+/// Sends `DELETE path` through node 1 as the membership nemesis's `what`, again every 500 ms
+/// for up to 20 s while the answer is unknown or says to retry (the metadata group's leader
+/// may just have been killed): an operator would send it again, and it is idempotent. Each
+/// attempt is recorded with its outcome.
+async fn send_until_answered(ctx: &Ctx, what: &str, detail: Value, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let op = ctx
+            .rec
+            .invoke(NEMESIS_PROCESS, "membership", what, detail.clone(), 0);
+        let client = ctx.client(1).clone();
+        let r = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            client.request(reqwest::Method::DELETE, path, None),
+        )
+        .await;
+        let again = match &r {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => is_write_indeterminate(e) || e.is_transient(),
+            Err(_) => true,
+        };
+        match r {
+            Ok(Ok((status, v))) => op.ok(json!({"status": status, "node": v})),
+            Ok(Err(e)) if is_write_indeterminate(&e) => op.info(json!(e.to_string())),
+            Ok(Err(e)) => op.fail(json!(e.to_string())),
+            Err(_) => op.info(json!("timed out: the change may still happen")),
+        }
+        if !again || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// After the membership nemesis: waits (up to 90 s) until nodes 4 and 5 are removed and every

@@ -37,10 +37,10 @@ const DRIVE_EVERY: Duration = Duration::from_millis(300);
 const CLOSE_SETTLE: Duration = Duration::from_millis(100);
 /// How long one of the driver's steps may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replica moves under way at once, cluster-wide: each moves one replica's data to one node,
-/// so one at a time keeps a join or a drain from taking more than one group's catch-up
-/// bandwidth from the nodes serving clients.
-pub const MOVES_AT_ONCE: usize = 1;
+/// Replicas a node receives at once. A move copies one group's rows to its new node, so one
+/// at a time per node keeps a join (every move goes to the new node) to one group's catch-up
+/// at a time, while a drain moves replicas to several nodes at once, one each.
+pub const MOVES_PER_NODE: usize = 1;
 /// The most voters the meta group has; further nodes hold learners' copies.
 pub const META_VOTERS_MAX: usize = 5;
 
@@ -379,7 +379,7 @@ impl RaftNode {
             moving += 1;
             self.advance_move(p).await?;
         }
-        if moving < MOVES_AT_ONCE {
+        {
             let active: Vec<u64> = rows
                 .values()
                 .filter(|n| n.state == NodeState::Active)
@@ -392,6 +392,7 @@ impl RaftNode {
                     group = next.group,
                     from = m.from.map(node_of),
                     to = node_of(m.to),
+                    under_way = moving,
                     "membership: moving a replica"
                 );
                 self.record_placement(next, before).await?;
@@ -550,14 +551,25 @@ impl RaftNode {
 /// (draining, removed, or not recorded) moves to the active node with the fewest replicas;
 /// otherwise, while one node holds two replicas more than another, one moves between them.
 fn plan_move(placements: &[Placement], active: &[u64]) -> Option<Placement> {
+    // Load counts the moves under way as done; a node already receiving MOVES_PER_NODE
+    // replicas gets no further one for now.
     let mut load: BTreeMap<u64, usize> = active.iter().map(|n| (*n, 0)).collect();
+    let mut receiving: BTreeMap<u64, usize> = BTreeMap::new();
     for p in placements {
-        for r in &p.voters {
-            if let Some(l) = load.get_mut(&node_of(*r)) {
+        let mut nodes: Vec<u64> = p.voters.iter().map(|r| node_of(*r)).collect();
+        if let Some(m) = &p.moving {
+            nodes.retain(|n| Some(*n) != m.from.map(node_of));
+            nodes.push(node_of(m.to));
+            *receiving.entry(node_of(m.to)).or_default() += 1;
+        }
+        for n in nodes {
+            if let Some(l) = load.get_mut(&n) {
                 *l += 1;
             }
         }
     }
+    let free = |n: u64| receiving.get(&n).copied().unwrap_or(0) < MOVES_PER_NODE;
+    let placements: Vec<&Placement> = placements.iter().filter(|p| p.moving.is_none()).collect();
     let moved = |p: &Placement, from: u64, to: u64| {
         let mut next = p.clone();
         next.epoch += 1;
@@ -570,17 +582,22 @@ fn plan_move(placements: &[Placement], active: &[u64]) -> Option<Placement> {
     };
     let lightest_outside = |p: &Placement| {
         load.iter()
-            .filter(|(n, _)| p.voters.iter().all(|r| node_of(*r) != **n))
+            .filter(|(n, _)| free(**n) && p.voters.iter().all(|r| node_of(*r) != **n))
             .min_by_key(|(n, l)| (**l, **n))
             .map(|(n, _)| *n)
     };
-    for p in placements {
+    for p in &placements {
         if let Some(gone) = p.voters.iter().find(|r| !load.contains_key(&node_of(**r))) {
-            return lightest_outside(p).map(|to| moved(p, *gone, to));
+            if let Some(to) = lightest_outside(p) {
+                return Some(moved(p, *gone, to));
+            }
         }
     }
     let (&heavy, &most) = load.iter().max_by_key(|(n, l)| (**l, **n))?;
-    let (&light, &least) = load.iter().min_by_key(|(n, l)| (**l, **n))?;
+    let (&light, &least) = load
+        .iter()
+        .filter(|(n, _)| free(**n))
+        .min_by_key(|(n, l)| (**l, **n))?;
     if most <= least + 1 {
         return None;
     }
@@ -690,6 +707,30 @@ mod tests {
         let load = load(&ps);
         assert!(!load.contains_key(&1), "{load:?}");
         assert_eq!(load.values().sum::<usize>(), 24);
+    }
+
+    #[test]
+    fn a_drain_moves_to_several_nodes_at_once_but_each_receives_one_at_a_time() {
+        let ps: Vec<Placement> = (1..=8).map(|g| placement(g, &[1, 2, 3])).collect();
+        let (mut ps, _) = settle(ps, &[1, 2, 3, 4, 5]);
+        // Node 1 drains: plan without finishing any move.
+        let mut targets = Vec::new();
+        while let Some(next) = plan_move(&ps, &[2, 3, 4, 5]) {
+            targets.push(node_of(next.moving.as_ref().unwrap().to));
+            let p = ps.iter_mut().find(|p| p.group == next.group).unwrap();
+            *p = next;
+            assert!(targets.len() <= 4, "{targets:?}");
+        }
+        let distinct: BTreeSet<u64> = targets.iter().copied().collect();
+        assert!(targets.len() >= 2, "several moves at once: {targets:?}");
+        assert_eq!(distinct.len(), targets.len(), "one per node: {targets:?}");
+        // A join: every move goes to the new node, so one at a time.
+        let ps: Vec<Placement> = (1..=8).map(|g| placement(g, &[1, 2, 3])).collect();
+        let first = plan_move(&ps, &[1, 2, 3, 4]).unwrap();
+        let mut ps = ps;
+        let g = first.group;
+        *ps.iter_mut().find(|p| p.group == g).unwrap() = first;
+        assert!(plan_move(&ps, &[1, 2, 3, 4]).is_none());
     }
 
     #[test]
