@@ -33,7 +33,7 @@ use rocksdb::{
 
 pub use error::StorageError;
 pub use rocksdb::WriteBatch as Batch;
-pub use snapshot::{IncomingSnapshot, SnapshotFile, SnapshotReader};
+pub use snapshot::{IncomingSnapshot, SnapshotFile};
 pub use syncer::{Covers, SyncStats, Syncer};
 
 const CF_LOG: &str = "log";
@@ -281,17 +281,6 @@ impl Store {
             }
             out.push((k[8..].to_vec(), v.into_vec()));
         }
-        Ok(out)
-    }
-
-    /// Every state row of `group`, read from one consistent point in time while writers go on
-    /// (small groups and tests; a snapshot goes through [`Store::export_group_file`]).
-    pub fn export_group_state(&self, group: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        self.visit_group_state(group, |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
         Ok(out)
     }
 
@@ -569,7 +558,13 @@ mod tests {
     }
 
     fn rows_of(s: &Store, group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
-        s.export_group_state(group).unwrap()
+        let mut out = Vec::new();
+        s.visit_group_state(group, |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        out
     }
 
     #[test]

@@ -76,11 +76,10 @@ impl IncomingSnapshot {
         Ok(())
     }
 
-    /// The whole file, flushed and synced.
+    /// The whole file (written out; installing it syncs it).
     pub fn finish(self) -> Result<SnapshotFile> {
         let IncomingSnapshot { file, done } = self;
-        let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
+        file.into_inner().map_err(|e| io_err(e.into_error()))?;
         Ok(done)
     }
 }
@@ -104,14 +103,14 @@ fn unique(prefix: &str, group: u64) -> String {
 }
 
 /// Reads the rows of a snapshot file in order, checking its header and end mark.
-pub struct SnapshotReader {
+struct SnapshotReader {
     r: BufReader<File>,
     rows: u64,
     ended: bool,
 }
 
 impl SnapshotReader {
-    pub fn open(path: &Path) -> Result<SnapshotReader> {
+    fn open(path: &Path) -> Result<SnapshotReader> {
         let mut r = BufReader::with_capacity(1 << 20, File::open(path).map_err(io_err)?);
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)
@@ -143,7 +142,7 @@ impl SnapshotReader {
     }
 
     /// The next row, or `None` after the last one (once the end mark and count check out).
-    pub fn next_row(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn next_row(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if self.ended {
             return Ok(None);
         }
@@ -234,7 +233,6 @@ impl Store {
         w.write_all(MAGIC).map_err(io_err)?;
         let mut applied = None;
         let mut rows = 0u64;
-        let mut len = MAGIC.len() as u64;
         self.visit_group_state(group, |k, v| {
             if k == applied_key {
                 applied = Some(v.to_vec());
@@ -248,13 +246,12 @@ impl Store {
             w.write_all(&vl.to_le_bytes()).map_err(io_err)?;
             w.write_all(v).map_err(io_err)?;
             rows += 1;
-            len += 8 + k.len() as u64 + v.len() as u64;
             Ok(())
         })?;
         w.write_all(&END.to_le_bytes()).map_err(io_err)?;
         w.write_all(&rows.to_le_bytes()).map_err(io_err)?;
-        w.flush().map_err(io_err)?;
-        file.len = len + 12;
+        let w = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.len = w.metadata().map_err(io_err)?.len();
         Ok((file, applied))
     }
 
@@ -274,12 +271,13 @@ impl Store {
     pub fn install_group_file(&self, group: u64, file: SnapshotFile) -> Result<()> {
         let mut check = SnapshotReader::open(file.path())?;
         while check.next_row()?.is_some() {}
+        // The file must outlive a crash before the mark says to finish from it.
+        let synced = |p: &Path| File::open(p).and_then(|f| f.sync_all()).map_err(io_err);
+        synced(file.path())?;
         let target = self.install_path(group);
         fs::rename(file.path(), &target).map_err(io_err)?;
-        std::mem::forget(file); // its path is gone; the install path is removed below
-        File::open(&self.snapshot_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err)?;
+        synced(&self.snapshot_dir)?;
+        drop(file); // its path is gone; the install path is removed once installed
         let mut mark = WriteBatch::default();
         self.put_raft_meta(&mut mark, group, INSTALLING, b"1");
         self.write_synced(mark)?;

@@ -34,6 +34,16 @@ pub(crate) struct Applied {
     pub(crate) membership: StoredMembership,
 }
 
+impl Applied {
+    /// The snapshot meta of rows at this position.
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+        }
+    }
+}
+
 /// The applied row of `group` as stored (nothing applied yet: the default).
 fn read_applied(store: &Store, group: u64) -> io::Result<Applied> {
     Ok(match store.get_state(group, tables::APPLIED)? {
@@ -267,7 +277,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             return Ok(None);
         }
         if !self.started.load(Ordering::Acquire) {
-            return Ok(Some(position_only(&self.store, self.group)?));
+            return Ok(Some(Snapshot {
+                meta: self.applied.snapshot_meta(),
+                snapshot: None,
+            }));
         }
         // Built fresh from the rows: always at or after any purge point, never stored twice.
         Ok(Some(export_snapshot(self.group, self.store.clone()).await?))
@@ -292,23 +305,8 @@ async fn export_snapshot(group: u64, store: Arc<Store>) -> Result<Snapshot, io::
         "exported a snapshot to send"
     );
     Ok(Snapshot {
-        meta: SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
-        },
+        meta: applied.snapshot_meta(),
         snapshot: Some(file),
-    })
-}
-
-/// A snapshot of the position the rows are at, without the rows.
-fn position_only(store: &Store, group: u64) -> Result<Snapshot, io::Error> {
-    let applied = read_applied(store, group)?;
-    Ok(Snapshot {
-        meta: SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
-        },
-        snapshot: None,
     })
 }
 
@@ -327,7 +325,10 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        position_only(&self.store, self.group)
+        Ok(Snapshot {
+            meta: read_applied(&self.store, self.group)?.snapshot_meta(),
+            snapshot: None,
+        })
     }
 }
 

@@ -239,19 +239,12 @@ impl RaftNode {
                 Ok((*r, addr))
             })
             .collect::<Result<_>>()?;
+        // This node's replica is asked through its own peer listener, like the others'.
         for (replica, addr) in &members {
-            let node = node_of(*replica);
-            let held = if node == self.id {
-                self.raft(group)?
-                    .is_initialized()
-                    .await
-                    .map_err(Error::Unavailable)?
-            } else {
-                clients
-                    .is_initialized(node, &addr.peer, group)
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))?
-            };
+            let held = clients
+                .is_initialized(node_of(*replica), &addr.peer, group)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
             if held {
                 return Ok(());
             }
@@ -263,23 +256,12 @@ impl RaftNode {
         let mut last_error = None;
         for (replica, addr) in &members {
             let node = node_of(*replica);
-            let done = if node == self.id {
-                match self.raft(group) {
-                    Ok(raft) => raft
-                        .initialize(members.clone())
-                        .await
-                        .map_err(Error::Unavailable),
-                    Err(e) => Err(e),
-                }
-            } else {
-                clients
-                    .initialize(node, &addr.peer, group, members.clone())
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))
-            };
-            match done {
+            match clients
+                .initialize(node, &addr.peer, group, members.clone())
+                .await
+            {
                 Ok(()) => created.push(node),
-                Err(e) => last_error = Some(e),
+                Err(e) => last_error = Some(Error::Unavailable(e.to_string())),
             }
         }
         if created.is_empty() {

@@ -379,29 +379,27 @@ impl RaftNode {
             moving += 1;
             self.advance_move(p).await?;
         }
-        {
-            let active: Vec<u64> = rows
-                .values()
-                .filter(|n| n.state == NodeState::Active)
-                .map(|n| n.id)
-                .collect();
-            if let Some(next) = plan_move(&placements, &active) {
-                let before = placements.iter().find(|p| p.group == next.group).cloned();
-                let m = next.moving.as_ref().expect("a planned move");
-                tracing::info!(
-                    group = next.group,
-                    from = m.from.map(node_of),
-                    to = node_of(m.to),
-                    under_way = moving,
-                    "membership: moving a replica"
-                );
-                self.record_placement(next, before).await?;
-                return Ok(());
-            }
-            if moving == 0 {
-                for (before, after) in prefer_leaders(&placements, &active) {
-                    self.record_placement(after, Some(before)).await?;
-                }
+        let active: Vec<u64> = rows
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .map(|n| n.id)
+            .collect();
+        if let Some(next) = plan_move(&placements, &active) {
+            let before = placements.iter().find(|p| p.group == next.group).cloned();
+            let m = next.moving.as_ref().expect("a planned move");
+            tracing::info!(
+                group = next.group,
+                from = m.from.map(node_of),
+                to = node_of(m.to),
+                under_way = moving,
+                "membership: moving a replica"
+            );
+            self.record_placement(next, before).await?;
+            return Ok(());
+        }
+        if moving == 0 {
+            for (before, after) in prefer_leaders(&placements, &active) {
+                self.record_placement(after, Some(before)).await?;
             }
         }
 

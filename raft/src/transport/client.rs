@@ -235,16 +235,11 @@ impl PeerClients {
     /// Asks `addr` whether it has Raft state for `group`.
     pub async fn is_initialized(&self, target: u64, addr: &str, group: u64) -> io::Result<bool> {
         match self
-            .conn(target, addr)
-            .call(group, PeerRpc::Initialized, CONNECT_TIMEOUT * 2)
-            .await
+            .setup_call(target, addr, group, PeerRpc::Initialized)
+            .await?
         {
-            Ok(PeerReply::Initialized(b)) => Ok(b),
-            Ok(_) => Err(io::Error::other("unexpected reply")),
-            Err(CallError::NotSent(e) | CallError::Unreachable(e) | CallError::Network(e)) => {
-                Err(e)
-            }
-            Err(CallError::Remote(m)) => Err(io::Error::other(m)),
+            PeerReply::Initialized(b) => Ok(b),
+            _ => Err(io::Error::other("unexpected reply")),
         }
     }
 
@@ -257,17 +252,29 @@ impl PeerClients {
         members: std::collections::BTreeMap<u64, crate::NodeAddr>,
     ) -> io::Result<()> {
         match self
-            .conn(target, addr)
-            .call(group, PeerRpc::Initialize { members }, CONNECT_TIMEOUT * 2)
-            .await
+            .setup_call(target, addr, group, PeerRpc::Initialize { members })
+            .await?
         {
-            Ok(PeerReply::Initialized(true)) => Ok(()),
-            Ok(_) => Err(io::Error::other("unexpected reply")),
-            Err(CallError::NotSent(e) | CallError::Unreachable(e) | CallError::Network(e)) => {
-                Err(e)
-            }
-            Err(CallError::Remote(m)) => Err(io::Error::other(m)),
+            PeerReply::Initialized(true) => Ok(()),
+            _ => Err(io::Error::other("unexpected reply")),
         }
+    }
+
+    /// One of cluster creation's calls to node `target`, any failure as an `io::Error`.
+    async fn setup_call(
+        &self,
+        target: u64,
+        addr: &str,
+        group: u64,
+        rpc: PeerRpc,
+    ) -> io::Result<PeerReply> {
+        self.conn(target, addr)
+            .call(group, rpc, CONNECT_TIMEOUT * 2)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(e) | CallError::Unreachable(e) | CallError::Network(e) => e,
+                CallError::Remote(m) => io::Error::other(m),
+            })
     }
 
     /// Hands `work` for `group` to node `target` (its leader, as far as this node knows).
