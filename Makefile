@@ -73,7 +73,8 @@ fmt:
 # machine's floor) at 1, 16, 64 and 256 clients. Writes table.md,
 # bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5); also the
 # CPU of 64 idle groups, with RESTART_WORKFLOWS=N a kill -9 restart of a node holding N, and
-# with JOIN_WORKFLOWS=N a fourth node joining three holding N under a transition load.
+# with JOIN_WORKFLOWS=N a fourth node joining three holding N under a transition load, with
+# GROUP_WORKFLOWS=N a ninth data group added to eight holding N under a transition load.
 bench: deps
 	@scripts/deps.sh bench
 	cargo build $(CARGO_PROFILE) --workspace --bins
@@ -81,6 +82,7 @@ bench: deps
 	  $${CONCURRENCY:+--concurrency $$CONCURRENCY} $${WORKLOADS:+--workloads $$WORKLOADS} \
 	  $${RESTART_WORKFLOWS:+--restart-workflows $$RESTART_WORKFLOWS} \
 	  $${JOIN_WORKFLOWS:+--join-workflows $$JOIN_WORKFLOWS} \
+	  $${GROUP_WORKFLOWS:+--group-workflows $$GROUP_WORKFLOWS} \
 	  --out bench-report/$$(date +%Y%m%d-%H%M%S)
 
 # Instructions per transition, counted by callgrind (host timing drifts; counts do not): three

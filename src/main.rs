@@ -282,6 +282,12 @@ mod tests {
             "cluster add-node 4 --client-addr 127.0.0.1:7004 --peer-addr 127.0.0.1:8004",
         ),
         ("DELETE", "/v1/cluster/nodes/{id}", "cluster remove-node 4"),
+        ("POST", "/v1/cluster/groups", "cluster add-group"),
+        (
+            "DELETE",
+            "/v1/cluster/groups/{id}",
+            "cluster retire-group 9",
+        ),
         ("GET", "/v1/cluster/groups/{id}/digest", "cluster digest 1"),
         ("GET", "/healthz", "cluster health"),
         ("GET", "/readyz", "cluster health"),

@@ -101,7 +101,10 @@ impl From<Refusal> for ApiError {
             Refusal::TaskNotFound { .. } => ApiError::not_found(message),
             Refusal::LeaseLost { .. } => ApiError::new(ErrorCode::LeaseLost, message),
             Refusal::NodeExists { .. } => ApiError::new(ErrorCode::NodeExists, message),
-            Refusal::PlacementChanged { .. } => ApiError::unavailable(message),
+            Refusal::PlacementChanged { .. }
+            | Refusal::Moved { .. }
+            | Refusal::SlotMoveStale { .. }
+            | Refusal::GroupRefused { .. } => ApiError::unavailable(message),
             Refusal::EventNotAllowed { .. }
             | Refusal::Finished { .. }
             | Refusal::EngineEvent { .. } => ApiError::invalid_transition(message),
@@ -123,6 +126,7 @@ impl From<RaftError> for ApiError {
             RaftError::Storage(s) if s.is_no_space() => ApiError::storage_full(s.to_string()),
             RaftError::NoSuchGroup(g) => ApiError::not_found(format!("no group {g}")),
             RaftError::NotEnoughNodes(m) => ApiError::new(ErrorCode::NotEnoughNodes, m),
+            RaftError::LastGroup(m) => ApiError::new(ErrorCode::LastGroup, m),
             other => ApiError::internal(other.to_string()),
         }
     }

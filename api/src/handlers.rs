@@ -51,6 +51,46 @@ pub(crate) async fn propose(state: &AppState, group: u64, command: Command) -> A
     }
 }
 
+/// Commits a command on workflow `workflow` in the group that owns it (following the slot if
+/// it moves): the group and the outcome.
+pub(crate) async fn propose_for(
+    state: &AppState,
+    workflow: &str,
+    command: Command,
+) -> ApiResult<(u64, Outcome)> {
+    let timeout = state.config.write_timeout;
+    match tokio::time::timeout(timeout, state.node.commit_for(workflow, command, timeout)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the write to workflow {workflow:?} did not commit within {} ms; it may still apply",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// Reads workflow `workflow`'s rows in the group that owns it (following the slot if it
+/// moves): the group and the answer.
+pub(crate) async fn query_for(
+    state: &AppState,
+    workflow: &str,
+    params: &ReadParams,
+    query: Query,
+) -> ApiResult<(u64, Answer)> {
+    let linearizable = !(params.local()? || stale_mutant());
+    let timeout = state.config.write_timeout;
+    match tokio::time::timeout(
+        timeout,
+        state.node.query_for(workflow, query, linearizable, timeout),
+    )
+    .await
+    {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the group of workflow {workflow:?} has no quorum right now"
+        ))),
+    }
+}
+
 /// Waits until a following read of this node's replica of `group` is linearizable.
 pub(crate) async fn read_barrier(state: &AppState, group: u64) -> ApiResult<()> {
     let timeout = state.config.write_timeout;
@@ -148,19 +188,6 @@ where
         read_barrier(state, META_GROUP).await?;
     }
     read()
-}
-
-/// Reads `group`'s rows: from this node's replica, directly (`local`) or once it has applied
-/// the leader's read index (linearizable); from the group's leader when this node holds no
-/// replica of it.
-pub(crate) async fn query(
-    state: &AppState,
-    group: u64,
-    params: &ReadParams,
-    query: Query,
-) -> ApiResult<Answer> {
-    let linearizable = !(params.local()? || stale_mutant());
-    query_group(state, group, query, linearizable).await
 }
 
 pub(crate) async fn query_group(
@@ -378,18 +405,18 @@ pub async fn create_workflow(
         "context": serde_json::from_str::<Value>(&context).unwrap_or_default(),
     })
     .to_string();
-    let group = state.node.group_of(&id);
     (async {
         let def = resolve_definition(&state, &req.definition, req.version).await?;
         let command = Command::CreateWorkflow {
-            id,
+            id: id.clone(),
             definition: def.name,
             version: def.version,
             definition_json: def.json,
             context_json: context,
             fingerprint,
         };
-        workflow_outcome(propose(&state, group, command).await?, group)
+        let (group, outcome) = propose_for(&state, &id, command).await?;
+        workflow_outcome(outcome, group)
     })
     .await
 }
@@ -432,16 +459,16 @@ pub async fn send_event(
         )));
     }
     let payload_json = object_text("payload", req.payload.clone())?;
-    let group = state.node.group_of(&id);
     (async {
         let command = Command::Event {
-            id,
+            id: id.clone(),
             event: req.event,
             payload_json,
             expected_revision: req.expected_revision,
             request_id: req.request_id,
         };
-        workflow_outcome(propose(&state, group, command).await?, group)
+        let (group, outcome) = propose_for(&state, &id, command).await?;
+        workflow_outcome(outcome, group)
     })
     .await
 }
@@ -457,14 +484,14 @@ pub async fn cancel_workflow(
 ) -> ApiResult<Response> {
     check_id(&id)?;
     check_request_id(&req.request_id)?;
-    let group = state.node.group_of(&id);
     (async {
         let command = Command::Cancel {
-            id,
+            id: id.clone(),
             reason: req.reason,
             request_id: req.request_id,
         };
-        workflow_outcome(propose(&state, group, command).await?, group)
+        let (group, outcome) = propose_for(&state, &id, command).await?;
+        workflow_outcome(outcome, group)
     })
     .await
 }
@@ -480,9 +507,8 @@ pub async fn get_workflow(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
-    let group = state.node.group_of(&id);
-    let Answer::Workflow(rec) =
-        query(&state, group, &params, Query::Workflow { id: id.clone() }).await?
+    let (group, Answer::Workflow(rec)) =
+        query_for(&state, &id, &params, Query::Workflow { id: id.clone() }).await?
     else {
         return Err(ApiError::internal("unexpected answer"));
     };
@@ -504,12 +530,11 @@ pub async fn get_history(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
-    let group = state.node.group_of(&id);
     let history = Query::History {
         id: id.clone(),
         limit: MAX_HISTORY_ROWS as u32,
     };
-    let Answer::History(rows) = query(&state, group, &params, history).await? else {
+    let (_, Answer::History(rows)) = query_for(&state, &id, &params, history).await? else {
         return Err(ApiError::internal("unexpected answer"));
     };
     let rows = rows.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
@@ -589,12 +614,27 @@ pub async fn list_workflows(
         None => (groups[0], None),
     };
     if !groups.contains(&group) {
-        return Err(ApiError::bad_request("invalid page_token"));
+        // The page's group retired since: its workflows are in the others now.
+        match groups.iter().find(|g| **g > group) {
+            Some(next) => (group, after) = (*next, None),
+            None => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &WorkflowList {
+                        workflows: Vec::new(),
+                        next_page_token: None,
+                    },
+                ))
+            }
+        }
     }
     let linearizable = !(parse_consistency(params.consistency.as_deref())? || stale_mutant());
     let mut out = Vec::new();
     let mut budget = limit * LIST_SCAN_FACTOR;
-    let max_group = *groups.last().expect("at least one group");
+    // A workflow is listed from the group the slot table names its owner: one table for the
+    // page, so that a workflow whose slot is moving is listed once.
+    let mut table = state.node.slots();
+    let mut table_refreshes = 0;
     // Every group up to this one has had its read index. The page's first group gets its own
     // (most pages end in it); if the page goes on, every later group gets one at once, so a
     // filtered listing over many groups waits for one round of read indexes, not one per group.
@@ -611,25 +651,52 @@ pub async fn list_workflows(
             futures::future::try_join_all(hosted.map(|g| read_barrier(&state, *g))).await?;
             linearized = pending.last().copied();
         }
-        let scan = Query::Workflows {
+        let scan = Query::WorkflowPage {
             after: after.clone(),
             limit: budget.min(limit * 2) as u32,
         };
         let remote_linearizable = linearizable && !state.node.serves(group);
-        let Answer::Workflows(chunk) =
-            query_group(&state, group, scan, remote_linearizable).await?
+        let Answer::WorkflowPage {
+            workflows: chunk,
+            fenced,
+        } = query_group(&state, group, scan, remote_linearizable).await?
         else {
             return Err(ApiError::internal("unexpected answer"));
         };
+        // Slots the group froze or gave away while the table still names it their owner: its
+        // rows of them were whole when read unless the move has committed since (then it may
+        // have deleted some), which the meta group tells.
+        let leaving: Vec<u32> = fenced
+            .iter()
+            .filter(|(s, f)| {
+                matches!(f, tables::SlotFence::Leaving { .. }) && table.group_of_slot(*s) == group
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        if !leaving.is_empty() {
+            read_barrier(&state, META_GROUP).await?;
+            let fresh = state.node.slots();
+            if leaving.iter().any(|s| fresh.group_of_slot(*s) != group) {
+                table_refreshes += 1;
+                if table_refreshes > 3 {
+                    return Err(ApiError::unavailable(
+                        "slots are moving between groups; try the listing again shortly",
+                    ));
+                }
+                table = fresh;
+                continue;
+            }
+        }
         let exhausted = chunk.len() < budget.min(limit * 2);
         for rec in chunk {
             budget -= 1;
             after = Some(rec.workflow.id.clone());
             let wf = rec.workflow;
-            let keep = params
-                .definition
-                .as_ref()
-                .is_none_or(|d| *d == wf.definition)
+            let keep = table.group_of(&wf.id) == group
+                && params
+                    .definition
+                    .as_ref()
+                    .is_none_or(|d| *d == wf.definition)
                 && status.is_none_or(|s| s == wf.status)
                 && params.state.as_ref().is_none_or(|s| *s == wf.state);
             if keep {
@@ -647,7 +714,7 @@ pub async fn list_workflows(
             }
         }
         if exhausted {
-            if group == max_group {
+            let Some(next) = groups.iter().find(|g| **g > group) else {
                 return Ok(json_response(
                     StatusCode::OK,
                     &WorkflowList {
@@ -655,8 +722,8 @@ pub async fn list_workflows(
                         next_page_token: None,
                     },
                 ));
-            }
-            group += 1;
+            };
+            group = *next;
             after = None;
         }
         if budget == 0 {
@@ -723,6 +790,7 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             snapshot: g.snapshot,
             purged: g.purged,
             role: g.role.to_string(),
+            state: None,
         })
         .collect();
     // Groups this node holds no replica of: as the meta group places them.
@@ -747,15 +815,19 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
             snapshot: None,
             purged: None,
             role: "none".to_string(),
+            state: None,
         });
     }
     groups.sort_by_key(|g| g.id);
+    let states = node.group_states();
+    for g in groups.iter_mut().filter(|g| g.kind == "data") {
+        g.state = states.get(&g.id).map(|s| s.as_str().to_string());
+    }
     let slots_per_group: serde_json::Map<String, Value> = node
         .slots()
         .slots_per_group()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ((i + 1).to_string(), Value::from(*n)))
+        .into_iter()
+        .map(|(g, n)| (g.to_string(), Value::from(n)))
         .collect();
     let view = ClusterView {
         node_id: node.id(),
@@ -764,11 +836,15 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
         groups,
         placement: PlacementView {
             slots: raftflow_raft::ring::SLOTS,
-            hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group by rendezvous hashing"
+            hash: "slot = fnv1a64+splitmix64(id) mod slots; slot -> group recorded in the meta \
+                   group, placed by rendezvous hashing over the serving groups"
                 .into(),
             slots_per_group: Value::Object(slots_per_group),
-            // Slots move only once groups can be added and retired online.
-            moves: Vec::new(),
+            moves: node
+                .slot_move()
+                .into_iter()
+                .map(|m| serde_json::to_value(m).unwrap_or_default())
+                .collect(),
             replica_moves: node
                 .placements()
                 .into_iter()
@@ -880,6 +956,66 @@ pub async fn remove_node(
         }
         Some(Outcome::Refused(r)) => Err(r.into()),
         Some(other) => Err(ApiError::internal(format!("unexpected outcome {other}"))),
+    }
+}
+
+/// Adds a data group (202 `{"id"}`): it is placed on the active nodes with the fewest
+/// replicas, and slots move to it by the consistent-hash rule (about 1/(G+1) of them).
+#[utoipa::path(post, path = "/v1/cluster/groups", request_body = Object,
+    responses((status = 202, description = "`{\"id\", \"state\": \"serving\"}`"),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn add_group(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    // The body is `{}` (or empty): nothing about a group is chosen by the caller yet.
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        if !v.as_object().is_some_and(|o| o.is_empty()) {
+            return Err(ApiError::bad_request("the body must be {}"));
+        }
+    }
+    let timeout = state.config.write_timeout;
+    let id = tokio::time::timeout(timeout, state.node.add_group(timeout))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the meta group did not record the change in time; retry")
+        })??;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"id": id, "state": "serving"}),
+    ))
+}
+
+/// Retires a data group (202 `{"id", "state": "retiring"}`): its slots move to the serving
+/// groups, then it is retired and its replicas deleted. 404 for an unknown or retired group;
+/// 409 `last_group` for the only serving one.
+#[utoipa::path(delete, path = "/v1/cluster/groups/{id}",
+    params(("id" = u64, Path, description = "group id")),
+    responses((status = 202, description = "`{\"id\", \"state\": \"retiring\"}`"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retire_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Response> {
+    let group: u64 = group
+        .parse()
+        .ok()
+        .filter(|g| *g != META_GROUP)
+        .ok_or_else(|| ApiError::bad_request(format!("group {group:?} is not a data group id")))?;
+    let timeout = state.config.write_timeout;
+    let retired = tokio::time::timeout(timeout, state.node.retire_group(group, timeout))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable("the meta group did not record the change in time; retry")
+        })??;
+    match retired {
+        None => Err(ApiError::not_found(format!("no data group {group}"))),
+        Some(s) => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({"id": group, "state": s.as_str()}),
+        )),
     }
 }
 

@@ -120,6 +120,8 @@ impl AppState {
         handlers::cluster,
         handlers::register_node,
         handlers::remove_node,
+        handlers::add_group,
+        handlers::retire_group,
         handlers::group_digest,
         handlers::healthz,
         handlers::readyz,
@@ -246,6 +248,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster", get(handlers::cluster))
         .route("/v1/cluster/nodes", post(handlers::register_node))
         .route("/v1/cluster/nodes/{id}", delete(handlers::remove_node))
+        .route("/v1/cluster/groups", post(handlers::add_group))
+        .route("/v1/cluster/groups/{id}", delete(handlers::retire_group))
         .route(
             "/v1/cluster/groups/{id}/digest",
             get(handlers::group_digest),

@@ -131,6 +131,31 @@ pub fn render(state: &AppState) -> String {
             "Linearizable read barriers.",
             n(&c.read_barriers),
         ),
+        (
+            "raftflow_moved_answers_total",
+            "Requests that met a \"moved\" answer (their slot moved between groups) and followed it.",
+            n(&c.moved_answers),
+        ),
+        (
+            "raftflow_slot_moves_total",
+            "Slot moves this node drove to their end (as the meta group's leader).",
+            n(&c.slot_moves),
+        ),
+        (
+            "raftflow_slots_moved_total",
+            "Slots those moves took to another group.",
+            n(&c.slots_moved),
+        ),
+        (
+            "raftflow_slot_rows_copied_total",
+            "Rows those moves copied.",
+            n(&c.slot_rows_copied),
+        ),
+        (
+            "raftflow_slot_bytes_copied_total",
+            "Bytes of rows those moves copied.",
+            n(&c.slot_bytes_copied),
+        ),
     ];
     let sync = node.store().syncer().stats();
     let wal = [
@@ -168,6 +193,15 @@ pub fn render(state: &AppState) -> String {
         "# HELP raftflow_http_requests_inflight Requests being served now (health, readiness and metrics not counted); at max_inflight_requests more are shed with 429.\n# TYPE raftflow_http_requests_inflight gauge\nraftflow_http_requests_inflight {}",
         state.inflight_requests()
     );
+    let moving = node.slot_move().map_or(0, |m| m.slots);
+    let _ = writeln!(
+        w,
+        "# HELP raftflow_slots_moving Slots in the slot move under way (0: none).\n# TYPE raftflow_slots_moving gauge\nraftflow_slots_moving {moving}"
+    );
+    let _ = writeln!(w, "# TYPE raftflow_group_slots gauge");
+    for (group, slots) in node.slots().slots_per_group() {
+        let _ = writeln!(w, "raftflow_group_slots{{group=\"{group}\"}} {slots}");
+    }
     let _ = writeln!(w, "# TYPE raftflow_group_applied_index gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_leader gauge");
     let _ = writeln!(w, "# TYPE raftflow_group_is_leader gauge");

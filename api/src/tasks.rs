@@ -22,7 +22,7 @@ use raftflow_workflow::{is_valid_id, is_valid_name};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::handlers::{
-    check_id, json_response, object_text, propose, query, query_group, ReadParams,
+    check_id, json_response, object_text, propose, propose_for, query_for, query_group, ReadParams,
 };
 use crate::types::*;
 use crate::{views, AppState};
@@ -84,12 +84,12 @@ fn check_lease_ms(lease_ms: Option<u64>) -> ApiResult<()> {
     Ok(())
 }
 
-/// The group owning task `id` (whose id carries its workflow id).
-fn task_group(state: &AppState, id: &str) -> ApiResult<u64> {
+/// The workflow of task `id` (task ids carry it), which routes the task's requests.
+fn task_workflow(id: &str) -> ApiResult<&str> {
     let wf = workflow_of_task(id)
         .ok_or_else(|| ApiError::not_found(format!("task {id:?} not found")))?;
     check_id(wf)?;
-    Ok(state.node.group_of(wf))
+    Ok(wf)
 }
 
 fn lease_view(t: LeasedTask) -> TaskLease {
@@ -196,7 +196,7 @@ pub async fn complete_task(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> ApiResult<Response> {
-    let group = task_group(&state, &id)?;
+    let wf = task_workflow(&id)?.to_string();
     let output_json = object_text("output", req.output.clone())?;
     (async {
         let command = Command::CompleteTask {
@@ -204,7 +204,8 @@ pub async fn complete_task(
             token: req.lease_token,
             output_json,
         };
-        task_outcome(propose(&state, group, command).await?, group)
+        let (group, outcome) = propose_for(&state, &wf, command).await?;
+        task_outcome(outcome, group)
     })
     .await
 }
@@ -220,7 +221,7 @@ pub async fn fail_task(
     Path(id): Path<String>,
     JsonBody(mut req): JsonBody<FailTask>,
 ) -> ApiResult<Response> {
-    let group = task_group(&state, &id)?;
+    let wf = task_workflow(&id)?.to_string();
     if req.error.len() > MAX_ERROR_BYTES {
         let mut end = MAX_ERROR_BYTES;
         while !req.error.is_char_boundary(end) {
@@ -235,7 +236,8 @@ pub async fn fail_task(
             error: req.error,
             retryable: req.retryable.unwrap_or(true),
         };
-        task_outcome(propose(&state, group, command).await?, group)
+        let (group, outcome) = propose_for(&state, &wf, command).await?;
+        task_outcome(outcome, group)
     })
     .await
 }
@@ -250,7 +252,7 @@ pub async fn heartbeat_task(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<HeartbeatTask>,
 ) -> ApiResult<Response> {
-    let group = task_group(&state, &id)?;
+    let wf = task_workflow(&id)?.to_string();
     check_lease_ms(req.lease_ms)?;
     (async {
         let command = Command::HeartbeatTask {
@@ -258,7 +260,7 @@ pub async fn heartbeat_task(
             token: req.lease_token,
             lease_ms: req.lease_ms,
         };
-        match propose(&state, group, command).await? {
+        match propose_for(&state, &wf, command).await?.1 {
             Outcome::Task { task, .. } => {
                 let view = views::task_view(task);
                 Ok(json_response(
@@ -287,8 +289,9 @@ pub async fn get_task(
     Path(id): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
-    let group = task_group(&state, &id)?;
-    let Answer::Task(rec) = query(&state, group, &params, Query::Task { id: id.clone() }).await?
+    let wf = task_workflow(&id)?;
+    let (_, Answer::Task(rec)) =
+        query_for(&state, wf, &params, Query::Task { id: id.clone() }).await?
     else {
         return Err(ApiError::internal("unexpected answer"));
     };

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     NodeExists,
     /// 409: a node cannot be removed: the others could not hold every group's replicas.
     NotEnoughNodes,
+    /// 409: the only serving data group cannot be retired.
+    LastGroup,
     /// A code this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -47,7 +49,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends, in the order of the enum.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::WorkflowExists,
@@ -62,6 +64,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::NodeExists,
         ErrorCode::NotEnoughNodes,
+        ErrorCode::LastGroup,
     ];
 
     /// The wire form.
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NodeExists => "node_exists",
             ErrorCode::NotEnoughNodes => "not_enough_nodes",
+            ErrorCode::LastGroup => "last_group",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -94,7 +98,8 @@ impl ErrorCode {
             | ErrorCode::RevisionMismatch
             | ErrorCode::LeaseLost
             | ErrorCode::NodeExists
-            | ErrorCode::NotEnoughNodes => 409,
+            | ErrorCode::NotEnoughNodes
+            | ErrorCode::LastGroup => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidDefinition | ErrorCode::InvalidTransition => 422,
             ErrorCode::Overloaded => 429,

@@ -204,6 +204,9 @@ pub struct GroupView {
     /// when it holds no replica (then the voters are the recorded placement and the indexes
     /// are absent).
     pub role: String,
+    /// A data group's state: `serving` or `retiring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -13,6 +13,10 @@ use anyhow::{bail, Context};
 use raftflow_client::client::Client;
 use raftflow_client::types::ClusterView;
 
+/// Slots workflow ids hash to (the server's `raftflow_raft::ring::SLOTS`, which the API
+/// reports in `placement.slots`).
+pub const SLOTS: u32 = 16384;
+
 /// The release binary under test: `RAFTFLOW_BIN`, else `raftflow` beside the test's `deps/`.
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("RAFTFLOW_BIN") {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use raftflow_cluster_tests::bench::etcd::{EtcdClient, EtcdCluster};
 use raftflow_cluster_tests::bench::load::{self, Conn, Workload};
 use raftflow_cluster_tests::bench::wire::Wire;
-use raftflow_cluster_tests::bench::{join, report, run, Config, System};
+use raftflow_cluster_tests::bench::{add_group, join, report, run, Config, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compare_and_set_refuses_a_stale_revision() {
@@ -122,6 +122,7 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
         idle: None,
         restart: None,
         join: None,
+        group_add: None,
     };
     report::write_json(&dir.path().join("bench.json"), &extras, &config, &rows).unwrap();
     report::plot(&dir.path().join("chart.png"), &rows).unwrap();
@@ -151,5 +152,21 @@ async fn a_node_joining_under_load_is_measured_until_it_holds_its_share() {
     for m in [&r.before, &r.during] {
         assert!(m.ops > 0, "{m:?}");
         assert!(m.errors.is_empty(), "{m:?}");
+    }
+}
+
+/// The group measurement on a small cluster: a fourth group is added to three holding 3,000
+/// workflows under the transition load and takes its share of the slots (about a quarter);
+/// both windows commit transitions without errors, and the wait is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_added_under_load_is_measured_until_it_holds_its_share() {
+    let r = add_group(3_000, 3, 8, 2, None).await.expect("group bench");
+    let share = u64::from(raftflow_cluster_tests::SLOTS) / 4;
+    assert!(r.slots_moved * 10 >= share * 9, "{r:?}");
+    assert!(r.workflows_moved > 0 && r.move_seconds > 0.0, "{r:?}");
+    for m in [&r.before, &r.during] {
+        assert!(m.ops > 0, "{m:?}");
+        assert!(m.errors.is_empty(), "{m:?}");
+        assert!(m.max_ms >= m.p99_ms, "{m:?}");
     }
 }

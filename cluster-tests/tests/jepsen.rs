@@ -160,6 +160,27 @@ fn membership_changes_under_kills_and_partitions_pass() {
     assert_valid("membership-faults", 111);
 }
 
+/// Data groups are added and retired one after another, so slots move between groups all
+/// through the run, under the register, append, unique and task workloads.
+#[test]
+fn slot_moves_scenario_passes() {
+    assert_valid("slot-moves", 120);
+}
+
+/// The same, each change followed by a kill of the node driving the moves, a partition, a
+/// pause or a kill of a follower, healed before the next change.
+#[test]
+fn slot_moves_under_kills_and_partitions_pass() {
+    assert_valid("slot-moves-faults", 121);
+}
+
+/// A ready task a group receives in a slot move must join its queue in its own log order:
+/// queued at the old group's index it hides later tasks from the queue's scans.
+#[test]
+fn mutant_keeping_the_old_groups_queue_order_is_caught() {
+    assert_caught("slot-moves", 206, "keep-queue-order", &["tasks"]);
+}
+
 #[test]
 fn mutant_serving_reads_without_read_index_is_caught() {
     assert_caught(

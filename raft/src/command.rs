@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use raftflow_workflow::{Rejection, Status, Task, Workflow};
 
 use crate::consensus::NodeAddr;
-use crate::tables::{NodeRecord, NodeState, Placement};
+use crate::ring::SlotTable;
+use crate::tables::{GroupState, NodeRecord, NodeState, Placement, SlotMove};
 
 /// A command and the time the leader proposed it (ms since the Unix epoch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +100,53 @@ pub enum Command {
         placement: Placement,
         expected: Option<Placement>,
     },
+    /// Meta group: records a new data group, serving, with its first placement. Refused if
+    /// the group id was ever used.
+    AddGroup { placement: Placement },
+    /// Meta group: records a data group's state. `Retired` also drops its placement (its
+    /// replicas are deleted); only a group that owns no slot may retire.
+    SetGroupState { group: u64, state: GroupState },
+    /// Meta group: records the slot table of a cluster whose slots never moved, unless one is
+    /// recorded (the table every node computes from the groups the cluster was created with).
+    InitSlotTable { table: SlotTable },
+    /// Meta group: records slot move `slot_move` (step `Copying`), if no move is under way
+    /// and its id is the table's next.
+    StartSlotMove { slot_move: SlotMove },
+    /// Meta group: the commit point of slot move `move_id`: the slot table gives its slots to
+    /// the new group and the move is recorded `Committed`.
+    CommitSlotMove { move_id: u64 },
+    /// Meta group: forgets slot move `move_id` once both groups are done with it.
+    EndSlotMove { move_id: u64 },
+    /// Data group: freezes `slots` for move `move_id` to group `to`: commands and reads of
+    /// their workflows applied after this are answered "moved".
+    FreezeSlots {
+        move_id: u64,
+        to: u64,
+        slots: Vec<u32>,
+    },
+    /// Data group: fences `slots` to receive their rows from group `from` in move `move_id`.
+    ReceiveSlots {
+        move_id: u64,
+        from: u64,
+        slots: Vec<u32>,
+    },
+    /// Data group: rows of the slots it receives in move `move_id` (idempotent: the same rows
+    /// again write the same values). Lease tokens issued here from now on are above
+    /// `token_floor`, which is above every token the old group issued.
+    ImportRows {
+        move_id: u64,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        token_floor: u64,
+    },
+    /// Data group: serves the slots it received in move `move_id` (which has committed).
+    ActivateSlots { move_id: u64 },
+    /// Data group: deletes the rows of workflows after `after` (up to `limit` looked at) in
+    /// the slots it gave away in move `move_id` (which has committed); their fences stay.
+    DropSlotRows {
+        move_id: u64,
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 impl Command {
@@ -118,6 +166,49 @@ impl Command {
             Command::RegisterNode { .. } => "register_node",
             Command::SetNode { .. } => "set_node",
             Command::SetPlacement { .. } => "set_placement",
+            Command::AddGroup { .. } => "add_group",
+            Command::SetGroupState { .. } => "set_group_state",
+            Command::InitSlotTable { .. } => "init_slot_table",
+            Command::StartSlotMove { .. } => "start_slot_move",
+            Command::CommitSlotMove { .. } => "commit_slot_move",
+            Command::EndSlotMove { .. } => "end_slot_move",
+            Command::FreezeSlots { .. } => "freeze_slots",
+            Command::ReceiveSlots { .. } => "receive_slots",
+            Command::ImportRows { .. } => "import_rows",
+            Command::ActivateSlots { .. } => "activate_slots",
+            Command::DropSlotRows { .. } => "drop_slot_rows",
+        }
+    }
+
+    /// Whether this records the cluster's own shape (nodes, placements, groups, slots) or
+    /// frees space: a few bytes that creating a cluster, draining a node whose disk fills and
+    /// moving slots off it cannot do without, so they pass the free-disk guard that client
+    /// writes meet. Imported rows do not: they are data.
+    pub fn shapes_cluster(&self) -> bool {
+        !matches!(self, Command::ImportRows { .. }) && self.slot_work().is_some()
+            || matches!(
+                self,
+                Command::RegisterNode { .. }
+                    | Command::SetNode { .. }
+                    | Command::SetPlacement { .. }
+                    | Command::AddGroup { .. }
+                    | Command::SetGroupState { .. }
+                    | Command::InitSlotTable { .. }
+                    | Command::StartSlotMove { .. }
+                    | Command::CommitSlotMove { .. }
+                    | Command::EndSlotMove { .. }
+            )
+    }
+
+    /// The slot move a data group's move step belongs to.
+    pub fn slot_work(&self) -> Option<u64> {
+        match self {
+            Command::FreezeSlots { move_id, .. }
+            | Command::ReceiveSlots { move_id, .. }
+            | Command::ImportRows { move_id, .. }
+            | Command::ActivateSlots { move_id }
+            | Command::DropSlotRows { move_id, .. } => Some(*move_id),
+            _ => None,
         }
     }
 
@@ -125,16 +216,6 @@ impl Command {
     /// token is its entry's index, which must differ between any two leases. A tick may not:
     /// it stands for the time of its own entry. Definitions go to the meta group, which is
     /// never busy.
-    /// Whether this records the cluster's own shape (nodes, placements): a few bytes that
-    /// creating a cluster, and draining a node whose disk fills, cannot do without, so they
-    /// pass the free-disk guard that client writes meet.
-    pub fn shapes_cluster(&self) -> bool {
-        matches!(
-            self,
-            Command::RegisterNode { .. } | Command::SetNode { .. } | Command::SetPlacement { .. }
-        )
-    }
-
     pub fn batchable(&self) -> bool {
         matches!(
             self,
@@ -209,7 +290,20 @@ impl Command {
             Command::RegisterNode { addr, .. } | Command::SetNode { addr, .. } => {
                 addr.client.len() + addr.peer.len()
             }
-            Command::SetPlacement { placement, .. } => placement.voters.len() * 16 + 64,
+            Command::SetPlacement { placement, .. } | Command::AddGroup { placement } => {
+                placement.voters.len() * 16 + 64
+            }
+            Command::InitSlotTable { .. } => crate::ring::SLOTS as usize * 4,
+            Command::StartSlotMove { slot_move } => slot_move.slots.len() * 4 + 64,
+            Command::FreezeSlots { slots, .. } | Command::ReceiveSlots { slots, .. } => {
+                slots.len() * 4 + 16
+            }
+            Command::ImportRows { rows, .. } => rows.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Command::DropSlotRows { after, .. } => after.as_ref().map_or(0, String::len) + 16,
+            Command::SetGroupState { .. }
+            | Command::CommitSlotMove { .. }
+            | Command::EndSlotMove { .. }
+            | Command::ActivateSlots { .. } => 16,
         }
     }
 }
@@ -247,6 +341,16 @@ pub enum Refusal {
     NodeExists { id: u64, reason: String },
     #[error("the placement of group {group} changed since it was read")]
     PlacementChanged { group: u64 },
+    /// The workflow's slot is fenced in this group: it moved (or is moving) in move
+    /// `move_id`. The sender refreshes its slot table and asks the owner, or waits.
+    #[error("workflow {id:?} (slot {slot}) moved from this group in slot move {move_id}")]
+    Moved { id: String, slot: u32, move_id: u64 },
+    /// A slot move's step that no longer fits what is recorded (a late or repeated one).
+    #[error("slot move {move_id}: {reason}")]
+    SlotMoveStale { move_id: u64, reason: String },
+    /// A data group's record does not allow the change.
+    #[error("group {group}: {reason}")]
+    GroupRefused { group: u64, reason: String },
 }
 
 impl From<Rejection> for Refusal {
@@ -297,6 +401,11 @@ pub enum Outcome {
         /// true when `RegisterNode` recorded a node that was not known (HTTP 201).
         created: bool,
     },
+    /// Where a step that goes in bounded parts ([`Command::DropSlotRows`]) goes on from;
+    /// `None` when it is done.
+    Cursor {
+        next: Option<String>,
+    },
 }
 
 /// A task as a worker receives it.
@@ -340,6 +449,7 @@ impl std::fmt::Display for Outcome {
                 write!(f, "task {} {}", task.id, task.phase.name())
             }
             Outcome::Batch(outcomes) => write!(f, "{} outcomes", outcomes.len()),
+            Outcome::Cursor { next } => write!(f, "cursor {next:?}"),
             Outcome::Node { node, created } => write!(
                 f,
                 "node {} {} created={created}",

@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use crate::command::{Command, DefinitionVersion, LeasedTask, Outcome, Refusal, Stamped};
 use crate::tables::{
-    self, Move, MoveStep, NodeRecord, NodeState, OpenStep, Placement, TaskRecord, WorkflowRecord,
+    self, GroupRecord, GroupState, Move, MoveStep, NodeRecord, NodeState, OpenStep, Placement,
+    SlotFence, SlotMove, SlotMoveStep, TaskRecord, WorkflowRecord,
 };
 use crate::transport::frames::{encode_frame, Frame, PeerReply, PeerRpc};
 use crate::transport::{Forward, ForwardError, ForwardReply};
@@ -194,7 +195,78 @@ fn commands() -> Vec<(&'static str, Command)> {
                 expected: None,
             },
         ),
+        (
+            "add_group",
+            Command::AddGroup {
+                placement: placement(),
+            },
+        ),
+        (
+            "set_group_state",
+            Command::SetGroupState {
+                group: 9,
+                state: GroupState::Retiring,
+            },
+        ),
+        (
+            "init_slot_table",
+            Command::InitSlotTable {
+                table: crate::ring::SlotTable::new(2),
+            },
+        ),
+        (
+            "start_slot_move",
+            Command::StartSlotMove {
+                slot_move: slot_move(),
+            },
+        ),
+        ("commit_slot_move", Command::CommitSlotMove { move_id: 7 }),
+        ("end_slot_move", Command::EndSlotMove { move_id: 7 }),
+        (
+            "freeze_slots",
+            Command::FreezeSlots {
+                move_id: 7,
+                to: 9,
+                slots: vec![1, 300],
+            },
+        ),
+        (
+            "receive_slots",
+            Command::ReceiveSlots {
+                move_id: 7,
+                from: 2,
+                slots: vec![1, 300],
+            },
+        ),
+        (
+            "import_rows",
+            Command::ImportRows {
+                move_id: 7,
+                rows: vec![(b"w/order-1".to_vec(), b"value".to_vec())],
+                token_floor: 1_000,
+            },
+        ),
+        ("activate_slots", Command::ActivateSlots { move_id: 7 }),
+        (
+            "drop_slot_rows",
+            Command::DropSlotRows {
+                move_id: 7,
+                after: Some("order-1".into()),
+                limit: 4096,
+            },
+        ),
     ]
+}
+
+fn slot_move() -> SlotMove {
+    SlotMove {
+        id: 7,
+        from: 2,
+        to: 9,
+        slots: vec![1, 300],
+        step: SlotMoveStep::Copying,
+        since_ms: 1_700_000_000_000,
+    }
 }
 
 fn node_addr(n: u64) -> crate::NodeAddr {
@@ -255,6 +327,19 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             reason: "was removed".into(),
         },
         Refusal::PlacementChanged { group: 3 },
+        Refusal::Moved {
+            id: "order-1".into(),
+            slot: 300,
+            move_id: 7,
+        },
+        Refusal::SlotMoveStale {
+            move_id: 7,
+            reason: "late".into(),
+        },
+        Refusal::GroupRefused {
+            group: 9,
+            reason: "taken".into(),
+        },
     ];
     let names = [
         "refused_workflow_not_found",
@@ -267,6 +352,9 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
         "refused_lease_lost",
         "refused_node_exists",
         "refused_placement_changed",
+        "refused_moved",
+        "refused_slot_move_stale",
+        "refused_group_refused",
     ];
     let mut out = vec![
         ("nothing", Outcome::Nothing),
@@ -322,6 +410,12 @@ fn outcomes() -> Vec<(&'static str, Outcome)> {
             Outcome::Node {
                 node: node_record(NodeState::Joining),
                 created: true,
+            },
+        ),
+        (
+            "cursor",
+            Outcome::Cursor {
+                next: Some("order-1".into()),
             },
         ),
     ];
@@ -409,6 +503,40 @@ fn samples() -> Samples {
     s.value("row/pinned_definition", r#"{"name":"order"}"#);
     s.value("row/latest_version", &2u32);
     s.value("row/ready", &());
+    for state in [
+        GroupState::Serving,
+        GroupState::Retiring,
+        GroupState::Retired,
+    ] {
+        let record = GroupRecord {
+            id: 9,
+            state,
+            since_ms: 1_700_000_000_000,
+        };
+        s.value(&format!("row/group/{}", state.as_str()), &record);
+    }
+    s.value("row/slot_table", &crate::ring::SlotTable::new(2));
+    s.value("row/slot_move", &slot_move());
+    s.value(
+        "row/slot_move/committed",
+        &SlotMove {
+            step: SlotMoveStep::Committed,
+            ..slot_move()
+        },
+    );
+    s.value(
+        "row/fence/leaving",
+        &SlotFence::Leaving { move_id: 7, to: 9 },
+    );
+    s.value(
+        "row/fence/arriving",
+        &SlotFence::Arriving {
+            move_id: 7,
+            from: 2,
+        },
+    );
+    s.value("row/token_base", &1_000u64);
+    s.value("row/move_mark", &7u64);
     s.value(
         "snapshot/rows",
         &vec![(b"w/order-1".to_vec(), b"value".to_vec())],
@@ -433,6 +561,12 @@ fn samples() -> Samples {
     s.raw("key/definition", tables::definition_key("order", 2));
     s.raw("key/latest", tables::latest_key("order"));
     s.raw("key/applied", tables::APPLIED.to_vec());
+    s.raw("key/group", tables::group_key(9));
+    s.raw("key/slot_table", tables::SLOT_TABLE.to_vec());
+    s.raw("key/slot_move", tables::SLOT_MOVE.to_vec());
+    s.raw("key/fence", tables::fence_key(300));
+    s.raw("key/token_base", tables::TOKEN_BASE.to_vec());
+    s.raw("key/move_mark", tables::MOVE_MARK.to_vec());
 
     // The node's own records.
     s.raw(
@@ -492,6 +626,58 @@ fn samples() -> Samples {
         );
     }
     s.frame("frame/reply_error", response(Err("no group 9".into())));
+    s.frame(
+        "frame/forward_query_slot_rows",
+        request(PeerRpc::Forward(Forward::Query {
+            query: crate::Query::SlotRows {
+                move_id: 7,
+                after: Some("order-1".into()),
+                max_bytes: 1 << 20,
+            },
+            linearizable: true,
+            timeout_ms: 5_000,
+        })),
+    );
+    s.frame(
+        "frame/forward_query_workflow_page",
+        request(PeerRpc::Forward(Forward::Query {
+            query: crate::Query::WorkflowPage {
+                after: None,
+                limit: 100,
+            },
+            linearizable: true,
+            timeout_ms: 5_000,
+        })),
+    );
+    for (name, answer) in [
+        (
+            "moved",
+            crate::Answer::Moved {
+                slot: 300,
+                move_id: 7,
+            },
+        ),
+        (
+            "slot_rows",
+            crate::Answer::SlotRows {
+                rows: vec![(b"w/order-1".to_vec(), b"value".to_vec())],
+                next: None,
+                token_floor: 1_000,
+            },
+        ),
+        (
+            "workflow_page",
+            crate::Answer::WorkflowPage {
+                workflows: Vec::new(),
+                fenced: vec![(300, SlotFence::Leaving { move_id: 7, to: 9 })],
+            },
+        ),
+    ] {
+        s.frame(
+            &format!("frame/reply_answer_{name}"),
+            response(Ok(PeerReply::Forward(Ok(ForwardReply::Answer(answer))))),
+        );
+    }
 
     // Log entries, votes, the applied row and Raft's messages: openraft's types.
     crate::consensus::golden_samples(&mut s);

@@ -34,8 +34,8 @@ pub use consensus::{
     SNAPSHOT_EVERY_ENTRIES,
 };
 pub use node::{
-    NodeConfig, NodeView, RaftCounters, RaftNode, DATA_FORMAT, DEFAULT_MIN_FREE_DISK_BYTES,
-    META_GROUP,
+    NodeConfig, NodeView, RaftCounters, RaftNode, SlotMoveView, COPY_CHUNK_BYTES, DATA_FORMAT,
+    DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP, SLOTS_PER_MOVE,
 };
 pub use query::{Answer, Query};
 pub use raftflow_storage::{Store, SyncStats};
@@ -64,6 +64,9 @@ pub enum Error {
     /// A node cannot be removed: the rest could not hold every group's replicas.
     #[error("{0}")]
     NotEnoughNodes(String),
+    /// The only serving data group cannot be retired.
+    #[error("{0}")]
+    LastGroup(String),
     #[error("fatal: {0}")]
     Fatal(String),
 }

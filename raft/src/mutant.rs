@@ -9,7 +9,10 @@
 //! - `early-ack`: an event is answered with its predicted outcome before it is committed;
 //! - `lease-check`: completing a task skips the lease check: any token completes an open task;
 //! - `keep-replica-state`: a replica a group gives a node inherits what the node remembered of
-//!   the group's earlier replica there (its ready-queue floors) instead of starting afresh.
+//!   the group's earlier replica there (its ready-queue floors) instead of starting afresh;
+//! - `keep-queue-order`: a slot move's import queues a ready task at the old group's log index
+//!   instead of the new group's, so it sorts anywhere in the new group's queue, whose scans
+//!   rely on log order (the first bug the `slot-moves` scenario found).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutant {
@@ -19,6 +22,7 @@ pub enum Mutant {
     EarlyAck,
     LeaseCheck,
     KeepReplicaState,
+    KeepQueueOrder,
 }
 
 /// The mutant this process runs, if any.
@@ -32,6 +36,7 @@ pub fn active() -> Mutant {
             Ok("early-ack") => Mutant::EarlyAck,
             Ok("lease-check") => Mutant::LeaseCheck,
             Ok("keep-replica-state") => Mutant::KeepReplicaState,
+            Ok("keep-queue-order") => Mutant::KeepQueueOrder,
             Ok(other) if !other.is_empty() => panic!("unknown RAFTFLOW_MUTANT {other:?}"),
             _ => Mutant::None,
         })

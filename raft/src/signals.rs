@@ -18,6 +18,9 @@ pub struct Signals {
     clocks: Mutex<BTreeMap<u64, (u64, Instant)>>,
     /// Per group and task type: where ready-queue scans start (see [`Signals::ready_floor`]).
     ready_floors: Mutex<BTreeMap<u64, HashMap<String, Vec<u8>>>>,
+    /// Bumped whenever this node's meta replica applied something (or installed a snapshot):
+    /// what the node caches of the meta group's rows (the slot table) is read again.
+    meta_version: std::sync::atomic::AtomicU64,
 }
 
 /// How far a leader's stamp may run ahead of the group's time as this node extrapolates it
@@ -32,11 +35,21 @@ impl Default for Signals {
             deadlines_changed: Notify::new(),
             clocks: Mutex::new(BTreeMap::new()),
             ready_floors: Mutex::new(BTreeMap::new()),
+            meta_version: std::sync::atomic::AtomicU64::new(1),
         }
     }
 }
 
 impl Signals {
+    pub fn meta_changed(&self) {
+        self.meta_version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn meta_version(&self) -> u64 {
+        self.meta_version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn task_ready(&self) {
         self.ready.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -14,11 +14,21 @@
 //! | `l/{name}`                   | latest version (u32)          | meta group   |
 //! | `n/{node id u64 BE}`         | [`NodeRecord`]                | meta group   |
 //! | `g/{group u64 BE}`           | [`Placement`]                 | meta group   |
+//! | `G/{group u64 BE}`           | [`GroupRecord`]               | meta group   |
+//! | `s`                          | [`SlotTable`] (once one moved)| meta group   |
+//! | `m`                          | the [`SlotMove`] under way    | meta group   |
+//! | `x/{slot u32 BE}`            | [`SlotFence`]                 | data groups  |
+//! | `k`                          | lease token base (u64)        | data groups  |
+//! | `v`                          | last slot move taken part in  | data groups  |
 //!
 //! Ids and names never contain `\0` (their alphabets exclude it), so `\0` ends them safely.
 //! The ready queue's `seq` is the log index that made the task ready, so workers get tasks
 //! first-in first-out. A deadline's `kind` is `t` (a workflow's timer; id = workflow id) or
 //! `k` (a task's lease expiry or retry backoff; id = task id).
+//!
+//! A workflow's rows are found from its id: `w/{id}`, `h/{id}\0…`, `r/{id}\0…`, its tasks
+//! `t/{id}:{revision}` and the queue and deadline keys its records name. That is what a slot
+//! move copies and deletes (the slot mover, `node/slots.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +53,12 @@ pub const DEFINITIONS: &[u8] = b"d/";
 pub const LATEST: &[u8] = b"l/";
 pub const NODES: &[u8] = b"n/";
 pub const PLACEMENTS: &[u8] = b"g/";
+pub const GROUPS: &[u8] = b"G/";
+pub const SLOT_TABLE: &[u8] = b"s";
+pub const SLOT_MOVE: &[u8] = b"m";
+pub const FENCES: &[u8] = b"x/";
+pub const TOKEN_BASE: &[u8] = b"k";
+pub const MOVE_MARK: &[u8] = b"v";
 
 /// A node of the cluster as the meta group records it. Nodes that were members when the
 /// cluster was created have no row until something changes them: they are active.
@@ -116,6 +132,90 @@ pub enum MoveStep {
     Learner,
     /// `to` has caught up; the joint change `voters - from + to` is being made.
     Joint,
+}
+
+/// A data group's life, as the meta group records it. Groups the cluster was created with
+/// have no row until something changes them: they serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: u64,
+    pub state: GroupState,
+    /// When the group entered `state` (ms since the Unix epoch, the leader's clock).
+    pub since_ms: u64,
+}
+
+/// Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupState {
+    /// Owns slots, or is about to receive its share of them.
+    Serving,
+    /// Its slots are moving to the serving groups; then it is retired.
+    Retiring,
+    /// Owns nothing and has no replicas; its id is never used again.
+    Retired,
+}
+
+impl GroupState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Serving => "serving",
+            GroupState::Retiring => "retiring",
+            GroupState::Retired => "retired",
+        }
+    }
+}
+
+/// A batch of slots moving from one data group to another, as the meta group records it (one
+/// at a time). `Copying`: the old group has frozen the slots (or is about to) and their rows
+/// are being copied; the move can still be undone. `Committed`: the slot table names the new
+/// owner; the new group serves them once it has activated them, and the old one deletes its
+/// copy and keeps a fence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMove {
+    pub id: u64,
+    pub from: u64,
+    pub to: u64,
+    pub slots: Vec<u32>,
+    pub step: SlotMoveStep,
+    /// When the move was recorded (ms since the Unix epoch, the leader's clock).
+    pub since_ms: u64,
+}
+
+/// Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotMoveStep {
+    Copying,
+    Committed,
+}
+
+impl SlotMoveStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotMoveStep::Copying => "copying",
+            SlotMoveStep::Committed => "committed",
+        }
+    }
+}
+
+/// Why a data group does not serve a slot it holds (or held) rows of. Every command and read
+/// of a fenced slot's workflows is answered "moved"; the deadlines and ready tasks of its
+/// workflows are left alone. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotFence {
+    /// Frozen for move `move_id` to group `to`; once that move commits, also the tombstone
+    /// of the slot's workflows here (their rows are deleted).
+    Leaving { move_id: u64, to: u64 },
+    /// Receiving rows from group `from` in move `move_id`; served once the move commits and
+    /// the slot is activated here.
+    Arriving { move_id: u64, from: u64 },
+}
+
+impl SlotFence {
+    pub fn move_id(&self) -> u64 {
+        match self {
+            SlotFence::Leaving { move_id, .. } | SlotFence::Arriving { move_id, .. } => *move_id,
+        }
+    }
 }
 
 /// A workflow as stored: the workflow, the fingerprint of the request that created it, and
@@ -215,6 +315,19 @@ pub fn parse_deadline_key(key: &[u8]) -> (u64, u8, String) {
     )
 }
 
+/// Whether deadline key `key` is a timer or task of a workflow in one of the `fenced` slots.
+pub fn deadline_fenced(key: &[u8], fenced: &std::collections::BTreeMap<u32, SlotFence>) -> bool {
+    if fenced.is_empty() {
+        return false;
+    }
+    let (_, kind, id) = parse_deadline_key(key);
+    let workflow = match kind {
+        DEADLINE_TIMER => Some(id.as_str()),
+        _ => raftflow_workflow::task::workflow_of_task(&id),
+    };
+    workflow.is_some_and(|wf| fenced.contains_key(&crate::ring::slot_of(wf)))
+}
+
 pub fn pinned_key(name: &str, version: u32) -> Vec<u8> {
     join(PINNED, &[name.as_bytes(), &version.to_be_bytes()])
 }
@@ -233,6 +346,57 @@ pub fn node_key(id: u64) -> Vec<u8> {
 
 pub fn placement_key(group: u64) -> Vec<u8> {
     join(PLACEMENTS, &[&group.to_be_bytes()])
+}
+
+pub fn group_key(group: u64) -> Vec<u8> {
+    join(GROUPS, &[&group.to_be_bytes()])
+}
+
+pub fn fence_key(slot: u32) -> Vec<u8> {
+    join(FENCES, &[&slot.to_be_bytes()])
+}
+
+/// The slot of a fence key.
+pub fn slot_of_fence_key(key: &[u8]) -> u32 {
+    u32::from_be_bytes(key[FENCES.len()..].try_into().expect("4 bytes of slot"))
+}
+
+/// Where a workflow's dedup records are.
+pub fn dedup_prefix(id: &str) -> Vec<u8> {
+    let mut k = join(DEDUP, &[id.as_bytes()]);
+    k.push(0);
+    k
+}
+
+/// Where the tasks of workflow `id` are (also those of workflows whose id extends `id` with
+/// `:`: check with [`raftflow_workflow::task::workflow_of_task`]).
+pub fn tasks_prefix(id: &str) -> Vec<u8> {
+    let mut k = join(TASKS, &[id.as_bytes()]);
+    k.push(b':');
+    k
+}
+
+/// The workflow id a task, timer or workflow key of a data group belongs to, if `key` is one
+/// that a slot move carries: `w/`, `h/`, `r/`, `t/`, `q/` or `e/`.
+pub fn workflow_of_key(key: &[u8]) -> Option<String> {
+    let id_until_nul = |rest: &[u8]| -> Option<String> {
+        let end = rest.iter().position(|b| *b == 0)?;
+        String::from_utf8(rest[..end].to_vec()).ok()
+    };
+    if let Some(rest) = key.strip_prefix(WORKFLOWS) {
+        return String::from_utf8(rest.to_vec()).ok();
+    }
+    if let Some(rest) = key.strip_prefix(HISTORY) {
+        return id_until_nul(rest);
+    }
+    if let Some(rest) = key.strip_prefix(DEDUP) {
+        return id_until_nul(rest);
+    }
+    if let Some(rest) = key.strip_prefix(TASKS) {
+        let task = std::str::from_utf8(rest).ok()?;
+        return raftflow_workflow::task::workflow_of_task(task).map(str::to_string);
+    }
+    None
 }
 
 fn get<T: serde::de::DeserializeOwned>(store: &Store, group: u64, key: &[u8]) -> Result<Option<T>> {
@@ -344,6 +508,42 @@ pub fn read_nodes(store: &Store) -> Result<Vec<NodeRecord>> {
         .scan_state(crate::META_GROUP, NODES, None, usize::MAX)?
         .into_iter()
         .map(|(_, v)| Ok(codec::decode(&v)?))
+        .collect()
+}
+
+/// The slot table the meta group records, if a slot ever moved.
+pub fn read_slot_table(store: &Store) -> Result<Option<crate::ring::SlotTable>> {
+    get(store, crate::META_GROUP, SLOT_TABLE)
+}
+
+/// The slot move under way, if any.
+pub fn read_slot_move(store: &Store) -> Result<Option<SlotMove>> {
+    get(store, crate::META_GROUP, SLOT_MOVE)
+}
+
+/// Every data group's record, in group order.
+pub fn read_groups(store: &Store) -> Result<Vec<GroupRecord>> {
+    store
+        .scan_state(crate::META_GROUP, GROUPS, None, usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| Ok(codec::decode(&v)?))
+        .collect()
+}
+
+/// The fence of `slot` in data group `group`, if it has one.
+pub fn read_fence(store: &Store, group: u64, slot: u32) -> Result<Option<SlotFence>> {
+    get(store, group, &fence_key(slot))
+}
+
+/// Every fence of data group `group`, by slot.
+pub fn read_fences(
+    store: &Store,
+    group: u64,
+) -> Result<std::collections::BTreeMap<u32, SlotFence>> {
+    store
+        .scan_state(group, FENCES, None, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| Ok((slot_of_fence_key(&k), codec::decode(&v)?)))
         .collect()
 }
 

@@ -866,6 +866,31 @@ impl Cli {
                     println!("node {id}: {state} (its replicas move first; watch raftflow cluster nodes)");
                 }
             }
+            ClusterCmd::AddGroup => {
+                let body = serde_json::json!({});
+                let (_, v) = self
+                    .client
+                    .request(Method::POST, "/v1/cluster/groups", Some(&body))
+                    .await?;
+                if self.json {
+                    print_json(&v);
+                } else {
+                    let id = v.get("id").and_then(Value::as_u64).unwrap_or(0);
+                    println!("group {id} added (slots move to it; watch raftflow cluster groups)");
+                }
+            }
+            ClusterCmd::RetireGroup { id } => {
+                let path = format!("/v1/cluster/groups/{id}");
+                let (_, v) = self.client.request(Method::DELETE, &path, None).await?;
+                if self.json {
+                    print_json(&v);
+                } else {
+                    let state = v.get("state").and_then(Value::as_str).unwrap_or("?");
+                    println!(
+                        "group {id}: {state} (its slots move first; watch raftflow cluster groups)"
+                    );
+                }
+            }
         }
         Ok(ExitCode::Ok)
     }
@@ -913,9 +938,13 @@ fn groups_table(c: &ClusterView) -> String {
                     s.join(",")
                 }
             };
+            let kind = match g.state.as_deref() {
+                Some(state) if state != "serving" => format!("{} ({state})", g.kind),
+                _ => g.kind.clone(),
+            };
             vec![
                 g.id.to_string(),
-                g.kind.clone(),
+                kind,
                 opt(g.leader),
                 // A node without a replica of the group knows no term of it.
                 if g.role == "none" {

@@ -329,6 +329,20 @@ pub enum ClusterCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Add a data group: slots move to it from the others (about 1/(G+1) of them), in fenced
+    /// batches, while the cluster serves.
+    #[command(
+        name = "add-group",
+        after_help = "Example:\n  raftflow cluster add-group"
+    )]
+    AddGroup,
+    /// Retire a data group: its slots move to the others, then its replicas are deleted and
+    /// its id is never used again.
+    #[command(
+        name = "retire-group",
+        after_help = "Example:\n  raftflow cluster retire-group 9"
+    )]
+    RetireGroup { id: u64 },
 }
 
 /// A client command, as `main` hands it over.

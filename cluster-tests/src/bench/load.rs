@@ -324,6 +324,9 @@ pub struct Measured {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// The longest a successful request took.
+    #[serde(default)]
+    pub max_ms: f64,
     pub errors: BTreeMap<String, u64>,
     /// The first message seen for each error code.
     pub error_examples: BTreeMap<String, String>,
@@ -464,6 +467,7 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),
+        max_ms: pct(1.0),
         errors,
         error_examples,
         nodes,

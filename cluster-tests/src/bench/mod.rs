@@ -532,6 +532,122 @@ pub async fn join(
     })
 }
 
+/// A data group added to a cluster that holds many workflows, under a transition load.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupAddResult {
+    pub workflows: u64,
+    /// Data groups before the new one.
+    pub groups: u64,
+    pub load_seconds: f64,
+    /// The transition load before the change.
+    pub before: Measured,
+    /// The same load from the request until the new group holds its share of the slots.
+    pub during: Measured,
+    /// From `POST /v1/cluster/groups` until no slot moves and the new group holds its share.
+    pub move_seconds: f64,
+    /// Slots the new group then owns, and the workflows that moved with them (their share of
+    /// the loaded ones).
+    pub slots_moved: u64,
+    pub workflows_moved: u64,
+}
+
+/// Loads `workflows` workflows into a three-node cluster of `groups` data groups, measures the
+/// transition load from `clients` clients for `seconds`, then adds a data group under the same
+/// load and measures it until the new group holds its share of the slots (about 1/(G+1)).
+pub async fn add_group(
+    workflows: u64,
+    groups: u64,
+    clients: usize,
+    seconds: u64,
+    bin: Option<PathBuf>,
+) -> anyhow::Result<GroupAddResult> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let load_seconds = load_workflows(&cluster, workflows, "slots").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
+    let connect = |c: usize| {
+        let addr = &addrs[c % addrs.len()];
+        Conn::Raftflow {
+            wire: Wire::new(addr, REQUEST_TIMEOUT),
+            client: Client::new(addr, REQUEST_TIMEOUT),
+        }
+    };
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let measure = |prefix: &str, duration: Duration, until: Option<Arc<AtomicBool>>| {
+        load::run_cell(Cell {
+            workload: Workload::Transitions,
+            clients,
+            warmup: Duration::from_secs(1),
+            duration,
+            connect: &connect,
+            pids: pids.clone(),
+            prefix: prefix.to_string(),
+            until,
+        })
+    };
+    eprintln!("    transitions with {groups} groups, {seconds} s");
+    let before = measure("slots-before", Duration::from_secs(seconds), None).await;
+
+    // The same load again; one second in (after its warm-up), a group is added.
+    let done = Arc::new(AtomicBool::new(false));
+    let admin = cluster.client(1);
+    let during = measure("slots-during", Duration::from_secs(900), Some(done.clone()));
+    let change = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = std::time::Instant::now();
+        let (_, added) = admin
+            .request(
+                reqwest::Method::POST,
+                "/v1/cluster/groups",
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        let id = added["id"].as_u64().unwrap_or(0).to_string();
+        let share = u64::from(crate::SLOTS) / (groups + 1);
+        let mut settled_polls = 0;
+        let result = loop {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(900),
+                "the new group did not take its share within 900 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(view) = admin.cluster().await else {
+                continue;
+            };
+            let owned = view.placement.slots_per_group[&id].as_u64().unwrap_or(0);
+            // Between two batches no move is recorded for a moment: settled is twice in a row.
+            if view.placement.moves.is_empty() && owned * 10 >= share * 9 {
+                settled_polls += 1;
+                if settled_polls == 2 {
+                    break (started.elapsed().as_secs_f64() - 0.1, owned);
+                }
+            } else {
+                settled_polls = 0;
+            }
+        };
+        done.store(true, Ordering::Relaxed);
+        eprintln!(
+            "    the new group holds {} slots after {:.1} s",
+            result.1, result.0
+        );
+        Ok::<_, anyhow::Error>(result)
+    };
+    let (during, change) = tokio::join!(during, change);
+    let (move_seconds, slots_moved) = change?;
+    Ok(GroupAddResult {
+        workflows,
+        groups,
+        load_seconds,
+        before,
+        during,
+        move_seconds,
+        slots_moved,
+        workflows_moved: workflows * slots_moved / u64::from(crate::SLOTS),
+    })
+}
+
 fn dir_size(path: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;

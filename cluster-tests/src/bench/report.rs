@@ -337,6 +337,7 @@ pub struct Extras<'a> {
     pub idle: Option<&'a super::IdleResult>,
     pub restart: Option<&'a super::RestartResult>,
     pub join: Option<&'a super::JoinResult>,
+    pub group_add: Option<&'a super::GroupAddResult>,
 }
 
 #[derive(Serialize)]
@@ -521,6 +522,7 @@ mod tests {
                 p50_ms: 1.0,
                 p99_ms: 2.0,
                 p999_ms: 3.0,
+                max_ms: 4.0,
                 errors: Default::default(),
                 error_examples: Default::default(),
                 nodes: Vec::new(),

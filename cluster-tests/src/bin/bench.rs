@@ -11,7 +11,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use raftflow_cluster_tests::bench::load::Workload;
 use raftflow_cluster_tests::bench::report::{self, Machine};
-use raftflow_cluster_tests::bench::{idle, join as join_bench, restart, run, Config, System};
+use raftflow_cluster_tests::bench::{
+    add_group, idle, join as join_bench, restart, run, Config, System,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -49,6 +51,10 @@ struct Args {
     /// Clients of the transition load around the join.
     #[arg(long, default_value_t = 64)]
     join_clients: usize,
+    /// Also time adding a data group to a cluster holding this many workflows (of `--groups`
+    /// groups), under a transition load (0: skip).
+    #[arg(long, default_value_t = 0)]
+    group_workflows: u64,
     /// Report directory.
     #[arg(long, default_value = "bench-report")]
     out: PathBuf,
@@ -178,6 +184,40 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let group_added = if args.group_workflows > 0 {
+        let r = add_group(
+            args.group_workflows,
+            args.groups,
+            args.join_clients,
+            args.duration_s.max(10),
+            args.bin.clone(),
+        )
+        .await?;
+        table.push_str(&format!(
+            "\nadd a group: {} groups holding {} workflows (loaded in {:.0} s) get a {}th; it holds \
+             {} slots (about {} workflows moved) after {:.1} s; transitions from {} clients \
+             {:.0}/s p99 {:.1} ms max {:.0} ms ({} errors) during the move, {:.0}/s p99 {:.1} ms \
+             max {:.0} ms before it\n",
+            r.groups,
+            r.workflows,
+            r.load_seconds,
+            r.groups + 1,
+            r.slots_moved,
+            r.workflows_moved,
+            r.move_seconds,
+            args.join_clients,
+            r.during.ops_per_s,
+            r.during.p99_ms,
+            r.during.max_ms,
+            r.during.errors.values().sum::<u64>(),
+            r.before.ops_per_s,
+            r.before.p99_ms,
+            r.before.max_ms,
+        ));
+        Some(r)
+    } else {
+        None
+    };
     println!("\n{table}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("table.md"), &table)?;
@@ -188,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             idle: idle.as_ref(),
             restart: restarted.as_ref(),
             join: joined.as_ref(),
+            group_add: group_added.as_ref(),
         },
         &config,
         &rows,

@@ -28,10 +28,16 @@ pub enum Fault {
     /// (aimed at the metadata group's leader, which drives the changes) that is healed before
     /// the next change.
     MembershipFaults,
+    /// Data groups are added and retired one after another while the workloads run, so slots
+    /// move between groups all the time (see `runner::slot_change`).
+    SlotMoves,
+    /// The slot moves, each change followed by a kill, partition or pause among nodes 1-3
+    /// (aimed at the metadata group's leader, which drives the moves), healed before the next.
+    SlotMovesFaults,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillAll,
@@ -43,6 +49,8 @@ impl Fault {
         Fault::Clock,
         Fault::Membership,
         Fault::MembershipFaults,
+        Fault::SlotMoves,
+        Fault::SlotMovesFaults,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,12 +66,24 @@ impl Fault {
             Fault::Clock => "clock",
             Fault::Membership => "membership",
             Fault::MembershipFaults => "membership-faults",
+            Fault::SlotMoves => "slot-moves",
+            Fault::SlotMovesFaults => "slot-moves-faults",
         }
     }
 
     /// Whether nodes join and leave in this scenario.
     pub fn changes_membership(self) -> bool {
         matches!(self, Fault::Membership | Fault::MembershipFaults)
+    }
+
+    /// Whether data groups are added and retired in this scenario.
+    pub fn moves_slots(self) -> bool {
+        matches!(self, Fault::SlotMoves | Fault::SlotMovesFaults)
+    }
+
+    /// Whether each change of the scenario is followed by a fault.
+    pub fn faults_between_changes(self) -> bool {
+        matches!(self, Fault::MembershipFaults | Fault::SlotMovesFaults)
     }
 
     pub fn parse(s: &str) -> Option<Fault> {
@@ -195,8 +215,11 @@ impl Nemesis {
                 std::fs::write(file, "+3600\n")?;
                 "node 1's clock jumps forward one hour".into()
             }
-            Fault::Membership | Fault::MembershipFaults => {
-                bail!("membership changes are made by the runner")
+            Fault::Membership
+            | Fault::MembershipFaults
+            | Fault::SlotMoves
+            | Fault::SlotMovesFaults => {
+                bail!("membership changes and slot moves are made by the runner")
             }
         })
     }

@@ -398,7 +398,105 @@ async fn membership_step(ctx: &Ctx, cluster: &mut Cluster, step: usize) {
     }
 }
 
-/// In the `membership-faults` scenario, after the `step`th membership change: a kill, a
+/// The slot-move nemesis's `step`th change, through the API of node 1-3 in turn while the
+/// workloads run: even steps add a data group, odd ones retire the lowest serving one, so
+/// that slots keep moving (each change redirects the moves under way). Each request is
+/// recorded with its outcome (`info` when unknown).
+async fn slot_change(ctx: &Ctx, step: usize) {
+    let node = 1 + step as u64 % 3;
+    let client = ctx.client(node).clone();
+    let (what, method, path) = if step.is_multiple_of(2) {
+        (
+            "add-group",
+            reqwest::Method::POST,
+            "/v1/cluster/groups".to_string(),
+        )
+    } else {
+        let serving = match client.cluster().await {
+            Ok(view) => view
+                .groups
+                .iter()
+                .filter(|g| g.kind == "data" && g.state.as_deref() == Some("serving"))
+                .map(|g| g.id)
+                .min(),
+            Err(_) => None,
+        };
+        let Some(group) = serving else {
+            return;
+        };
+        (
+            "retire-group",
+            reqwest::Method::DELETE,
+            format!("/v1/cluster/groups/{group}"),
+        )
+    };
+    let op = ctx
+        .rec
+        .invoke(NEMESIS_PROCESS, "slots", what, json!({"path": path}), node);
+    let body = json!({});
+    // A change that meets a killed metadata leader (503, or no answer) is sent again for up to
+    // 20 s, as an operator would; adding twice only adds one more group.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            client.request(
+                method.clone(),
+                &path,
+                (method == reqwest::Method::POST).then_some(&body),
+            ),
+        )
+        .await;
+        let again = match &r {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => is_write_indeterminate(e) || e.is_transient(),
+            Err(_) => true,
+        };
+        if again && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        match r {
+            Ok(Ok((status, v))) => op.ok(json!({"status": status, "group": v})),
+            Ok(Err(e)) if is_write_indeterminate(&e) => op.info(json!(e.to_string())),
+            Ok(Err(e)) => op.fail(json!(e.to_string())),
+            Err(_) => op.info(json!("timed out: the change may still happen")),
+        }
+        return;
+    }
+}
+
+/// After the slot-move nemesis: waits (up to 120 s) until no slot moves and no group is
+/// retiring, and records whether it got there.
+async fn slots_settle(ctx: &Ctx) {
+    let op = ctx
+        .rec
+        .invoke(NEMESIS_PROCESS, "slots-settled", "", Value::Null, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match ctx.client(1).cluster().await {
+            Ok(view) => {
+                let retiring: Vec<u64> = view
+                    .groups
+                    .iter()
+                    .filter(|g| g.state.as_deref() == Some("retiring"))
+                    .map(|g| g.id)
+                    .collect();
+                if retiring.is_empty() && view.placement.moves.is_empty() {
+                    op.ok(json!({"slots_per_group": view.placement.slots_per_group}));
+                    return;
+                }
+                last = format!("retiring {retiring:?}; moves {:?}", view.placement.moves);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    op.fail(json!(format!("not settled within 120 s: {last}")));
+}
+
+/// In the `membership-faults` and `slot-moves-faults` scenarios, after the `step`th change: a kill, a
 /// partition, a pause or another kill among nodes 1-3, aimed at the metadata group's leader
 /// (the node driving the change) when it is one of them, held for half a fault period and
 /// healed.
@@ -409,7 +507,7 @@ async fn membership_fault(
     fault: Fault,
     step: usize,
 ) -> anyhow::Result<()> {
-    if fault != Fault::MembershipFaults {
+    if !fault.faults_between_changes() {
         return Ok(());
     }
     let kind = [
@@ -532,7 +630,12 @@ async fn data_group_leader(cluster: &Cluster, group: u64) -> Option<u64> {
 /// Reads the replicas' digest of every group until they agree on the applied index (or 20 s
 /// pass), and records what each replica reported.
 async fn record_digests(ctx: &Ctx, groups: u64) {
-    for group in 0..=groups {
+    // The groups as the cluster has them now (the slot-move nemesis adds and retires some).
+    let groups: Vec<u64> = match ctx.client(1).cluster().await {
+        Ok(view) => view.groups.iter().map(|g| g.id).collect(),
+        Err(_) => (0..=groups).collect(),
+    };
+    for group in groups {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut seen = Vec::new();
@@ -782,6 +885,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         membership += 1;
         tokio::time::sleep(FAULT_PERIOD).await;
     }
+    let mut changes = 0;
+    while cfg.fault.moves_slots() && Instant::now() + FAULT_PERIOD < deadline {
+        slot_change(&ctx, changes).await;
+        membership_fault(&ctx, &mut cluster, &mut nemesis, cfg.fault, changes).await?;
+        changes += 1;
+        tokio::time::sleep(FAULT_PERIOD).await;
+    }
+    if cfg.fault.moves_slots() {
+        slots_settle(&ctx).await;
+    }
     if cfg.fault.changes_membership() {
         // Whatever changes the run had no time for happen now, while the workloads go on.
         while membership < 4 {
@@ -795,7 +908,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     // Every other fault: fault / heal cycles (the membership changes above are the whole of
     // that scenario's nemesis).
     loop {
-        if cfg.fault.changes_membership() {
+        if cfg.fault.changes_membership() || cfg.fault.moves_slots() {
             break;
         }
         let group = rng.gen_range(1..=cfg.groups);

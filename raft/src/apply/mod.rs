@@ -4,6 +4,7 @@
 //! outcomes. The Raft state machine (`consensus::state_machine`) feeds it entries and persists
 //! what it wrote; the unit tests here drive it over rows in memory, without RocksDB or openraft.
 
+mod slots;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,8 @@ use crate::command::{Command, DefinitionVersion, Outcome, Refusal};
 use crate::signals::Signals;
 use crate::tables::{self, WorkflowRecord};
 
+mod meta;
+
 pub(crate) use tasks::At;
 pub(crate) use tx::{RowCache, StateRows, Tx, Writes};
 
@@ -33,6 +36,10 @@ pub(crate) struct Applier {
     /// each deletion marker until compaction; this skips them. A write of an earlier
     /// deadline moves it back. `None`: from the start.
     pub(crate) deadline_from: Option<Vec<u8>>,
+    /// The group's slot fences (`x/` rows), loaded at first use.
+    pub(crate) fences: Option<std::collections::BTreeMap<u32, tables::SlotFence>>,
+    /// The lease token base (`k`), loaded at first use.
+    pub(crate) token_base: Option<u64>,
 }
 
 impl Applier {
@@ -42,6 +49,8 @@ impl Applier {
             definitions: HashMap::new(),
             signals,
             deadline_from: None,
+            fences: None,
+            token_base: None,
         }
     }
 
@@ -49,6 +58,8 @@ impl Applier {
     pub(crate) fn reset(&mut self) {
         self.definitions.clear();
         self.deadline_from = None;
+        self.fences = None;
+        self.token_base = None;
     }
 
     fn definition(&mut self, tx: &Tx, name: &str, version: u32) -> Arc<Definition> {
@@ -85,6 +96,9 @@ impl Applier {
                 context_json,
                 fingerprint,
             } => {
+                if let Some(moved) = self.moved(tx, id) {
+                    return moved;
+                }
                 if let Some(rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) {
                     return if &rec.fingerprint == fingerprint {
                         Outcome::Workflow {
@@ -197,6 +211,38 @@ impl Applier {
                 tx.put_encoded(key, placement);
                 Outcome::Nothing
             }
+            Command::AddGroup { placement } => meta::add_group(tx, placement, now),
+            Command::SetGroupState { group, state } => {
+                meta::set_group_state(tx, *group, *state, now)
+            }
+            Command::InitSlotTable { table } => {
+                if tx.get(tables::SLOT_TABLE).is_none() {
+                    tx.put_encoded(tables::SLOT_TABLE.to_vec(), table);
+                }
+                Outcome::Nothing
+            }
+            Command::StartSlotMove { slot_move } => meta::start_slot_move(tx, slot_move, now),
+            Command::CommitSlotMove { move_id } => meta::commit_slot_move(tx, *move_id),
+            Command::EndSlotMove { move_id } => meta::end_slot_move(tx, *move_id),
+            Command::FreezeSlots { move_id, to, slots } => {
+                self.freeze_slots(tx, *move_id, *to, slots)
+            }
+            Command::ReceiveSlots {
+                move_id,
+                from,
+                slots,
+            } => self.receive_slots(tx, *move_id, *from, slots),
+            Command::ImportRows {
+                move_id,
+                rows,
+                token_floor,
+            } => self.import_rows(tx, at, *move_id, rows, *token_floor),
+            Command::ActivateSlots { move_id } => self.activate_slots(tx, *move_id),
+            Command::DropSlotRows {
+                move_id,
+                after,
+                limit,
+            } => self.drop_slot_rows(tx, *move_id, after.as_deref(), *limit),
         }
     }
 
@@ -214,6 +260,9 @@ impl Applier {
         )
             -> Result<(workflow::Workflow, workflow::HistoryRow), workflow::Rejection>,
     ) -> Outcome {
+        if let Some(moved) = self.moved(tx, id) {
+            return moved;
+        }
         let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
             return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
         };

@@ -20,6 +20,8 @@ use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
 
 /// Most deadlines one tick acts on; the leader ticks again while more are due.
 const MAX_DEADLINES_PER_TICK: usize = 512;
+/// Most ready tasks of fenced slots one lease command steps over.
+const MAX_FENCED_SKIPPED: usize = 4096;
 /// Most tasks one lease command hands out.
 pub(crate) const MAX_TASKS_PER_LEASE: u32 = 100;
 
@@ -82,35 +84,50 @@ impl Applier {
             if !seen_types.insert(task_type) {
                 continue;
             }
-            let floor = self.signals.ready_floor(self.group, task_type);
-            let keys = tx.scan_keys(&tables::ready_prefix(task_type), floor.as_deref(), left);
-            if let Some(last) = keys.last() {
-                // Every key this lease takes is the queue's first: later scans start after.
+            // Tasks of fenced slots (moving away or not yet served here) stay queued and are
+            // stepped over; the floor goes past them too, and is forgotten when fences lift.
+            let prefix = tables::ready_prefix(task_type);
+            let mut floor = self.signals.ready_floor(self.group, task_type);
+            let mut skipped = 0;
+            while left > 0 && skipped < MAX_FENCED_SKIPPED {
+                let keys = tx.scan_keys(&prefix, floor.as_deref(), left);
+                let Some(last) = keys.last() else { break };
+                // Every key this lease looks at is the queue's first: later scans start after.
                 self.signals.raise_ready_floor(self.group, task_type, last);
-            }
-            for key in keys {
-                let task_id = tables::task_of_ready_key(&key, task_type);
-                let mut trec = self.task_record(tx, &task_id);
-                unqueue(tx, &mut trec);
-                let expires_at_ms = trec.task.lease(
-                    at.index,
-                    worker,
-                    lease_ms.unwrap_or(trec.task.lease_ms),
-                    at.now_ms,
-                );
-                move_deadline(tx, &trec.task.id, None, Some(expires_at_ms));
-                tx.put_encoded(tables::task_key(&task_id), &trec);
-                let wf = self.workflow_record(tx, &trec.task.workflow_id).workflow;
-                tasks.push(LeasedTask {
-                    id: task_id,
-                    workflow_id: wf.id,
-                    task_type: trec.task.task_type.clone(),
-                    attempt: trec.task.attempt,
-                    token: trec.task.token,
-                    expires_at_ms,
-                    context_json: serde_json::Value::Object(wf.context).to_string(),
-                });
-                left -= 1;
+                floor = Some(raftflow_storage::key_after(last));
+                let exhausted = keys.len() < left;
+                for key in keys {
+                    let task_id = tables::task_of_ready_key(&key, task_type);
+                    if self.task_fenced(tx, &task_id) {
+                        skipped += 1;
+                        continue;
+                    }
+                    let token = at.index + self.token_base(tx);
+                    let mut trec = self.task_record(tx, &task_id);
+                    unqueue(tx, &mut trec);
+                    let expires_at_ms = trec.task.lease(
+                        token,
+                        worker,
+                        lease_ms.unwrap_or(trec.task.lease_ms),
+                        at.now_ms,
+                    );
+                    move_deadline(tx, &trec.task.id, None, Some(expires_at_ms));
+                    tx.put_encoded(tables::task_key(&task_id), &trec);
+                    let wf = self.workflow_record(tx, &trec.task.workflow_id).workflow;
+                    tasks.push(LeasedTask {
+                        id: task_id,
+                        workflow_id: wf.id,
+                        task_type: trec.task.task_type.clone(),
+                        attempt: trec.task.attempt,
+                        token: trec.task.token,
+                        expires_at_ms,
+                        context_json: serde_json::Value::Object(wf.context).to_string(),
+                    });
+                    left -= 1;
+                }
+                if exhausted {
+                    break;
+                }
             }
         }
         Outcome::Leased { tasks }
@@ -124,6 +141,11 @@ impl Applier {
         output_json: Option<&str>,
         at: At,
     ) -> Outcome {
+        if let Some(moved) =
+            raftflow_workflow::task::workflow_of_task(task_id).and_then(|wf| self.moved(tx, wf))
+        {
+            return moved;
+        }
         let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
             return task_not_found(task_id);
         };
@@ -167,6 +189,11 @@ impl Applier {
         retryable: bool,
         at: At,
     ) -> Outcome {
+        if let Some(moved) =
+            raftflow_workflow::task::workflow_of_task(task_id).and_then(|wf| self.moved(tx, wf))
+        {
+            return moved;
+        }
         let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
             return task_not_found(task_id);
         };
@@ -211,6 +238,11 @@ impl Applier {
         lease_ms: Option<u64>,
         at: At,
     ) -> Outcome {
+        if let Some(moved) =
+            raftflow_workflow::task::workflow_of_task(task_id).and_then(|wf| self.moved(tx, wf))
+        {
+            return moved;
+        }
         let Some(mut trec) = tx.get_decoded::<TaskRecord>(&tables::task_key(task_id)) else {
             return task_not_found(task_id);
         };
@@ -235,6 +267,14 @@ impl Applier {
             let (due_ms, kind, id) = tables::parse_deadline_key(&key);
             if due_ms > at.now_ms {
                 break;
+            }
+            // A fenced slot's timers and leases wait for the group that serves it.
+            let fenced = match kind {
+                tables::DEADLINE_TIMER => self.fence_of(tx, &id).is_some(),
+                _ => self.task_fenced(tx, &id),
+            };
+            if fenced {
+                continue;
             }
             tx.delete(key);
             tx.deadlines_touched = true;

@@ -417,3 +417,296 @@ fn a_placement_changes_only_from_the_placement_it_was_decided_on() {
         raftflow_storage::codec::decode(&g.rows[&tables::placement_key(2)]).unwrap();
     assert_eq!(p, moving);
 }
+
+// ---- slot moves ---------------------------------------------------------------------------
+
+const WAIT: &str = r#"{"name": "wait", "initial": "sleeping", "states": {"sleeping": {"timer_ms": 1000, "on": {"timer.fired": "awake"}}, "awake": {"terminal": "succeeded"}}}"#;
+
+impl Group {
+    /// Every row of the workflows in `slots`, and the pinned definitions: what the old
+    /// group's copy query sends (`Query::SlotRows`, which reads RocksDB).
+    fn slot_rows(&self, slots: &[u32]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.rows
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with(b"p/")
+                    || tables::workflow_of_key(k)
+                        .is_some_and(|id| slots.contains(&crate::ring::slot_of(&id)))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn has_rows_of(&self, id: &str) -> bool {
+        self.rows
+            .keys()
+            .any(|k| tables::workflow_of_key(k).as_deref() == Some(id))
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8]) -> usize {
+        self.rows.keys().filter(|k| k.starts_with(prefix)).count()
+    }
+}
+
+fn moved(o: &Outcome) -> bool {
+    matches!(o, Outcome::Refused(Refusal::Moved { .. }))
+}
+
+fn leased(o: Outcome) -> Vec<crate::command::LeasedTask> {
+    match o {
+        Outcome::Leased { tasks } => tasks,
+        other => panic!("not a lease: {other}"),
+    }
+}
+
+/// Two workflow ids in different slots.
+fn two_slots() -> (String, String) {
+    let a = "job-a".to_string();
+    let b = (0..)
+        .map(|i| format!("job-{i}"))
+        .find(|b| crate::ring::slot_of(b) != crate::ring::slot_of(&a))
+        .unwrap();
+    (a, b)
+}
+
+#[test]
+fn a_slot_moves_with_its_history_request_ids_task_token_and_timer_and_leaves_a_fence() {
+    let (mut a, mut b) = (Group::new(), Group::new());
+    let (moving, staying) = two_slots();
+    let sleeper = (0..)
+        .map(|i| format!("sleep-{i}"))
+        .find(|s| crate::ring::slot_of(s) == crate::ring::slot_of(&moving))
+        .unwrap();
+    a.apply(1_000, create(&moving, "job", JOB, "f"));
+    a.apply(1_000, create(&staying, "job", JOB, "f"));
+    a.apply(1_000, create(&sleeper, "wait", WAIT, "f"));
+    let cancel = |id: &str, rid: &str| Command::Cancel {
+        id: id.into(),
+        reason: None,
+        request_id: Some(rid.into()),
+    };
+    // Lease both tasks in the old group; b's leases start at a lower index than a's.
+    let tasks = leased(a.apply(1_010, lease(10, 60_000)));
+    assert_eq!(tasks.len(), 2);
+    let token = tasks
+        .iter()
+        .find(|t| t.workflow_id == moving)
+        .unwrap()
+        .token;
+    b.index = 1; // far behind a's log
+
+    let slot = crate::ring::slot_of(&moving);
+    let freeze = Command::FreezeSlots {
+        move_id: 1,
+        to: 2,
+        slots: vec![slot],
+    };
+    assert_eq!(a.apply(1_020, freeze.clone()), Outcome::Nothing);
+    assert_eq!(
+        a.apply(1_021, freeze),
+        Outcome::Nothing,
+        "a freeze is idempotent"
+    );
+    // From the freeze on, the old group answers "moved" for the slot, and only for it.
+    assert!(moved(&a.apply(1_030, cancel(&moving, "r1"))));
+    assert!(moved(&a.apply(1_030, create(&moving, "job", JOB, "f"))));
+    let complete = Command::CompleteTask {
+        task_id: format!("{moving}:1"),
+        token,
+        output_json: None,
+    };
+    assert!(moved(&a.apply(1_030, complete.clone())));
+    assert!(!moved(&a.apply(1_030, event(&staying, "nope", None, None))));
+    // Its timer and lease expiry are left alone, even when due.
+    a.apply(70_000, Command::Tick);
+    assert_eq!(a.workflow(&sleeper).workflow.state, "sleeping");
+    assert!(a.workflow(&moving).workflow.status == Status::Running);
+
+    let rows = a.slot_rows(&[slot]);
+    let receive = Command::ReceiveSlots {
+        move_id: 1,
+        from: 1,
+        slots: vec![slot],
+    };
+    assert_eq!(b.apply(1_040, receive), Outcome::Nothing);
+    let import = Command::ImportRows {
+        move_id: 1,
+        rows: rows.clone(),
+        token_floor: a.index,
+    };
+    assert_eq!(b.apply(1_050, import.clone()), Outcome::Nothing);
+    assert_eq!(
+        b.apply(1_051, import),
+        Outcome::Nothing,
+        "an import is idempotent"
+    );
+    // Not served before the move commits and the slot is activated here.
+    assert!(moved(&b.apply(1_060, complete.clone())));
+    b.apply(70_000, Command::Tick);
+    assert_eq!(b.workflow(&sleeper).workflow.state, "sleeping");
+    assert_eq!(
+        b.apply(1_070, Command::ActivateSlots { move_id: 1 }),
+        Outcome::Nothing
+    );
+
+    // The task completes in the new group with the token the old one issued.
+    match b.apply(1_080, complete.clone()) {
+        Outcome::Task { workflow, .. } => assert_eq!(workflow.state, "done"),
+        other => panic!("complete after the move: {other}"),
+    }
+    // The history came along: created, task.completed.
+    assert_eq!(b.history_len(&moving), 2);
+    // The timer fires once, in the new group.
+    b.apply(70_001, Command::Tick);
+    assert_eq!(b.workflow(&sleeper).workflow.state, "awake");
+    assert_eq!(b.history_len(&sleeper), 2);
+
+    // The old group deletes the rows and keeps the fence: "moved", never "not found".
+    let drop = Command::DropSlotRows {
+        move_id: 1,
+        after: None,
+        limit: 1,
+    };
+    let mut after = match a.apply(1_090, drop) {
+        Outcome::Cursor { next } => next,
+        other => panic!("{other}"),
+    };
+    while let Some(next) = after {
+        let drop = Command::DropSlotRows {
+            move_id: 1,
+            after: Some(next),
+            limit: 1,
+        };
+        after = match a.apply(1_091, drop) {
+            Outcome::Cursor { next } => next,
+            other => panic!("{other}"),
+        };
+    }
+    assert!(!a.has_rows_of(&moving) && !a.has_rows_of(&sleeper));
+    assert!(a.has_rows_of(&staying));
+    assert!(moved(&a.apply(1_100, cancel(&moving, "r2"))));
+    // No queue or deadline key is left behind for the moved workflows: only the staying
+    // task, ready again since its lease expired at the tick.
+    assert_eq!(a.keys_with_prefix(tables::DEADLINES), 0);
+    assert_eq!(a.keys_with_prefix(b"q/"), 1);
+    // A late step of this move changes nothing once the group went on to a later move.
+    let later = Command::FreezeSlots {
+        move_id: 2,
+        to: 3,
+        slots: vec![crate::ring::slot_of(&staying)],
+    };
+    assert_eq!(a.apply(1_110, later), Outcome::Nothing);
+    let late = Command::FreezeSlots {
+        move_id: 1,
+        to: 2,
+        slots: vec![slot],
+    };
+    assert!(matches!(
+        a.apply(1_120, late),
+        Outcome::Refused(Refusal::SlotMoveStale { .. })
+    ));
+}
+
+#[test]
+fn tokens_a_group_issues_after_receiving_a_task_are_above_the_old_groups() {
+    let (mut a, mut b) = (Group::new(), Group::new());
+    let (moving, _) = two_slots();
+    a.index = 10_000;
+    a.apply(1_000, create(&moving, "job", JOB, "f"));
+    let old = leased(a.apply(1_000, lease(1, 100)))[0].token;
+    let slot = crate::ring::slot_of(&moving);
+    a.apply(
+        1_001,
+        Command::FreezeSlots {
+            move_id: 1,
+            to: 2,
+            slots: vec![slot],
+        },
+    );
+    b.apply(
+        1_001,
+        Command::ReceiveSlots {
+            move_id: 1,
+            from: 1,
+            slots: vec![slot],
+        },
+    );
+    let import = Command::ImportRows {
+        move_id: 1,
+        rows: a.slot_rows(&[slot]),
+        token_floor: a.index,
+    };
+    b.apply(1_002, import);
+    b.apply(1_003, Command::ActivateSlots { move_id: 1 });
+    // The lease expires in the new group; the task is handed out again with a higher token.
+    b.apply(5_000, Command::Tick);
+    let new = leased(b.apply(5_001, lease(1, 60_000)));
+    assert_eq!(new.len(), 1);
+    assert!(new[0].token > old, "{} after {old}", new[0].token);
+    let stale = Command::CompleteTask {
+        task_id: new[0].id.clone(),
+        token: old,
+        output_json: None,
+    };
+    assert!(matches!(
+        b.apply(5_002, stale),
+        Outcome::Refused(Refusal::LeaseLost { .. })
+    ));
+}
+
+#[test]
+fn rows_of_a_slot_the_group_is_not_receiving_are_refused() {
+    let (mut a, mut b) = (Group::new(), Group::new());
+    let (moving, _) = two_slots();
+    a.apply(1_000, create(&moving, "job", JOB, "f"));
+    let slot = crate::ring::slot_of(&moving);
+    let import = Command::ImportRows {
+        move_id: 1,
+        rows: a.slot_rows(&[slot]),
+        token_floor: 0,
+    };
+    assert!(matches!(
+        b.apply(1_001, import),
+        Outcome::Refused(Refusal::SlotMoveStale { .. })
+    ));
+    assert!(!b.has_rows_of(&moving));
+}
+
+#[test]
+fn tasks_made_ready_in_the_new_group_after_a_move_are_handed_out() {
+    // The old group's log is far ahead of the new one's: a ready task it queued sorts after
+    // everything the new group will queue for a long while, unless the import re-queues it.
+    let (mut a, mut b) = (Group::new(), Group::new());
+    let (moving, local) = two_slots();
+    a.index = 10_000;
+    a.apply(1_000, create(&moving, "job", JOB, "f"));
+    let slot = crate::ring::slot_of(&moving);
+    a.apply(
+        1_001,
+        Command::FreezeSlots {
+            move_id: 1,
+            to: 2,
+            slots: vec![slot],
+        },
+    );
+    b.apply(
+        1_001,
+        Command::ReceiveSlots {
+            move_id: 1,
+            from: 1,
+            slots: vec![slot],
+        },
+    );
+    let import = Command::ImportRows {
+        move_id: 1,
+        rows: a.slot_rows(&[slot]),
+        token_floor: a.index,
+    };
+    b.apply(1_002, import);
+    b.apply(1_003, Command::ActivateSlots { move_id: 1 });
+    assert_eq!(leased(b.apply(1_004, lease(1, 60_000))).len(), 1);
+    b.apply(1_005, create(&local, "job", JOB, "f"));
+    let next = leased(b.apply(1_006, lease(1, 60_000)));
+    assert_eq!(next.len(), 1, "the new group's own task is handed out");
+    assert_eq!(next[0].workflow_id, local);
+}

@@ -130,6 +130,9 @@ pub(crate) struct Tx<'a> {
     pub(crate) deadlines_touched: bool,
     /// The smallest deadline-index key this transaction wrote.
     pub(crate) lowest_deadline: Option<Vec<u8>>,
+    /// Set when fences were lifted: ready-queue and deadline scans must start over, since
+    /// they stepped over the fenced slots' keys.
+    pub(crate) fences_lifted: bool,
 }
 
 impl<'a> Tx<'a> {
@@ -144,6 +147,7 @@ impl<'a> Tx<'a> {
             made_ready: false,
             deadlines_touched: false,
             lowest_deadline: None,
+            fences_lifted: false,
         }
     }
 
@@ -178,6 +182,16 @@ impl<'a> Tx<'a> {
             self.lowest_deadline = Some(key.clone());
         }
         let bytes = codec::encode(value).expect("state rows encode");
+        self.overlay.insert(key, Some(bytes));
+    }
+
+    /// Writes a row whose value is already encoded (rows a slot move copies).
+    pub(crate) fn put_bytes(&mut self, key: Vec<u8>, bytes: Vec<u8>) {
+        if key.starts_with(tables::DEADLINES)
+            && self.lowest_deadline.as_ref().is_none_or(|low| key < *low)
+        {
+            self.lowest_deadline = Some(key.clone());
+        }
         self.overlay.insert(key, Some(bytes));
     }
 

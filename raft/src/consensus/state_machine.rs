@@ -27,6 +27,9 @@ pub type SnapshotData = Option<SnapshotFile>;
 
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
+/// Most deadlines of fenced slots looked past when publishing the next one.
+const MAX_FENCED_DEADLINES_SKIPPED: usize = 100_000;
+
 /// What `a` holds: how far this group's rows have applied the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Applied {
@@ -114,14 +117,30 @@ impl GroupStateMachine {
         Ok(sm)
     }
 
-    /// Tells the leader's clock when this group next needs a tick.
+    /// Tells the leader's clock when this group next needs a tick: the earliest deadline of a
+    /// slot this group serves (a fenced slot's deadlines wait for the group that serves it).
     fn publish_deadline(&mut self) -> io::Result<()> {
-        let next = tables::next_deadline(
-            &self.store,
-            self.group,
-            self.applier.deadline_from.as_deref(),
-        )
-        .map_err(io::Error::other)?;
+        if self.applier.fences.is_none() {
+            let fences = tables::read_fences(&self.store, self.group).map_err(io::Error::other)?;
+            self.applier.fences = Some(fences);
+        }
+        let fences = self.applier.fences.as_ref().expect("loaded");
+        let mut from = self.applier.deadline_from.clone();
+        let mut skipped = 0;
+        let next = loop {
+            let next = tables::next_deadline(&self.store, self.group, from.as_deref())
+                .map_err(io::Error::other)?;
+            match &next {
+                Some((_, key)) if skipped < MAX_FENCED_DEADLINES_SKIPPED => {
+                    if !tables::deadline_fenced(key, fences) {
+                        break next;
+                    }
+                    skipped += 1;
+                    from = Some(raftflow_storage::key_after(key));
+                }
+                _ => break next,
+            }
+        };
         // Nothing live from here on: later scans start past every possible deadline, until a
         // new one is written.
         self.applier.deadline_from = Some(match &next {
@@ -204,6 +223,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             }
         }
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
+        if tx.fences_lifted {
+            // Queue and deadline scans stepped over the fenced slots' keys: start over.
+            self.signals.forget_ready_floors(self.group);
+            self.applier.deadline_from = None;
+            tx.lowest_deadline = None;
+        }
         if let Some(low) = tx.lowest_deadline.take() {
             if self
                 .applier
@@ -220,6 +245,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         self.cache = Some(cache);
         if let Some(stamp) = last_stamp {
             self.signals.observe_stamp(self.group, stamp);
+        }
+        if self.group == crate::META_GROUP {
+            self.signals.meta_changed();
         }
         if made_ready {
             self.signals.task_ready();
@@ -268,6 +296,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         }
         self.applied = reopened.applied;
         self.applier.reset();
+        if self.group == crate::META_GROUP {
+            self.signals.meta_changed();
+        }
         self.applier.deadline_from = reopened.applier.deadline_from;
         Ok(())
     }

@@ -31,8 +31,13 @@ pub const DATA_FORMAT: u32 = 1;
 
 /// Checks, on every start, that the data directory is one this node can serve, and records
 /// what a brand-new one is: its format and its number of data groups.
-pub(super) fn check_data_dir(store: &Store, groups: u64) -> Result<()> {
+/// A node that joined a running cluster checks the format only: the groups it learns when it
+/// joins are the cluster's at that moment, which adding and retiring groups changes.
+pub(super) fn check_data_dir(store: &Store, groups: u64, joined: bool) -> Result<()> {
     check_format(store)?;
+    if joined {
+        return Ok(());
+    }
     check_group_count(store, groups)
 }
 
@@ -173,7 +178,7 @@ impl RaftNode {
             }
         }
         let members: Vec<u64> = self.config.members.keys().copied().collect();
-        for group in self.data_groups() {
+        for group in 1..=self.config.groups {
             let voters = initial_voters(group, &members, self.config.replication_factor);
             while let Err(e) = self.create_group(&clients, group, &voters).await {
                 tracing::debug!(group, error = %e, "creating the group did not complete; retrying");
@@ -205,7 +210,12 @@ impl RaftNode {
 
     /// Records `group`'s first placement (unless one is recorded) and, while it is that first
     /// placement and none of its voters holds the group, initialises it on them.
-    async fn create_group(&self, clients: &PeerClients, group: u64, voters: &[u64]) -> Result<()> {
+    pub(super) async fn create_group(
+        &self,
+        clients: &PeerClients,
+        group: u64,
+        voters: &[u64],
+    ) -> Result<()> {
         let placement = match self.placement(group) {
             Some(p) => p,
             None => {
@@ -326,8 +336,8 @@ mod tests {
     fn a_data_directory_of_another_format_is_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        check_data_dir(&store, 2).expect("a new directory takes this format");
-        check_data_dir(&store, 2).expect("and keeps it");
+        check_data_dir(&store, 2, false).expect("a new directory takes this format");
+        check_data_dir(&store, 2, false).expect("and keeps it");
         assert_eq!(
             store.get_raft_meta(META_GROUP, FORMAT_KEY).unwrap(),
             Some(DATA_FORMAT.to_le_bytes().to_vec())
@@ -340,7 +350,7 @@ mod tests {
             let mut batch = raftflow_storage::Batch::default();
             store.put_raft_meta(&mut batch, META_GROUP, FORMAT_KEY, &marker);
             store.write_synced(batch).unwrap();
-            let err = check_data_dir(&store, 2).unwrap_err().to_string();
+            let err = check_data_dir(&store, 2, false).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
     }

@@ -211,8 +211,23 @@ impl RaftNode {
         let _ = rx.wait_for(|removed| *removed).await;
     }
 
-    /// Opens the replicas the placement gives this node and deletes those it took away.
+    /// Opens the replicas the placement gives this node and deletes those it took away, and
+    /// those of retired groups.
     async fn reconcile_replicas(&self) -> Result<()> {
+        let retired: Vec<u64> = tables::read_groups(&self.store)?
+            .into_iter()
+            .filter(|g| g.state == tables::GroupState::Retired && self.hosts(g.id))
+            .map(|g| g.id)
+            .collect();
+        for group in retired {
+            self.close_group(group).await;
+            tokio::time::sleep(CLOSE_SETTLE).await;
+            self.store.delete_group(group)?;
+            tracing::info!(
+                group,
+                "membership: the group is retired; its replica is deleted"
+            );
+        }
         for placement in self.placements() {
             let group = placement.group;
             let wanted = placement
@@ -268,15 +283,7 @@ impl RaftNode {
             }
             match self.membership_step().await {
                 Ok(()) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    // Leadership changes fail a step or two; a change that is stuck says so.
-                    if failures.is_power_of_two() && failures >= 4 {
-                        tracing::warn!(error = %e, failures, "membership: a step keeps failing; retrying");
-                    } else {
-                        tracing::debug!(error = %e, "membership step did not complete; retrying");
-                    }
-                }
+                Err(e) => report_step_failure("membership", &mut failures, &e),
             }
         }
     }
@@ -542,6 +549,17 @@ impl RaftNode {
             }
         }
         Ok(())
+    }
+}
+
+/// Logs a failed step of a driver (`what`): leadership changes fail a step or two, so only a
+/// change that is stuck says so at warning level.
+pub(super) fn report_step_failure(what: &str, failures: &mut u32, e: &Error) {
+    *failures += 1;
+    if failures.is_power_of_two() && *failures >= 4 {
+        tracing::warn!(error = %e, failures, "{what}: a step keeps failing; retrying");
+    } else {
+        tracing::debug!(error = %e, "{what}: a step did not complete; retrying");
     }
 }
 

@@ -14,10 +14,12 @@ mod disk;
 mod membership;
 mod raft_timers;
 mod routing;
+mod slots;
 
 pub(crate) use address_book::AddressBook;
 pub use bootstrap::DATA_FORMAT;
 pub use membership::NodeView;
+pub use slots::{SlotMoveView, COPY_CHUNK_BYTES, SLOTS_PER_MOVE};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,7 +34,6 @@ use tokio::task::JoinHandle;
 
 use crate::consensus::{GroupParts, GroupRaft, GroupStatus, NodeAddr, Timing};
 use crate::proposer::Proposer;
-use crate::ring::SlotTable;
 use crate::signals::Signals;
 use crate::transport::{serve_peers, PeerClients, Registry};
 use crate::{Error, Result};
@@ -85,6 +86,14 @@ pub struct RaftCounters {
     pub proposal_entries: Arc<AtomicU64>,
     pub proposals_failed: AtomicU64,
     pub read_barriers: AtomicU64,
+    /// Requests that met a "moved" answer and followed their slot.
+    pub moved_answers: AtomicU64,
+    /// Slot moves this node drove to their end, and the slots they moved.
+    pub slot_moves: AtomicU64,
+    pub slots_moved: AtomicU64,
+    /// Rows and bytes the slot moves this node drove copied.
+    pub slot_rows_copied: AtomicU64,
+    pub slot_bytes_copied: AtomicU64,
 }
 
 pub struct RaftNode {
@@ -93,7 +102,8 @@ pub struct RaftNode {
     store: Arc<Store>,
     registry: Arc<Registry>,
     clients: Arc<PeerClients>,
-    slots: SlotTable,
+    /// The slot table and data groups, as last read from the meta replica.
+    shape: std::sync::RwLock<Arc<slots::Shape>>,
     counters: RaftCounters,
     /// Where every known node can be reached.
     book: Arc<AddressBook>,
@@ -142,7 +152,7 @@ impl RaftNode {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("create {}: {e}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("db"))?;
-        bootstrap::check_data_dir(&store, config.groups)?;
+        bootstrap::check_data_dir(&store, config.groups, config.joined)?;
         if !config.joined {
             bootstrap::check_replication_factor(&store, config.replication_factor)?;
         }
@@ -156,7 +166,7 @@ impl RaftNode {
             .map_err(|e| Error::Config(format!("bind peer address {}: {e}", config.peer_listen)))?;
         let node = Arc::new(RaftNode {
             id: config.id,
-            slots: SlotTable::new(config.groups),
+            shape: std::sync::RwLock::new(Arc::new(slots::Shape::initial(config.groups))),
             config,
             store,
             registry: registry.clone(),
@@ -189,6 +199,7 @@ impl RaftNode {
         tasks.push(tokio::spawn(node.clone().run_raft_timers()));
         tasks.push(tokio::spawn(node.clone().watch_membership()));
         tasks.push(tokio::spawn(node.clone().drive_membership()));
+        tasks.push(tokio::spawn(node.clone().drive_slots()));
         node.tasks.lock().expect("lock").extend(tasks);
         Ok(node)
     }
@@ -296,19 +307,6 @@ impl RaftNode {
 
     pub fn signals(&self) -> &Signals {
         &self.signals
-    }
-
-    pub fn slots(&self) -> &SlotTable {
-        &self.slots
-    }
-
-    /// The data group that owns workflow `id`.
-    pub fn group_of(&self, id: &str) -> u64 {
-        self.slots.group_of(id)
-    }
-
-    pub fn data_groups(&self) -> impl Iterator<Item = u64> {
-        1..=self.config.groups
     }
 
     fn raft(&self, group: u64) -> Result<GroupRaft> {
