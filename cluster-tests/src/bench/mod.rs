@@ -411,6 +411,36 @@ async fn load_workflows(cluster: &Cluster, workflows: u64, prefix: &str) -> anyh
     Ok(load_seconds)
 }
 
+/// The transition load of `clients` clients spread over the nodes at `addrs`, measured for
+/// `duration` after 1 s of warm-up, or until `until` is set.
+async fn measure_transitions(
+    addrs: &[String],
+    pids: &[u32],
+    clients: usize,
+    prefix: String,
+    duration: Duration,
+    until: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Measured {
+    let connect = |c: usize| {
+        let addr = &addrs[c % addrs.len()];
+        Conn::Raftflow {
+            wire: Wire::new(addr, REQUEST_TIMEOUT),
+            client: Client::new(addr, REQUEST_TIMEOUT),
+        }
+    };
+    load::run_cell(Cell {
+        workload: Workload::Transitions,
+        clients,
+        warmup: Duration::from_secs(1),
+        duration,
+        connect: &connect,
+        pids: pids.to_vec(),
+        prefix,
+        until,
+    })
+    .await
+}
+
 /// A fourth node joining a cluster that holds many workflows, under a transition load.
 #[derive(Clone, Debug, Serialize)]
 pub struct JoinResult {
@@ -451,25 +481,9 @@ pub async fn join(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let node_data_mib = dir_size(&cluster.data_dir(1)) as f64 / (1024.0 * 1024.0);
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
-    let connect = |c: usize| {
-        let addr = &addrs[c % addrs.len()];
-        Conn::Raftflow {
-            wire: Wire::new(addr, REQUEST_TIMEOUT),
-            client: Client::new(addr, REQUEST_TIMEOUT),
-        }
-    };
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let measure = |prefix: &str, duration: Duration, until: Option<Arc<AtomicBool>>| {
-        load::run_cell(Cell {
-            workload: Workload::Transitions,
-            clients,
-            warmup: Duration::from_secs(1),
-            duration,
-            connect: &connect,
-            pids: pids.clone(),
-            prefix: prefix.to_string(),
-            until,
-        })
+        measure_transitions(&addrs, &pids, clients, prefix.to_string(), duration, until)
     };
     eprintln!("    transitions on three nodes, {seconds} s");
     let before = measure("join-before", Duration::from_secs(seconds), None).await;
@@ -567,25 +581,9 @@ pub async fn add_group(
     let load_seconds = load_workflows(&cluster, workflows, "slots").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
-    let connect = |c: usize| {
-        let addr = &addrs[c % addrs.len()];
-        Conn::Raftflow {
-            wire: Wire::new(addr, REQUEST_TIMEOUT),
-            client: Client::new(addr, REQUEST_TIMEOUT),
-        }
-    };
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let measure = |prefix: &str, duration: Duration, until: Option<Arc<AtomicBool>>| {
-        load::run_cell(Cell {
-            workload: Workload::Transitions,
-            clients,
-            warmup: Duration::from_secs(1),
-            duration,
-            connect: &connect,
-            pids: pids.clone(),
-            prefix: prefix.to_string(),
-            until,
-        })
+        measure_transitions(&addrs, &pids, clients, prefix.to_string(), duration, until)
     };
     eprintln!("    transitions with {groups} groups, {seconds} s");
     let before = measure("slots-before", Duration::from_secs(seconds), None).await;

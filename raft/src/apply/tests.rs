@@ -448,6 +448,34 @@ impl Group {
     }
 }
 
+/// Moves the slot of workflow `id` from `a` to `b` (move 1, at 1 s) and activates it there.
+fn move_slot_of(id: &str, a: &mut Group, b: &mut Group) {
+    let slot = crate::ring::slot_of(id);
+    let slots = vec![slot];
+    let freeze = Command::FreezeSlots {
+        move_id: 1,
+        to: 2,
+        slots: slots.clone(),
+    };
+    assert_eq!(a.apply(1_001, freeze), Outcome::Nothing);
+    let receive = Command::ReceiveSlots {
+        move_id: 1,
+        from: 1,
+        slots,
+    };
+    assert_eq!(b.apply(1_001, receive), Outcome::Nothing);
+    let import = Command::ImportRows {
+        move_id: 1,
+        rows: a.slot_rows(&[slot]),
+        token_floor: a.index,
+    };
+    assert_eq!(b.apply(1_002, import), Outcome::Nothing);
+    assert_eq!(
+        b.apply(1_003, Command::ActivateSlots { move_id: 1 }),
+        Outcome::Nothing
+    );
+}
+
 fn moved(o: &Outcome) -> bool {
     matches!(o, Outcome::Refused(Refusal::Moved { .. }))
 }
@@ -614,30 +642,7 @@ fn tokens_a_group_issues_after_receiving_a_task_are_above_the_old_groups() {
     a.index = 10_000;
     a.apply(1_000, create(&moving, "job", JOB, "f"));
     let old = leased(a.apply(1_000, lease(1, 100)))[0].token;
-    let slot = crate::ring::slot_of(&moving);
-    a.apply(
-        1_001,
-        Command::FreezeSlots {
-            move_id: 1,
-            to: 2,
-            slots: vec![slot],
-        },
-    );
-    b.apply(
-        1_001,
-        Command::ReceiveSlots {
-            move_id: 1,
-            from: 1,
-            slots: vec![slot],
-        },
-    );
-    let import = Command::ImportRows {
-        move_id: 1,
-        rows: a.slot_rows(&[slot]),
-        token_floor: a.index,
-    };
-    b.apply(1_002, import);
-    b.apply(1_003, Command::ActivateSlots { move_id: 1 });
+    move_slot_of(&moving, &mut a, &mut b);
     // The lease expires in the new group; the task is handed out again with a higher token.
     b.apply(5_000, Command::Tick);
     let new = leased(b.apply(5_001, lease(1, 60_000)));
@@ -680,30 +685,7 @@ fn tasks_made_ready_in_the_new_group_after_a_move_are_handed_out() {
     let (moving, local) = two_slots();
     a.index = 10_000;
     a.apply(1_000, create(&moving, "job", JOB, "f"));
-    let slot = crate::ring::slot_of(&moving);
-    a.apply(
-        1_001,
-        Command::FreezeSlots {
-            move_id: 1,
-            to: 2,
-            slots: vec![slot],
-        },
-    );
-    b.apply(
-        1_001,
-        Command::ReceiveSlots {
-            move_id: 1,
-            from: 1,
-            slots: vec![slot],
-        },
-    );
-    let import = Command::ImportRows {
-        move_id: 1,
-        rows: a.slot_rows(&[slot]),
-        token_floor: a.index,
-    };
-    b.apply(1_002, import);
-    b.apply(1_003, Command::ActivateSlots { move_id: 1 });
+    move_slot_of(&moving, &mut a, &mut b);
     assert_eq!(leased(b.apply(1_004, lease(1, 60_000))).len(), 1);
     b.apply(1_005, create(&local, "job", JOB, "f"));
     let next = leased(b.apply(1_006, lease(1, 60_000)));
