@@ -185,31 +185,22 @@ impl Command {
     /// moving slots off it cannot do without, so they pass the free-disk guard that client
     /// writes meet. Imported rows do not: they are data.
     pub fn shapes_cluster(&self) -> bool {
-        !matches!(self, Command::ImportRows { .. }) && self.slot_work().is_some()
-            || matches!(
-                self,
-                Command::RegisterNode { .. }
-                    | Command::SetNode { .. }
-                    | Command::SetPlacement { .. }
-                    | Command::AddGroup { .. }
-                    | Command::SetGroupState { .. }
-                    | Command::InitSlotTable { .. }
-                    | Command::StartSlotMove { .. }
-                    | Command::CommitSlotMove { .. }
-                    | Command::EndSlotMove { .. }
-            )
-    }
-
-    /// The slot move a data group's move step belongs to.
-    pub fn slot_work(&self) -> Option<u64> {
-        match self {
-            Command::FreezeSlots { move_id, .. }
-            | Command::ReceiveSlots { move_id, .. }
-            | Command::ImportRows { move_id, .. }
-            | Command::ActivateSlots { move_id }
-            | Command::DropSlotRows { move_id, .. } => Some(*move_id),
-            _ => None,
-        }
+        matches!(
+            self,
+            Command::RegisterNode { .. }
+                | Command::SetNode { .. }
+                | Command::SetPlacement { .. }
+                | Command::AddGroup { .. }
+                | Command::SetGroupState { .. }
+                | Command::InitSlotTable { .. }
+                | Command::StartSlotMove { .. }
+                | Command::CommitSlotMove { .. }
+                | Command::EndSlotMove { .. }
+                | Command::FreezeSlots { .. }
+                | Command::ReceiveSlots { .. }
+                | Command::ActivateSlots { .. }
+                | Command::DropSlotRows { .. }
+        )
     }
 
     /// Whether the command may share an entry with others. A lease may not: its fencing

@@ -35,8 +35,8 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 const DRIVE_EVERY: Duration = Duration::from_millis(300);
 /// How long a closed replica's last apply gets to finish before its rows are deleted.
 const CLOSE_SETTLE: Duration = Duration::from_millis(100);
-/// How long one of the driver's steps may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one of the drivers' steps may take.
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replicas a node receives at once. A move copies one group's rows to its new node, so one
 /// at a time per node keeps a join (every move goes to the new node) to one group's catch-up
 /// at a time, while a drain moves replicas to several nodes at once, one each.
@@ -289,8 +289,16 @@ impl RaftNode {
     }
 
     async fn record(&self, command: Command) -> Result<Outcome> {
-        match self.commit(META_GROUP, command, STEP_TIMEOUT).await? {
-            Outcome::Refused(r) => Err(Error::Unavailable(format!("not recorded: {r}"))),
+        self.commit_step(META_GROUP, command).await
+    }
+
+    /// Commits one step of a driver (membership, slot moves) in `group`: a refusal means the
+    /// recorded state moved on, and the step is tried again from what is recorded.
+    pub(super) async fn commit_step(&self, group: u64, command: Command) -> Result<Outcome> {
+        match self.commit(group, command, STEP_TIMEOUT).await? {
+            Outcome::Refused(r) => Err(Error::Unavailable(format!(
+                "group {group}: not recorded: {r}"
+            ))),
             other => Ok(other),
         }
     }

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::membership::STEP_TIMEOUT;
 use super::{RaftNode, META_GROUP};
 use crate::command::{Command, Outcome, Refusal};
 use crate::query::{Answer, Query};
@@ -41,8 +42,6 @@ pub const COPY_CHUNK_BYTES: u32 = 1 << 20;
 const DROP_SCAN: u32 = 4096;
 /// How often the meta group's leader looks for slot work.
 const SLOTS_EVERY: Duration = Duration::from_millis(200);
-/// How long one step of a slot move may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request that met "moved" asks again after this long, doubling up to the max.
 const MOVED_RETRY_FIRST: Duration = Duration::from_millis(5);
 const MOVED_RETRY_MAX: Duration = Duration::from_millis(100);
@@ -336,21 +335,6 @@ impl RaftNode {
         }
     }
 
-    async fn record_slots(&self, command: Command) -> Result<()> {
-        match self.commit(META_GROUP, command, STEP_TIMEOUT).await? {
-            Outcome::Refused(r) => Err(Error::Unavailable(format!("not recorded: {r}"))),
-            _ => Ok(()),
-        }
-    }
-
-    /// Commits a step of a slot move in data group `group`.
-    async fn slot_command(&self, group: u64, command: Command) -> Result<Outcome> {
-        match self.commit(group, command, STEP_TIMEOUT).await? {
-            Outcome::Refused(r) => Err(Error::Unavailable(format!("group {group}: {r}"))),
-            other => Ok(other),
-        }
-    }
-
     /// Takes the next step of slot work; `true` when it did something (there may be more).
     async fn slot_step(&self) -> Result<bool> {
         if !self.is_leader(META_GROUP) {
@@ -360,7 +344,8 @@ impl RaftNode {
         let Some(table) = tables::read_slot_table(&self.store)? else {
             // The table becomes a recorded row before anything moves.
             let table = SlotTable::new(self.config.groups);
-            self.record_slots(Command::InitSlotTable { table }).await?;
+            self.commit_step(META_GROUP, Command::InitSlotTable { table })
+                .await?;
             return Ok(false);
         };
         if let Some(m) = tables::read_slot_move(&self.store)? {
@@ -391,7 +376,7 @@ impl RaftNode {
                 slots = slot_move.slots.len(),
                 "slots: moving a batch of slots"
             );
-            self.record_slots(Command::StartSlotMove { slot_move })
+            self.commit_step(META_GROUP, Command::StartSlotMove { slot_move })
                 .await?;
             return Ok(true);
         }
@@ -404,10 +389,13 @@ impl RaftNode {
                 group,
                 "slots: the group owns no slot any more; it is retired"
             );
-            self.record_slots(Command::SetGroupState {
-                group: *group,
-                state: GroupState::Retired,
-            })
+            self.commit_step(
+                META_GROUP,
+                Command::SetGroupState {
+                    group: *group,
+                    state: GroupState::Retired,
+                },
+            )
             .await?;
         }
         Ok(false)
@@ -433,13 +421,13 @@ impl RaftNode {
                 to: m.to,
                 slots: m.slots.clone(),
             };
-            self.slot_command(m.from, freeze).await?;
+            self.commit_step(m.from, freeze).await?;
             let receive = Command::ReceiveSlots {
                 move_id,
                 from: m.from,
                 slots: m.slots.clone(),
             };
-            self.slot_command(m.to, receive).await?;
+            self.commit_step(m.to, receive).await?;
             let (mut after, mut rows_copied, mut bytes_copied) = (None, 0u64, 0u64);
             loop {
                 let part = Query::SlotRows {
@@ -466,7 +454,7 @@ impl RaftNode {
                         rows,
                         token_floor,
                     };
-                    self.slot_command(m.to, import).await?;
+                    self.commit_step(m.to, import).await?;
                 }
                 match next {
                     Some(n) => after = Some(n),
@@ -479,7 +467,7 @@ impl RaftNode {
             self.counters
                 .slot_bytes_copied
                 .fetch_add(bytes_copied, Ordering::Relaxed);
-            self.record_slots(Command::CommitSlotMove { move_id })
+            self.commit_step(META_GROUP, Command::CommitSlotMove { move_id })
                 .await?;
             tracing::info!(
                 move_id,
@@ -490,7 +478,7 @@ impl RaftNode {
                 "slots: the move committed; the new group serves the slots"
             );
         }
-        self.slot_command(m.to, Command::ActivateSlots { move_id })
+        self.commit_step(m.to, Command::ActivateSlots { move_id })
             .await?;
         let mut after = None;
         loop {
@@ -499,12 +487,13 @@ impl RaftNode {
                 after: after.clone(),
                 limit: DROP_SCAN,
             };
-            match self.slot_command(m.from, drop).await? {
+            match self.commit_step(m.from, drop).await? {
                 Outcome::Cursor { next: Some(n) } => after = Some(n),
                 _ => break,
             }
         }
-        self.record_slots(Command::EndSlotMove { move_id }).await?;
+        self.commit_step(META_GROUP, Command::EndSlotMove { move_id })
+            .await?;
         self.counters.slot_moves.fetch_add(1, Ordering::Relaxed);
         self.counters
             .slots_moved
