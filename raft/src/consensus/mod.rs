@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use raftflow_storage::Store;
 use serde::{Deserialize, Serialize};
@@ -302,13 +302,24 @@ impl GroupRaft {
 
     /// Replicates `stamped` to a majority, applies it and returns its outcome.
     pub(crate) async fn write(&self, stamped: Stamped) -> Result<Outcome, ConsensusError> {
+        let led = self.role() == Role::Leader;
         match self.raft.client_write(stamped).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ConsensusError::NotLeader(f.leader_id.map(crate::node_of)))
             }
+            // A replica closed under the write (it left the group in a move) that led neither
+            // when asked nor when it stopped appended nothing: another voter may take it.
+            Err(RaftError::Fatal(Fatal::Stopped)) if !led && !self.led_when_stopped() => {
+                Err(ConsensusError::NotLeader(None))
+            }
             Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Whether the last state this replica reported before it stopped was leader.
+    fn led_when_stopped(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.replica)
     }
 
     /// Appends `stamped` without waiting for it to commit (only the `early-ack` mutant).
@@ -328,6 +339,9 @@ impl GroupRaft {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ConsensusError::NotLeader(f.leader_id.map(crate::node_of)))
             }
+            // A replica closed under the read (it left the group in a move): a read changes
+            // nothing, so another voter may always answer it.
+            Err(RaftError::Fatal(Fatal::Stopped)) => Err(ConsensusError::NotLeader(None)),
             Err(e) => Err(ConsensusError::Unavailable(e.to_string())),
         }
     }
@@ -382,6 +396,19 @@ impl GroupRaft {
             .and_then(|r| r.get(&node).cloned().flatten())
             .map(|l| l.index);
         matched.is_some() && matched >= m.last_log_index
+    }
+
+    /// Of `candidates`, the one whose log this leader has replicated furthest (`None` when
+    /// this replica does not lead or has replicated to none of them).
+    pub fn furthest_of(&self, candidates: impl IntoIterator<Item = u64>) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let replication = m.replication.as_ref()?;
+        candidates
+            .into_iter()
+            .filter_map(|c| Some((replication.get(&c)?.as_ref()?.index, c)))
+            .max()
+            .map(|(_, c)| c)
     }
 
     /// The group's voters and learners (replica ids) with their nodes' addresses, as this

@@ -21,12 +21,22 @@ impl RaftNode {
                 let Some(raft) = self.registry.get(group) else {
                     continue;
                 };
-                let voters: Vec<u64> = raft.membership().voters.into_iter().collect();
+                let placement = self.placement(group);
+                // A replica on its way out is not handed the group (see `change_members_here`).
+                let leaving = placement
+                    .as_ref()
+                    .and_then(|p| p.moving.as_ref())
+                    .and_then(|m| m.from);
+                let voters: Vec<u64> = raft
+                    .membership()
+                    .voters
+                    .into_iter()
+                    .filter(|r| Some(*r) != leaving)
+                    .collect();
                 if voters.is_empty() || raft.role() != crate::consensus::Role::Leader {
                     continue;
                 }
-                let named = self
-                    .placement(group)
+                let named = placement
                     .and_then(|p| p.leader)
                     .and_then(|node| voters.iter().copied().find(|r| crate::node_of(*r) == node));
                 let preferred =

@@ -422,6 +422,28 @@ impl RaftNode {
                 added = Some(replica);
             }
             MembershipChange::SetVoters { voters } => {
+                // A leader that voted itself out would be closed with writes under way, their
+                // clients answered 503: it hands the group to a voter that stays, and the
+                // change follows to that voter (TiKV moves a leader off a peer it removes).
+                let me = raft.replica_id();
+                let stays = raft.membership().voters;
+                let heir = raft.furthest_of(
+                    voters
+                        .iter()
+                        .copied()
+                        .filter(|v| *v != me && stays.contains(v)),
+                );
+                if let (false, Some(heir)) = (voters.contains(&me), heir) {
+                    tracing::info!(
+                        group,
+                        to = crate::node_of(heir),
+                        "membership: handing the group to a staying voter before leaving it"
+                    );
+                    raft.transfer_leader(heir).await;
+                    return Err(Error::NotLeader {
+                        leader: self.book.hint(Some(crate::node_of(heir))),
+                    });
+                }
                 raft.change_voters(voters.into_iter().collect(), false)
                     .await
                     .map_err(not_leader)?;
