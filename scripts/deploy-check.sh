@@ -17,11 +17,16 @@ ip() { echo "127.0.0.1$1"; }
 cli() { "$BIN" "$@"; }
 fail() { echo "deploy-check: $*" >&2; for f in "$WORK"/n*.log; do echo "--- $f"; tail -n 15 "$f"; done >&2; exit 1; }
 
+# The token file every machine shares, and the token the CLI sends.
+(umask 077; echo "$(head -c 24 /dev/urandom | base64 | tr '+/' '-_'),ops,admin" > "$WORK/tokens")
+export RAFTFLOW_TOKEN="$(cut -d, -f1 "$WORK/tokens")"
+
 # Starts node $1 with the settings of its /etc/raftflow/env (the other arguments, VAR=value).
 start() {
   local id=$1; shift
   mkdir -p "$WORK/n$id"
-  env "$@" RAFTFLOW_DATA_DIR="$WORK/n$id" RAFTFLOW_LOG_FORMAT=json "$BIN" serve >"$WORK/n$id.log" 2>&1 &
+  env "$@" RAFTFLOW_DATA_DIR="$WORK/n$id" RAFTFLOW_LOG_FORMAT=json RAFTFLOW_TOKEN_FILE="$WORK/tokens" \
+    "$BIN" serve >"$WORK/n$id.log" 2>&1 &
   PIDS[$id]=$!
 }
 

@@ -87,6 +87,16 @@ pub struct ServeArgs {
     /// Refuse writes with 507 below this much free disk [default: 67108864].
     #[arg(long, env = "RAFTFLOW_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// API tokens, one `TOKEN,NAME,ROLE` a line (roles: admin, operator, worker, reader);
+    /// every `/v1` request then needs `Authorization: Bearer`. SIGHUP reloads the file.
+    #[arg(long, env = "RAFTFLOW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve the API without tokens on an address other machines can reach.
+    #[arg(long, env = "RAFTFLOW_INSECURE")]
+    pub insecure: bool,
+    /// Log every API request (method, route, status, time, caller) at info level.
+    #[arg(long, env = "RAFTFLOW_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -112,6 +122,9 @@ struct FileConfig {
     log_format: Option<String>,
     max_inflight_requests: Option<usize>,
     min_free_disk_bytes: Option<u64>,
+    token_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    access_log: Option<bool>,
 }
 
 pub struct Config {
@@ -122,6 +135,11 @@ pub struct Config {
     pub api: ApiConfig,
     pub client_listen: String,
     pub log_format: String,
+    /// The API's token file; `None`: the API is open.
+    pub token_file: Option<PathBuf>,
+    /// The token `--join` registers this node with (`--token`); else an admin token of
+    /// `token_file`.
+    pub join_token: Option<String>,
 }
 
 /// Parses `1=127.0.0.1:7001/127.0.0.1:8001,2=...`.
@@ -297,10 +315,23 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or(defaults.max_inflight_requests)
             .max(1),
         source_ip: node.bind_source_ip,
+        access_log: args.access_log || file.access_log.unwrap_or(false),
     };
+    let client_listen = client_listen.unwrap_or(me.client);
+    let token_file = args.token_file.or(file.token_file);
+    let insecure = args.insecure || file.insecure.unwrap_or(false);
+    if token_file.is_none() && !insecure && !is_loopback(&client_listen) {
+        bail!(
+            "the API would listen on {client_listen}, which other machines can reach, with no \
+             token file: give --token-file FILE (see docs/API.md, Authentication), or \
+             --insecure to serve it open anyway"
+        );
+    }
     Ok(Config {
         join,
-        client_listen: client_listen.unwrap_or(me.client),
+        token_file,
+        join_token: None,
+        client_listen,
         log_format: args
             .log_format
             .or(file.log_format)
@@ -308,6 +339,16 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         node,
         api,
     })
+}
+
+/// Whether `addr` (`IP:PORT` or `localhost:PORT`) listens on the loopback interface only.
+fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +402,7 @@ mod tests {
                 peer_listen: Some("127.0.0.4:8001".into()),
                 advertise_client: advertise.map(String::from),
                 data_dir: Some("/tmp/x".into()),
+                insecure: true,
                 ..Default::default()
             })
         };
@@ -385,5 +427,33 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.node.members[&4].client, "10.0.0.4:7001");
         assert_eq!(cfg.client_listen, "0.0.0.0:7001");
+    }
+
+    #[test]
+    fn an_open_api_on_a_reachable_address_needs_insecure() {
+        let serve = |client: &str, token_file: Option<&str>, insecure: bool| {
+            resolve(ServeArgs {
+                id: Some(1),
+                initial_cluster: Some(format!("1={client}/127.0.0.1:8001")),
+                data_dir: Some("/tmp/x".into()),
+                token_file: token_file.map(PathBuf::from),
+                insecure,
+                ..Default::default()
+            })
+        };
+        for loopback in ["127.0.0.1:7001", "127.0.0.5:7001", "[::1]:7001"] {
+            assert!(serve(loopback, None, false).is_ok(), "{loopback}");
+        }
+        for reachable in ["0.0.0.0:7001", "10.0.0.1:7001", "[::]:7001"] {
+            let err = serve(reachable, None, false).err().unwrap().to_string();
+            assert!(
+                err.contains("--token-file") && err.contains("--insecure"),
+                "{err}"
+            );
+            assert!(serve(reachable, None, true).is_ok(), "{reachable}");
+            let cfg = serve(reachable, Some("/etc/raftflow/tokens"), false).unwrap();
+            assert_eq!(cfg.token_file, Some(PathBuf::from("/etc/raftflow/tokens")));
+        }
+        assert!(is_loopback("localhost:7001") && !is_loopback("example.com:7001"));
     }
 }

@@ -22,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "raftflow",
     version,
     about = "A durable workflow engine on Raft",
-    after_help = "Examples:\n  raftflow definition apply examples/order.json\n  raftflow workflow start order --id order-17\n  raftflow workflow send order-17 pay\n  raftflow cluster status\n\nExit codes: 0 ok, 1 other failure, 2 usage or invalid request, 3 not found, 4 conflict,\n5 unavailable (retry), 6 --wait: ended failed or cancelled, 7 --wait: still running."
+    after_help = "Examples:\n  raftflow definition apply examples/order.json\n  raftflow workflow start order --id order-17\n  raftflow workflow send order-17 pay\n  raftflow cluster status\n\nExit codes: 0 ok, 1 other failure, 2 usage or invalid request, 3 not found, 4 conflict,\n5 unavailable (retry), 6 --wait: ended failed or cancelled, 7 --wait: still running,\n8 denied (no token, an unknown one, or a role that may not)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -65,7 +65,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client_cmd = match cli.command {
         Cmd::Serve(args) => {
-            let cfg = config::resolve(*args)?;
+            let mut cfg = config::resolve(*args)?;
+            cfg.join_token = cli.global.token.resolve()?;
             init_logging(&cfg.log_format);
             raftflow_storage::disable_perf_counters_on_this_thread();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +81,8 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            return rt.block_on(worker::run(args));
+            let token = cli.global.token.resolve()?;
+            return rt.block_on(worker::run(args, token));
         }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -122,7 +124,15 @@ const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 /// `JOIN_PATIENCE`; a refusal (a taken id) ends the process with the cluster's message.
 async fn join_cluster(url: &str, cfg: &mut config::Config) -> anyhow::Result<()> {
     use raftflow_client::client::Method;
-    let client = raftflow_client::Client::new(url, std::time::Duration::from_secs(10));
+    // The token given, else an admin token of the node's own token file (a cluster's nodes
+    // usually share one).
+    let token = cfg.join_token.clone().or_else(|| {
+        cfg.token_file
+            .as_deref()
+            .and_then(raftflow_api::auth::admin_token)
+    });
+    let client =
+        raftflow_client::Client::new(url, std::time::Duration::from_secs(10)).with_token(token);
     let me = cfg.node.members[&cfg.node.id].clone();
     let body = serde_json::json!({
         "id": cfg.node.id, "client_addr": me.client, "peer_addr": me.peer,
@@ -174,7 +184,12 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
     let node = raftflow_raft::RaftNode::start(cfg.node.clone())
         .await
         .context("starting the node")?;
-    let state = raftflow_api::AppState::new(node.clone(), cfg.api.clone());
+    let auth = match &cfg.token_file {
+        Some(path) => raftflow_api::auth::Auth::from_file(path).map_err(anyhow::Error::msg)?,
+        None => raftflow_api::auth::Auth::open(),
+    };
+    let state = raftflow_api::AppState::with_auth(node.clone(), cfg.api.clone(), auth);
+    tokio::spawn(reload_tokens_on_sighup(state.clone()));
     let app = raftflow_api::router(state);
     let listener = tokio::net::TcpListener::bind(&cfg.client_listen)
         .await
@@ -210,6 +225,23 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
     node.shutdown().await;
     drop(Arc::try_unwrap(node).ok());
     Ok(())
+}
+
+/// Reads the token file again on every SIGHUP; a file that does not parse leaves the tokens
+/// in use as they were.
+async fn reload_tokens_on_sighup(state: raftflow_api::AppState) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match state.auth.reload() {
+            Ok(n) => tracing::info!(tokens = n, "SIGHUP: the token file is reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the token file was not reloaded; the tokens in use stay")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -78,6 +78,30 @@ impl ApiError {
         Self::new(ErrorCode::Unavailable, message)
     }
 
+    /// 401: no token or an unknown one.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            ErrorCode::Unauthenticated,
+            "this cluster needs an API token: send `Authorization: Bearer <token>`",
+        )
+    }
+
+    /// 403: the caller's role may not call `method path`.
+    pub fn forbidden(
+        caller: &crate::auth::Caller,
+        method: &axum::http::Method,
+        path: &str,
+    ) -> Self {
+        Self::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} (role {}) may not call {method} {path}",
+                caller.name,
+                caller.role.as_str()
+            ),
+        )
+    }
+
     pub fn storage_full(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::StorageFull, message)
     }
@@ -147,6 +171,10 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()).expect("digits"),
             );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE && !self.body_drained {
             // The body was refused unread, so the connection cannot carry another request:

@@ -5,6 +5,7 @@
 //! Any node answers any request. A handler maps the request to its Raft group, serves it if
 //! this node leads the group, and otherwise forwards it once to the leader's client address.
 
+pub mod auth;
 mod console;
 mod error;
 mod extract;
@@ -43,6 +44,8 @@ pub struct ApiConfig {
     /// Health probes of peers (`/v1/cluster`) leave from this address (fault tests cut links
     /// between node IPs).
     pub source_ip: Option<std::net::IpAddr>,
+    /// Log every request with its caller (`--access-log`).
+    pub access_log: bool,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +55,7 @@ impl Default for ApiConfig {
             write_timeout: Duration::from_secs(5),
             max_inflight_requests: 4096,
             source_ip: None,
+            access_log: false,
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub node: Arc<RaftNode>,
     pub config: ApiConfig,
+    /// Who may call what; open when the node has no token file.
+    pub auth: auth::Auth,
     http: reqwest::Client,
     metrics: metrics::HttpMetrics,
     inflight: tokio::sync::Semaphore,
@@ -80,6 +86,11 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(node: Arc<RaftNode>, config: ApiConfig) -> Self {
+        AppState::with_auth(node, config, auth::Auth::open())
+    }
+
+    /// A state whose `/v1` routes need the tokens of `auth`.
+    pub fn with_auth(node: Arc<RaftNode>, config: ApiConfig, auth: auth::Auth) -> Self {
         let http = reqwest::Client::builder()
             .local_address(config.source_ip)
             .connect_timeout(PROBE_CONNECT_TIMEOUT)
@@ -89,6 +100,7 @@ impl AppState {
             node,
             inflight: tokio::sync::Semaphore::new(config.max_inflight_requests),
             config,
+            auth,
             http,
             metrics: Default::default(),
         }))
@@ -158,9 +170,70 @@ impl AppState {
         types::TaskView,
         types::TaskOutcome,
         types::LeaseExtended,
-    ))
+    )),
+    modifiers(&BearerTokens)
 )]
 pub struct ApiDoc;
+
+/// Every `/v1` operation takes a bearer token (when the node has a token file) and may answer
+/// 401 `unauthenticated` or 403 `forbidden`.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{RefOr, ResponseBuilder, SecurityRequirement};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                for (status, what) in [
+                    ("401", "no token, or an unknown one (`unauthenticated`)"),
+                    (
+                        "403",
+                        "the token's role may not call this route (`forbidden`)",
+                    ),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(what)
+                                    .content(
+                                        "application/json",
+                                        utoipa::openapi::ContentBuilder::new()
+                                            .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                                "ErrorBody",
+                                            )))
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}
 
 /// `(METHOD, path)` of every route in the OpenAPI document.
 pub fn openapi_routes() -> std::collections::BTreeSet<(String, String)> {
@@ -265,6 +338,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed_load,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

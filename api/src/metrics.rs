@@ -59,8 +59,27 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
+    let access = state.config.access_log.then(|| {
+        (
+            req.uri().path().to_string(),
+            req.uri().query().map(str::to_string),
+        )
+    });
     let start = Instant::now();
     let resp = next.run(req).await;
+    if let Some((path, query)) = access {
+        let caller = resp.extensions().get::<crate::auth::Caller>();
+        tracing::info!(
+            target: "raftflow::access",
+            method = %method,
+            path = %path,
+            query = %query.as_deref().unwrap_or(""),
+            status = resp.status().as_u16(),
+            ms = %format!("{:.3}", start.elapsed().as_secs_f64() * 1e3),
+            caller = %caller.map_or("-", |c| &*c.name),
+            "request"
+        );
+    }
     state.metrics.record(
         &route,
         &method,

@@ -75,6 +75,8 @@ pub struct Client {
     /// Index into `bases` of the node to try first.
     current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    /// The API token sent as `Authorization: Bearer`, if any.
+    token: Option<Arc<str>>,
 }
 
 /// `host:port` or a URL, as a base URL without a trailing slash.
@@ -117,7 +119,14 @@ impl Client {
             bases: Arc::new(bases),
             current: Arc::new(AtomicUsize::new(0)),
             http,
+            token: None,
         }
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.map(Into::into);
+        self
     }
 
     /// The base URL requests go to first (the node that answered last).
@@ -168,6 +177,9 @@ impl Client {
                 .request(method.clone(), format!("{}{path}", self.bases[at]));
             if let Some(t) = timeout {
                 req = req.timeout(t);
+            }
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token);
             }
             if let Some(b) = body {
                 req = req.json(b);

@@ -42,6 +42,10 @@ pub enum ErrorCode {
     NotEnoughNodes,
     /// 409: the only serving data group cannot be retired.
     LastGroup,
+    /// 401: no token, or one the node does not know (`WWW-Authenticate: Bearer`).
+    Unauthenticated,
+    /// 403: the token's role may not call this route.
+    Forbidden,
     /// A code this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -49,7 +53,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends, in the order of the enum.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::WorkflowExists,
@@ -65,6 +69,8 @@ impl ErrorCode {
         ErrorCode::NodeExists,
         ErrorCode::NotEnoughNodes,
         ErrorCode::LastGroup,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
     ];
 
     /// The wire form.
@@ -85,6 +91,8 @@ impl ErrorCode {
             ErrorCode::NodeExists => "node_exists",
             ErrorCode::NotEnoughNodes => "not_enough_nodes",
             ErrorCode::LastGroup => "last_group",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -93,6 +101,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::WorkflowExists
             | ErrorCode::RevisionMismatch

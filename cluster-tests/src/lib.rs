@@ -305,8 +305,12 @@ impl Cluster {
 
     /// SIGSTOP / SIGCONT a node.
     pub fn pause(&self, id: u64, paused: bool) {
+        self.signal(id, if paused { libc::SIGSTOP } else { libc::SIGCONT });
+    }
+
+    /// Sends `sig` to node `id`'s process, if it runs.
+    pub fn signal(&self, id: u64, sig: i32) {
         if let Some(pid) = self.node(id).pid() {
-            let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
             // SAFETY: signalling a child process we spawned and still own.
             unsafe {
                 libc::kill(pid as i32, sig);

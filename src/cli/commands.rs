@@ -39,7 +39,13 @@ type Outcome = Result<ExitCode, Failure>;
 
 /// Runs `cmd` and returns the process's exit status; errors go to stderr with their code.
 pub async fn run(global: &Global, cmd: ClientCmd) -> i32 {
-    let client = global.client();
+    let client = match global.client() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::Usage as i32;
+        }
+    };
     let cli = Cli {
         client,
         json: global.output == Output::Json,

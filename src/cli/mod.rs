@@ -34,11 +34,50 @@ pub struct Global {
     /// How long one request may take, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// The API token a client command or a worker sends, for a cluster started with
+/// `--token-file`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TokenArgs {
+    /// The API token (`Authorization: Bearer`).
+    #[arg(long, global = true, env = "RAFTFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file whose first line is the API token (instead of --token).
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTFLOW_TOKEN_PATH",
+        conflicts_with = "token"
+    )]
+    pub token_path: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token given, if any; a token path that cannot be read is an error.
+    pub fn resolve(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+        }
+        let Some(path) = &self.token_path else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the token from {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "{} holds no token", path.display());
+        Ok(Some(token))
+    }
 }
 
 impl Global {
-    pub fn client(&self) -> Client {
-        Client::with_addrs(&self.addr, Duration::from_millis(self.timeout_ms))
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(
+            Client::with_addrs(&self.addr, Duration::from_millis(self.timeout_ms))
+                .with_token(self.token.resolve()?),
+        )
     }
 }
 
@@ -66,6 +105,8 @@ pub enum ExitCode {
     EndedUnsuccessfully = 6,
     /// `--wait`: the workflow was still running when the wait ran out.
     WaitTimedOut = 7,
+    /// 401 or 403: no token, an unknown one, or one whose role may not do this.
+    Denied = 8,
 }
 
 impl ExitCode {
@@ -75,6 +116,7 @@ impl ExitCode {
             ClientError::Api { status, code, .. } => match (status, code) {
                 (404, _) | (_, ErrorCode::NotFound) => ExitCode::NotFound,
                 (409, _) => ExitCode::Conflict,
+                (401 | 403, _) => ExitCode::Denied,
                 (400 | 413 | 422, _) => ExitCode::Usage,
                 (429 | 503 | 507, _) => ExitCode::Unavailable,
                 _ => ExitCode::Failed,
