@@ -2,7 +2,9 @@
 # Starts, grows, stops and shows the local cluster that `make cluster` runs: nodes 1-3 create
 # it (--initial-cluster), any further node joins the running cluster (--join). Node i serves
 # its API on 127.0.0.1:700i and its peers on 127.0.0.1:800i (i up to 9). Data, logs and pid
-# files live under .cluster/ (git-ignored).
+# files live under .cluster/ (git-ignored). SECURE=1 (remembered by the cluster) gives the nodes
+# certificates of a local CA for mutual TLS between peers (.cluster/certs) and API tokens
+# (.cluster/tokens, one per role).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${RAFTFLOW_BIN:?RAFTFLOW_BIN is not set}
@@ -32,6 +34,35 @@ known_nodes() {
   return 0
 }
 
+secure() { [ "${SECURE:-0}" = 1 ] || [ -f "$DIR/secure" ]; }
+# The token of role $1 in the cluster's token file.
+token() { sed -n "s/^\([^,#]*\),[^,]*,$1\$/\1/p" "$DIR/tokens" | head -n1; }
+
+# Certificates for nodes 1-9 and a token per role, made once.
+secure_setup() {
+  touch "$DIR/secure"
+  if [ ! -f "$DIR/certs/node-9.pem" ]; then
+    local nodes=()
+    for i in $(seq 1 9); do nodes+=(--node "$i=127.0.0.1"); done
+    "$BIN" certs --dir "$DIR/certs" "${nodes[@]}" >/dev/null
+  fi
+  if [ ! -f "$DIR/tokens" ]; then
+    (
+      umask 077
+      echo "# TOKEN,NAME,ROLE"
+      for role in admin operator worker reader; do
+        echo "$(head -c 24 /dev/urandom | base64 | tr '+/' '-_'),local-$role,$role"
+      done
+    ) >"$DIR/tokens"
+  fi
+}
+
+# The flags that make node $1 secure, when the cluster is.
+secure_flags() {
+  secure || return 0
+  echo "--token-file $DIR/tokens --peer-ca $DIR/certs/ca.pem --peer-cert $DIR/certs/node-$1.pem --peer-key $DIR/certs/node-$1-key.pem"
+}
+
 launch() {
   local i=$1 pid
   if pid=$(our_pid "$i"); then
@@ -46,7 +77,7 @@ launch() {
     how=(--join "http://$(client 1)" --client-listen "$(client "$i")" --peer-listen "$(peer "$i")")
   fi
   # shellcheck disable=SC2086
-  nohup "$BIN" serve --id "$i" "${how[@]}" --data-dir "$DIR/n$i" \
+  nohup "$BIN" serve --id "$i" "${how[@]}" --data-dir "$DIR/n$i" $(secure_flags "$i") \
     ${RAFTFLOW_EXTRA_FLAGS:-} >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
 }
@@ -79,6 +110,7 @@ start() {
     exit 2
   fi
   mkdir -p "$DIR"
+  if [ "${SECURE:-0}" = 1 ]; then secure_setup; fi
   local ids=()
   for i in $(seq 1 "$WANT") $(known_nodes); do
     [[ " ${ids[*]} " == *" $i "* ]] || ids+=("$i")
@@ -90,6 +122,10 @@ start() {
   for i in "${ids[@]}"; do if [ "$i" -gt 3 ]; then joined+=("$i"); fi; done
   [ "${#joined[@]}" = 0 ] || wait_ready "${joined[@]}"
   echo
+  if secure; then
+    echo "secure: mutual TLS between peers ($DIR/certs), API tokens in $DIR/tokens; the CLI needs one:"
+    echo "  export RAFTFLOW_TOKEN=$(token admin)"
+  fi
   echo "try:  $BIN cluster status   (or open http://127.0.0.1:7001/ui/)"
   echo "grow: make cluster-join      stop: make cluster-stop"
 }
@@ -135,6 +171,7 @@ status() {
   done
   [ "${#addrs[@]}" -gt 0 ] || addrs=("$(client 1)")
   # The CLI moves on to the next address when one does not answer.
+  if secure && [ -z "${RAFTFLOW_TOKEN:-}" ]; then export RAFTFLOW_TOKEN; RAFTFLOW_TOKEN=$(token admin); fi
   "$BIN" cluster status --addr "$(IFS=,; echo "${addrs[*]}")" || echo "no node answers /v1/cluster"
 }
 

@@ -20,13 +20,17 @@ fail() { echo "deploy-check: $*" >&2; for f in "$WORK"/n*.log; do echo "--- $f";
 # The token file every machine shares, and the token the CLI sends.
 (umask 077; echo "$(head -c 24 /dev/urandom | base64 | tr '+/' '-_'),ops,admin" > "$WORK/tokens")
 export RAFTFLOW_TOKEN="$(cut -d, -f1 "$WORK/tokens")"
+# The CA and a certificate for each machine.
+nodes=(); for i in 1 2 3 4 5; do nodes+=(--node "$i=$(ip "$i")"); done
+"$BIN" certs --dir "$WORK/certs" "${nodes[@]}" >/dev/null
 
 # Starts node $1 with the settings of its /etc/raftflow/env (the other arguments, VAR=value).
 start() {
   local id=$1; shift
   mkdir -p "$WORK/n$id"
   env "$@" RAFTFLOW_DATA_DIR="$WORK/n$id" RAFTFLOW_LOG_FORMAT=json RAFTFLOW_TOKEN_FILE="$WORK/tokens" \
-    "$BIN" serve >"$WORK/n$id.log" 2>&1 &
+    RAFTFLOW_PEER_CA="$WORK/certs/ca.pem" RAFTFLOW_PEER_CERT="$WORK/certs/node-$id.pem" \
+    RAFTFLOW_PEER_KEY="$WORK/certs/node-$id-key.pem" "$BIN" serve >"$WORK/n$id.log" 2>&1 &
   PIDS[$id]=$!
 }
 

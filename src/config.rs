@@ -97,6 +97,16 @@ pub struct ServeArgs {
     /// Log every API request (method, route, status, time, caller) at info level.
     #[arg(long, env = "RAFTFLOW_ACCESS_LOG")]
     pub access_log: bool,
+    /// The cluster's CA certificate (PEM): with --peer-cert and --peer-key, peers talk mutual
+    /// TLS and accept only peers whose certificate this CA signed (`raftflow certs` makes them).
+    #[arg(long, env = "RAFTFLOW_PEER_CA", requires_all = ["peer_cert", "peer_key"])]
+    pub peer_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by --peer-ca, naming its peer address's host.
+    #[arg(long, env = "RAFTFLOW_PEER_CERT", requires = "peer_ca")]
+    pub peer_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "RAFTFLOW_PEER_KEY", requires = "peer_ca")]
+    pub peer_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -125,6 +135,9 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     insecure: Option<bool>,
     access_log: Option<bool>,
+    peer_ca: Option<PathBuf>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
 }
 
 pub struct Config {
@@ -274,6 +287,17 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         None => 3.min(members.len() as u64),
     };
     let peer_ip = me.peer.parse::<SocketAddr>().map(|a| a.ip()).ok();
+    let peer_tls = match (
+        args.peer_ca.or(file.peer_ca),
+        args.peer_cert.or(file.peer_cert),
+        args.peer_key.or(file.peer_key),
+    ) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(raftflow_raft::PeerTls::load(&ca, &cert, &key).map_err(anyhow::Error::msg)?)
+        }
+        _ => bail!("peer TLS needs all of --peer-ca, --peer-cert and --peer-key"),
+    };
     let node = NodeConfig {
         id,
         data_dir,
@@ -297,6 +321,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .min_free_disk_bytes
             .or(file.min_free_disk_bytes)
             .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
+        peer_tls,
     };
     let defaults = ApiConfig::default();
     let api = ApiConfig {

@@ -2,6 +2,7 @@
 //! drive a cluster over its API; `worker` runs tasks; `completions` prints shell completions.
 //! The benchmark is its own binary, `raftflow-bench` (cluster-tests).
 
+mod certs;
 mod cli;
 mod config;
 mod worker;
@@ -56,6 +57,11 @@ enum Cmd {
     /// Run a command for each task of the given types: context on stdin, output on stdout.
     #[command(after_help = "Example:\n  raftflow worker --type ship --exec examples/ship.sh")]
     Worker(worker::WorkerArgs),
+    /// Make a local CA and node certificates for mutual TLS between peers.
+    #[command(
+        after_help = "Example:\n  raftflow certs --dir certs --node 1=127.0.0.1 --node 2=127.0.0.1 --node 3=127.0.0.1\n  raftflow serve ... --peer-ca certs/ca.pem --peer-cert certs/node-1.pem --peer-key certs/node-1-key.pem"
+    )]
+    Certs(certs::CertsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  source <(raftflow completions bash)")]
     Completions { shell: clap_complete::Shell },
@@ -84,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             let token = cli.global.token.resolve()?;
             return rt.block_on(worker::run(args, token));
         }
+        Cmd::Certs(args) => return certs::run(args),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "raftflow", &mut std::io::stdout());

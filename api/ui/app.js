@@ -41,8 +41,14 @@ class ApiError extends Error {
   }
 }
 
+// A cluster started with --token-file needs a token on every /v1 call: asked for at the first
+// 401 and kept for this tab only.
+const TOKEN_KEY = "raftflow-token";
+
 async function api(method, path, body) {
   const init = { method, headers: {} };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) init.headers["authorization"] = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -56,6 +62,17 @@ async function api(method, path, body) {
   const text = await resp.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
+  if (resp.status === 401) {
+    // Nothing was done: send the same call again with a token, the one another call was just
+    // given if any, else one asked for.
+    const now = sessionStorage.getItem(TOKEN_KEY);
+    if (now && now !== token) return api(method, path, body);
+    const given = window.prompt("This cluster needs an API token (kept for this tab only):");
+    if (given && given.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, given.trim());
+      return api(method, path, body);
+    }
+  }
   if (!resp.ok) {
     const err = (json && json.error) || {};
     throw new ApiError(resp.status, err.code || "error", err.message || `HTTP ${resp.status}`);

@@ -225,3 +225,47 @@ def test_cluster_page_matches_the_api(data, page):
     expect(page.locator("#nodes")).to_contain_text("active")
     expect(page.locator("main")).to_contain_text(f"replication factor {view['replication_factor']}")
     shot(page, "cluster")
+
+
+def test_a_cluster_with_tokens_asks_for_one_and_keeps_it_for_the_tab(browser):
+    work = tempfile.mkdtemp(prefix="raftflow-ui-tokens-")
+    token = "console-0123456789abcdef"
+    with open(os.path.join(work, "tokens"), "w") as f:
+        f.write(f"{token},console-user,reader\n")
+    client, peer = free_port(), free_port()
+    log = open(os.path.join(work, "n1.log"), "w")
+    proc = subprocess.Popen(
+        [BIN, "serve", "--id", "1", "--initial-cluster", f"1=127.0.0.1:{client}/127.0.0.1:{peer}",
+         "--groups", "1", "--data-dir", os.path.join(work, "n1"),
+         "--token-file", os.path.join(work, "tokens")],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{client}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            assert time.time() < deadline, "the node did not become ready in 60 s"
+            time.sleep(0.2)
+        assert call(base, "GET", "/v1/cluster")[0] == 401
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        asked = []
+        pg.on("dialog", lambda d: (asked.append(d.message), d.accept(token)))
+        pg.goto(base + "/ui/#/cluster")
+        expect(pg.locator("main")).to_contain_text("node")
+        expect(pg.locator("#error")).to_be_hidden()
+        assert len(asked) == 1 and "token" in asked[0]
+        # Other pages of the same tab send the kept token without asking again.
+        pg.goto(base + "/ui/#/definitions")
+        expect(pg.locator("#error")).to_be_hidden()
+        assert len(asked) == 1
+        ctx.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)

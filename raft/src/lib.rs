@@ -39,6 +39,7 @@ pub use node::{
 };
 pub use query::{Answer, Query};
 pub use raftflow_storage::{Store, SyncStats};
+pub use transport::PeerTls;
 
 /// Errors of the raft layer; each maps to one API error code.
 #[derive(Debug, thiserror::Error)]

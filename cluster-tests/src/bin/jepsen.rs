@@ -36,6 +36,9 @@ struct Args {
     /// Runs per fault, each with its own seed (seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     runs: u64,
+    /// Peers talk plain TCP instead of mutual TLS (certificates made by `raftflow certs`).
+    #[arg(long)]
+    plain_peers: bool,
     /// Run nothing: judge the recorded histories under this report directory again.
     #[arg(long)]
     check: Option<PathBuf>,
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             bin: args.bin.clone(),
             mutant: args.mutant.clone(),
             groups: args.groups,
+            peer_tls: !args.plain_peers,
         };
         let report = rt.block_on(run(cfg))?;
         worst = worst.max(print_verdict(&report.fault, &report.judgement));

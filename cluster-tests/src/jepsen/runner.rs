@@ -52,6 +52,8 @@ pub struct RunConfig {
     /// `RAFTFLOW_MUTANT` for the nodes (with a binary built with the `mutants` feature).
     pub mutant: Option<String>,
     pub groups: u64,
+    /// Mutual TLS between the nodes (the default; `--plain-peers` turns it off).
+    pub peer_tls: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,6 +72,32 @@ fn definition() -> Value {
         "initial": "on",
         "states": {"on": {"on": {"tick": "on", "stop": "off"}}, "off": {"terminal": "succeeded"}}
     })
+}
+
+/// Certificates of one CA for nodes 1-5 (127.0.0.1-.5; 4 and 5 may join) under the report
+/// directory, and the settings that make each node use its own.
+fn peer_certificates(spec: &mut Spec, cfg: &RunConfig) -> anyhow::Result<()> {
+    let dir = cfg.out.join("certs");
+    let bin = cfg.bin.clone().unwrap_or_else(crate::binary);
+    let mut certs = std::process::Command::new(&bin);
+    certs.arg("certs").arg("--dir").arg(&dir);
+    for id in 1..=5 {
+        certs.args(["--node", &format!("{id}=127.0.0.{id}")]);
+    }
+    let out = certs.output().context("running raftflow certs")?;
+    anyhow::ensure!(out.status.success(), "raftflow certs: {out:?}");
+    let file = |f: String| dir.join(f).display().to_string();
+    spec.env
+        .push(("RAFTFLOW_PEER_CA".into(), file("ca.pem".into())));
+    for id in 1..=5u64 {
+        let env = spec.node_env.entry(id).or_default();
+        env.push(("RAFTFLOW_PEER_CERT".into(), file(format!("node-{id}.pem"))));
+        env.push((
+            "RAFTFLOW_PEER_KEY".into(),
+            file(format!("node-{id}-key.pem")),
+        ));
+    }
+    Ok(())
 }
 
 struct Ctx {
@@ -818,6 +846,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
             ],
         );
+    }
+    if cfg.peer_tls {
+        peer_certificates(&mut spec, &cfg)?;
     }
     let mut cluster = Cluster::launch(spec);
     cluster

@@ -382,6 +382,7 @@ mod tests {
             bind_source_ip: None,
             min_free_disk_bytes: 0,
             joined: false,
+            peer_tls: None,
         };
         let err = match RaftNode::start(config).await {
             Ok(_) => panic!("a node started on a directory of format 99"),

@@ -75,6 +75,8 @@ pub struct NodeConfig {
     pub bind_source_ip: Option<IpAddr>,
     /// A leader refuses client writes while its data disk has less free space.
     pub min_free_disk_bytes: u64,
+    /// Mutual TLS on the peer port (both ends), when the cluster has certificates.
+    pub peer_tls: Option<crate::transport::PeerTls>,
 }
 
 /// Counters for `/metrics`.
@@ -157,7 +159,7 @@ impl RaftNode {
             bootstrap::check_replication_factor(&store, config.replication_factor)?;
         }
         let registry = Arc::new(Registry::default());
-        let clients = PeerClients::new(config.bind_source_ip);
+        let clients = PeerClients::new(config.bind_source_ip, config.peer_tls.clone());
         let signals = Arc::new(Signals::default());
         let counters = RaftCounters::default();
         let book = Arc::new(AddressBook::new(config.members.clone()));
@@ -192,7 +194,11 @@ impl RaftNode {
             }
         }
         registry.set_forwarder(Arc::new(routing::ServeForwarded(Arc::downgrade(&node))));
-        let mut tasks = vec![tokio::spawn(serve_peers(listener, registry))];
+        let mut tasks = vec![tokio::spawn(serve_peers(
+            listener,
+            registry,
+            node.config.peer_tls.clone(),
+        ))];
         tasks.push(tokio::spawn(node.clone().bootstrap(clients)));
         tasks.push(tokio::spawn(node.clone().balance_leaders()));
         tasks.push(tokio::spawn(node.clone().run_clock()));

@@ -13,6 +13,8 @@ use tokio::io::BufReader;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::tls::PeerTls;
+
 use super::frames::{
     encode_frame, read_frame, write_frames, Envelope, Forward, ForwardError, ForwardReply, Frame,
     PeerReply, PeerRpc, READ_BUFFER_BYTES, WRITE_QUEUE_FRAMES,
@@ -38,6 +40,7 @@ pub(crate) struct PeerConn {
     target: u64,
     addr: String,
     local_ip: Option<IpAddr>,
+    tls: Option<PeerTls>,
     next_id: AtomicU64,
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     last_failed_connect: Mutex<Option<Instant>>,
@@ -90,7 +93,10 @@ impl PeerConn {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = match &self.tls {
+            Some(tls) => tls.connect(&self.addr, stream).await?,
+            None => super::tls::plain(stream),
+        };
         let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
@@ -199,13 +205,16 @@ pub(crate) enum CallError {
 /// Connections to every peer, shared by all groups of this node.
 pub struct PeerClients {
     local_ip: Option<IpAddr>,
+    /// Mutual TLS to every peer, when the cluster has certificates.
+    tls: Option<PeerTls>,
     conns: Mutex<HashMap<u64, Arc<PeerConn>>>,
 }
 
 impl PeerClients {
-    pub fn new(local_ip: Option<IpAddr>) -> Arc<Self> {
+    pub fn new(local_ip: Option<IpAddr>, tls: Option<PeerTls>) -> Arc<Self> {
         Arc::new(PeerClients {
             local_ip,
+            tls,
             conns: Mutex::new(HashMap::new()),
         })
     }
@@ -226,6 +235,7 @@ impl PeerClients {
             target,
             addr: addr.to_string(),
             local_ip: self.local_ip,
+            tls: self.tls.clone(),
             next_id: AtomicU64::new(1),
             live: tokio::sync::Mutex::new(None),
             last_failed_connect: Mutex::new(None),

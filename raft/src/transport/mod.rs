@@ -12,12 +12,14 @@ mod client;
 pub(crate) mod frames;
 mod registry;
 mod server;
+mod tls;
 
 pub(crate) use client::{CallError, PeerClients, PeerConn};
 pub(crate) use frames::{Forward, ForwardError, ForwardReply, MembershipChange};
 pub(crate) use frames::{PeerReply, PeerRpc};
 pub(crate) use registry::{Forwarder, Registry};
 pub(crate) use server::serve_peers;
+pub use tls::PeerTls;
 
 #[cfg(test)]
 mod tests {
@@ -111,8 +113,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let registry = Arc::new(Registry::default());
-        let server = tokio::spawn(serve_peers(listener, registry.clone()));
-        let clients = PeerClients::new(None);
+        let server = tokio::spawn(serve_peers(listener, registry.clone(), None));
+        let clients = PeerClients::new(None, None);
         let ask = |work| clients.forward(2, &addr, 7, work, Duration::from_secs(5));
 
         let early = ask(Forward::ReadIndex { timeout_ms: 5 }).await;
@@ -206,8 +208,8 @@ mod tests {
             release: tokio::sync::Semaphore::new(0),
         });
         registry.set_forwarder(Arc::new(gate.clone()));
-        let server = tokio::spawn(serve_peers(listener, registry));
-        let flooder = PeerClients::new(None);
+        let server = tokio::spawn(serve_peers(listener, registry, None));
+        let flooder = PeerClients::new(None, None);
         let extra = 50;
         let calls: Vec<_> = (0..MAX_INFLIGHT_RPCS_PER_CONNECTION + extra)
             .map(|_| {
@@ -241,7 +243,7 @@ mod tests {
             MAX_INFLIGHT_RPCS_PER_CONNECTION
         );
         // Another peer's connection is served meanwhile.
-        let other = PeerClients::new(None);
+        let other = PeerClients::new(None, None);
         let answer = other
             .forward(
                 3,
@@ -291,7 +293,7 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
         });
-        let clients = PeerClients::new(None);
+        let clients = PeerClients::new(None, None);
         let calls: Vec<_> = (0..MAX_PENDING_CALLS_PER_PEER)
             .map(|_| {
                 let (clients, addr) = (clients.clone(), addr.clone());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::frames::{
@@ -13,6 +13,7 @@ use super::frames::{
     PEER_PROTOCOL_VERSION, READ_BUFFER_BYTES, WRITE_QUEUE_FRAMES,
 };
 use super::registry::Registry;
+use super::tls::{PeerTls, ReadHalf, WriteHalf};
 
 /// The most RPCs of one peer connection served at once. Beyond it a request is answered at
 /// once with an error (the sender backs off, a forwarded client request becomes a 503) rather
@@ -22,15 +23,27 @@ use super::registry::Registry;
 /// group in flight, so a well-behaved peer stays far below it.
 pub const MAX_INFLIGHT_RPCS_PER_CONNECTION: usize = 8192;
 
-/// Serves peer connections on `listener` until the task is dropped.
-pub async fn serve_peers(listener: TcpListener, registry: Arc<Registry>) {
+/// Serves peer connections on `listener` until the task is dropped; with `tls`, only those of
+/// peers that present a certificate of the cluster's CA.
+pub async fn serve_peers(listener: TcpListener, registry: Arc<Registry>, tls: Option<PeerTls>) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
                 let registry = registry.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, registry).await {
+                    let halves = match &tls {
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(halves) => halves,
+                            Err(e) => {
+                                tracing::warn!(peer = %addr, error = %e, "peer refused: TLS handshake failed");
+                                return;
+                            }
+                        },
+                        None => super::tls::plain(stream),
+                    };
+                    if let Err(e) = serve_connection(halves, registry).await {
                         tracing::debug!(peer = %addr, error = %e, "peer connection closed");
                     }
                 });
@@ -43,8 +56,10 @@ pub async fn serve_peers(listener: TcpListener, registry: Arc<Registry>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, registry: Arc<Registry>) -> io::Result<()> {
-    let (rd, wr) = stream.into_split();
+async fn serve_connection(
+    (rd, wr): (ReadHalf, WriteHalf),
+    registry: Arc<Registry>,
+) -> io::Result<()> {
     let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_FRAMES);
     let writer = tokio::spawn(write_frames(wr, rx));

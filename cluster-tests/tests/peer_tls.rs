@@ -1,0 +1,190 @@
+//! Mutual TLS between peers against real nodes: a cluster whose nodes hold certificates of
+//! one CA serves; its peer port refuses a process without a certificate, one with a
+//! certificate of another CA, and one replaying plain frames; and the cluster keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftflow_client::types::CreateWorkflow;
+use raftflow_cluster_tests::{binary, order_definition, Cluster, Spec};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READY: Duration = Duration::from_secs(30);
+
+/// `raftflow certs` for nodes 1-3 on 127.0.0.1 into `dir`.
+fn certs(dir: &Path) {
+    let out = std::process::Command::new(binary())
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["--node", "1=127.0.0.1", "--node", "2=127.0.0.1"])
+        .args(["--node", "3=127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn secure_spec(dir: &Path) -> Spec {
+    let file = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    Spec {
+        env: vec![("RAFTFLOW_PEER_CA".into(), file("ca.pem"))],
+        node_env: (1..=3)
+            .map(|id| {
+                (
+                    id,
+                    vec![
+                        ("RAFTFLOW_PEER_CERT".into(), file(&format!("node-{id}.pem"))),
+                        (
+                            "RAFTFLOW_PEER_KEY".into(),
+                            file(&format!("node-{id}-key.pem")),
+                        ),
+                    ],
+                )
+            })
+            .collect(),
+        ..Spec::default()
+    }
+}
+
+/// A TLS client config trusting `ca` and presenting `identity` (certificate, key), if any.
+fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> tokio_rustls::TlsConnector {
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Whether the peer at `peer` keeps a TLS connection from a client with `connector` open,
+/// waiting for frames. A server that refuses the client's certificate fails the handshake,
+/// or (TLS 1.3) sends its alert at the client's first read, which then ends at once.
+async fn tls_peer_accepts(peer: &str, connector: tokio_rustls::TlsConnector) -> bool {
+    let tcp = TcpStream::connect(peer).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    // Still open after a second: the peer is waiting for this client's first frame.
+    tokio::time::timeout(Duration::from_secs(1), tls.read(&mut buf))
+        .await
+        .is_err()
+}
+
+async fn write_through_every_node(c: &Cluster, tag: &str) {
+    for id in 1..=3 {
+        let client = c.client(id);
+        client
+            .create_workflow(&CreateWorkflow {
+                id: Some(format!("{tag}-{id}")),
+                definition: "order".into(),
+                version: None,
+                context: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create through node {id}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_the_clusters_certificates_serve_and_strangers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    certs(&ours);
+    certs(&theirs);
+    let c = Cluster::launch(secure_spec(&ours));
+    c.wait_ready(READY).await.unwrap();
+    c.client(1)
+        .put_definition("order", &order_definition())
+        .await
+        .unwrap();
+    // Every node forwards to leaders elsewhere over TLS.
+    write_through_every_node(&c, "before").await;
+    let peer = c.node(1).peer.clone();
+
+    // No certificate at all: the handshake is refused.
+    assert!(!tls_peer_accepts(&peer, tls_client(&ours.join("ca.pem"), None)).await);
+    // A certificate of another CA: refused.
+    let foreign = tls_client(
+        &ours.join("ca.pem"),
+        Some((&theirs.join("node-2.pem"), &theirs.join("node-2-key.pem"))),
+    );
+    assert!(!tls_peer_accepts(&peer, foreign).await);
+    // Plain frames (what a peer without TLS sends, or bytes captured and replayed): the
+    // connection ends without an answer.
+    let mut plain = TcpStream::connect(&peer).await.unwrap();
+    let _ = plain.write_all(&5u32.to_be_bytes()).await;
+    let _ = plain.write_all(&[1, 0, 0, 0, 0]).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read(&mut buf))
+        .await
+        .expect("the node ends the connection");
+    // A TLS server may answer a plain client with an alert record (type 21), never a frame.
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => assert_eq!(buf[0], 21, "answered plain bytes with {:?}", &buf[..n]),
+    }
+    // A member's own certificate does get through: the refusals above are the CA's doing.
+    let member = tls_client(
+        &ours.join("ca.pem"),
+        Some((&ours.join("node-3.pem"), &ours.join("node-3-key.pem"))),
+    );
+    assert!(tls_peer_accepts(&peer, member).await);
+
+    // The cluster kept serving, and logged each refusal.
+    write_through_every_node(&c, "after").await;
+    let log = std::fs::read_to_string(c.log_path(1)).unwrap();
+    let refusals = log.matches("peer refused: TLS handshake failed").count();
+    assert!(refusals >= 3, "{refusals} refusals logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cas_certificate_cannot_reach_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    certs(&ours);
+    certs(&theirs);
+    let mut spec = secure_spec(&ours);
+    // Node 3 holds a certificate of another CA (and trusts only that one).
+    let file = |f: &str| theirs.join(f).to_str().unwrap().to_string();
+    spec.node_env.insert(
+        3,
+        vec![
+            ("RAFTFLOW_PEER_CA".into(), file("ca.pem")),
+            ("RAFTFLOW_PEER_CERT".into(), file("node-3.pem")),
+            ("RAFTFLOW_PEER_KEY".into(), file("node-3-key.pem")),
+        ],
+    );
+    let c = Cluster::launch(spec);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ready = c.probe(1).get_text("/readyz").await.map(|r| r.0);
+    assert_eq!(ready.ok(), Some(503));
+    // Node 3 refuses node 1 (whose certificate its CA did not sign) asking whether it has
+    // Raft state; the cluster waits for every member and so never forms.
+    let log = std::fs::read_to_string(c.log_path(3)).unwrap();
+    assert!(
+        log.contains("peer refused: TLS handshake failed"),
+        "node 3 did not refuse its peers"
+    );
+}
