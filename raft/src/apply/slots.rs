@@ -250,7 +250,11 @@ impl Applier {
             self.set_fence(tx, *slot, None);
         }
         if !arriving.is_empty() {
-            // Their ready tasks and deadlines were skipped while fenced: scans start over.
+            // Their ready tasks and deadlines were stepped over while fenced, and the scan
+            // hints went past them: scans start over, from the next command on (the rest of
+            // this batch included, or replicas that apply it in other batches would differ).
+            self.signals.forget_ready_floors(self.group);
+            self.deadline_from = None;
             tx.fences_lifted = true;
             tx.made_ready = true;
             tx.deadlines_touched = true;

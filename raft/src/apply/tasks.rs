@@ -20,8 +20,8 @@ use crate::tables::{self, OpenStep, TaskRecord, WorkflowRecord};
 
 /// Most deadlines one tick acts on; the leader ticks again while more are due.
 const MAX_DEADLINES_PER_TICK: usize = 512;
-/// Most ready tasks of fenced slots one lease command steps over.
-const MAX_FENCED_SKIPPED: usize = 4096;
+/// Keys a ready-queue or deadline scan reads at a time.
+const SCAN_CHUNK: usize = 128;
 /// Most tasks one lease command hands out.
 pub(crate) const MAX_TASKS_PER_LEASE: u32 = 100;
 
@@ -84,53 +84,116 @@ impl Applier {
             if !seen_types.insert(task_type) {
                 continue;
             }
-            // Tasks of fenced slots (moving away or not yet served here) stay queued and are
-            // stepped over; the floor goes past them too, and is forgotten when fences lift.
-            let prefix = tables::ready_prefix(task_type);
-            let mut floor = self.signals.ready_floor(self.group, task_type);
-            let mut skipped = 0;
-            while left > 0 && skipped < MAX_FENCED_SKIPPED {
-                let keys = tx.scan_keys(&prefix, floor.as_deref(), left);
-                let Some(last) = keys.last() else { break };
-                // Every key this lease looks at is the queue's first: later scans start after.
-                self.signals.raise_ready_floor(self.group, task_type, last);
-                floor = Some(raftflow_storage::key_after(last));
-                let exhausted = keys.len() < left;
-                for key in keys {
-                    let task_id = tables::task_of_ready_key(&key, task_type);
-                    if self.task_fenced(tx, &task_id) {
-                        skipped += 1;
-                        continue;
-                    }
-                    let token = at.index + self.token_base(tx);
-                    let mut trec = self.task_record(tx, &task_id);
-                    unqueue(tx, &mut trec);
-                    let expires_at_ms = trec.task.lease(
-                        token,
-                        worker,
-                        lease_ms.unwrap_or(trec.task.lease_ms),
-                        at.now_ms,
-                    );
-                    move_deadline(tx, &trec.task.id, None, Some(expires_at_ms));
-                    tx.put_encoded(tables::task_key(&task_id), &trec);
-                    let wf = self.workflow_record(tx, &trec.task.workflow_id).workflow;
-                    tasks.push(LeasedTask {
-                        id: task_id,
-                        workflow_id: wf.id,
-                        task_type: trec.task.task_type.clone(),
-                        attempt: trec.task.attempt,
-                        token: trec.task.token,
-                        expires_at_ms,
-                        context_json: serde_json::Value::Object(wf.context).to_string(),
-                    });
-                    left -= 1;
-                }
-                if exhausted {
-                    break;
-                }
+            let ids = self.first_ready(tx, task_type, left);
+            for task_id in ids {
+                let token = at.index + self.token_base(tx);
+                let mut trec = self.task_record(tx, &task_id);
+                unqueue(tx, &mut trec);
+                let expires_at_ms = trec.task.lease(
+                    token,
+                    worker,
+                    lease_ms.unwrap_or(trec.task.lease_ms),
+                    at.now_ms,
+                );
+                move_deadline(tx, &trec.task.id, None, Some(expires_at_ms));
+                tx.put_encoded(tables::task_key(&task_id), &trec);
+                let wf = self.workflow_record(tx, &trec.task.workflow_id).workflow;
+                tasks.push(LeasedTask {
+                    id: task_id,
+                    workflow_id: wf.id,
+                    task_type: trec.task.task_type.clone(),
+                    attempt: trec.task.attempt,
+                    token: trec.task.token,
+                    expires_at_ms,
+                    context_json: serde_json::Value::Object(wf.context).to_string(),
+                });
+                left -= 1;
             }
         }
         Outcome::Leased { tasks }
+    }
+
+    /// The first `n` ready tasks of `task_type` whose slots this group serves, in queue order.
+    ///
+    /// Tasks of fenced slots (moving away, or not yet served here) stay queued and are stepped
+    /// over, however many there are: the scan starts at this replica's floor, a hint kept in
+    /// memory that another replica may not have (it restarted, or applied an entry that lifted
+    /// fences in another batch), and where a scan starts must never change what it finds.
+    /// Every key before the floor is a leased task's deletion or a fenced task.
+    fn first_ready(&mut self, tx: &Tx, task_type: &str, n: usize) -> Vec<String> {
+        let prefix = tables::ready_prefix(task_type);
+        let floor = self.signals.ready_floor(self.group, task_type);
+        let mut found = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        'scan: loop {
+            let keys = match &last {
+                None => tx.scan_keys_hinted(&prefix, floor.as_deref(), SCAN_CHUNK),
+                Some(k) => tx.scan_keys(&prefix, Some(&raftflow_storage::key_after(k)), SCAN_CHUNK),
+            };
+            let exhausted = keys.len() < SCAN_CHUNK;
+            for key in keys {
+                let task_id = tables::task_of_ready_key(&key, task_type);
+                last = Some(key);
+                if self.task_fenced(tx, &task_id) {
+                    continue;
+                }
+                found.push(task_id);
+                if found.len() == n {
+                    break 'scan;
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        // Every key looked at is taken by this lease or fenced: later scans start after it.
+        if let Some(last) = last {
+            self.signals.raise_ready_floor(self.group, task_type, &last);
+        }
+        found
+    }
+
+    /// The deadlines due at `now_ms`, oldest first, of slots this group serves: at most
+    /// [`MAX_DEADLINES_PER_TICK`] of them. Like [`Applier::first_ready`], fenced ones are
+    /// stepped over however many there are, since the scan starts at a hint of this replica's
+    /// (`deadline_from`: no live deadline of a served slot sorts before it).
+    fn due_deadlines(&mut self, tx: &Tx, now_ms: u64) -> Vec<(Vec<u8>, u64, u8, String)> {
+        let hint = self.deadline_from.clone();
+        let mut due = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        'scan: loop {
+            let keys = match &last {
+                None => tx.scan_keys_hinted(tables::DEADLINES, hint.as_deref(), SCAN_CHUNK),
+                Some(k) => tx.scan_keys(
+                    tables::DEADLINES,
+                    Some(&raftflow_storage::key_after(k)),
+                    SCAN_CHUNK,
+                ),
+            };
+            let exhausted = keys.len() < SCAN_CHUNK;
+            for key in keys {
+                let (due_ms, kind, id) = tables::parse_deadline_key(&key);
+                if due_ms > now_ms {
+                    break 'scan;
+                }
+                last = Some(key.clone());
+                let fenced = match kind {
+                    tables::DEADLINE_TIMER => self.fence_of(tx, &id).is_some(),
+                    _ => self.task_fenced(tx, &id),
+                };
+                if fenced {
+                    continue;
+                }
+                due.push((key, due_ms, kind, id));
+                if due.len() == MAX_DEADLINES_PER_TICK {
+                    break 'scan;
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        due
     }
 
     pub(crate) fn complete_task(
@@ -262,20 +325,7 @@ impl Applier {
 
     /// Acts on every deadline at or before the entry's time, oldest first, up to a bound.
     pub(crate) fn tick(&mut self, tx: &mut Tx, at: At) -> Outcome {
-        let from = self.deadline_from.clone();
-        for key in tx.scan_keys(tables::DEADLINES, from.as_deref(), MAX_DEADLINES_PER_TICK) {
-            let (due_ms, kind, id) = tables::parse_deadline_key(&key);
-            if due_ms > at.now_ms {
-                break;
-            }
-            // A fenced slot's timers and leases wait for the group that serves it.
-            let fenced = match kind {
-                tables::DEADLINE_TIMER => self.fence_of(tx, &id).is_some(),
-                _ => self.task_fenced(tx, &id),
-            };
-            if fenced {
-                continue;
-            }
+        for (key, due_ms, kind, id) in self.due_deadlines(tx, at.now_ms) {
             tx.delete(key);
             tx.deadlines_touched = true;
             match kind {

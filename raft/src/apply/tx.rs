@@ -205,23 +205,50 @@ impl<'a> Tx<'a> {
         (self.overlay, self.cache)
     }
 
-    /// The first `limit` keys starting with `prefix`, in key order, as this transaction sees
-    /// them (stored rows, minus rows deleted here, plus rows written here). With `from`, stored
-    /// rows are read only from that key on: the caller knows none before it is live.
+    /// The first `limit` keys starting with `prefix` and at or after `from`, in key order, as
+    /// this transaction sees them (stored rows, minus rows deleted here, plus rows written here).
     pub(crate) fn scan_keys(
         &self,
         prefix: &[u8],
         from: Option<&[u8]>,
         limit: usize,
     ) -> Vec<Vec<u8>> {
+        self.merged_scan(prefix, from, from, limit)
+    }
+
+    /// Like [`Tx::scan_keys`] from `hint`, except that this transaction's own keys count from
+    /// the start of `prefix`: the caller keeps `hint` as "no stored key before it is live", a
+    /// promise about the rows as they were before this transaction wrote.
+    pub(crate) fn scan_keys_hinted(
+        &self,
+        prefix: &[u8],
+        hint: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
+        self.merged_scan(prefix, hint, None, limit)
+    }
+
+    fn merged_scan(
+        &self,
+        prefix: &[u8],
+        stored_from: Option<&[u8]>,
+        own_from: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<Vec<u8>> {
+        let start = match own_from {
+            Some(f) if f > prefix => f.to_vec(),
+            _ => prefix.to_vec(),
+        };
         let in_overlay: Vec<(&Vec<u8>, bool)> = self
             .overlay
-            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), Bound::Unbounded))
+            .range::<Vec<u8>, _>((Bound::Included(start), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k, v.is_some()))
             .collect();
         // Every overlay entry may hide one stored row, so read that many more.
-        let stored = self.rows.scan_keys(prefix, from, limit + in_overlay.len());
+        let stored = self
+            .rows
+            .scan_keys(prefix, stored_from, limit + in_overlay.len());
         let mut merged: BTreeMap<&[u8], bool> =
             stored.iter().map(|k| (k.as_slice(), true)).collect();
         for (k, live) in in_overlay {
@@ -271,11 +298,14 @@ mod tests {
         };
         assert_eq!(keys(&tx, 10), ["q/bb", "q/c", "q/d"]);
         assert_eq!(keys(&tx, 2), ["q/bb", "q/c"]);
-        // Stored keys only from `from` on; this transaction's own keys always.
+        // From a key on, whoever wrote it.
         let after_c: Vec<Vec<u8>> = tx.scan_keys(b"q/", Some(b"q/c\0"), 10);
-        assert_eq!(after_c, [b"q/bb".to_vec(), b"q/d".to_vec()]);
+        assert_eq!(after_c, [b"q/d".to_vec()]);
         let from_c: Vec<Vec<u8>> = tx.scan_keys(b"q/", Some(b"q/c"), 10);
-        assert_eq!(from_c, [b"q/bb".to_vec(), b"q/c".to_vec(), b"q/d".to_vec()]);
+        assert_eq!(from_c, [b"q/c".to_vec(), b"q/d".to_vec()]);
+        // From a hint: stored keys only from it on; this transaction's own keys always.
+        let hinted: Vec<Vec<u8>> = tx.scan_keys_hinted(b"q/", Some(b"q/c\0"), 10);
+        assert_eq!(hinted, [b"q/bb".to_vec(), b"q/d".to_vec()]);
         assert_eq!(tx.get(b"q/a"), None);
         assert!(tx.get(b"q/c").is_some());
         let (writes, _) = tx.finish();
