@@ -32,7 +32,7 @@ use crate::tables::{
 use crate::transport::frames::{encode_frame, Frame, PeerReply, PeerRpc};
 use crate::transport::{Forward, ForwardError, ForwardReply};
 
-const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/encodings.txt");
+pub(crate) const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/encodings.txt");
 
 /// Named encodings, in the order the file lists them.
 #[derive(Default)]
@@ -689,7 +689,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The pinned `name -> hex` lines of the file.
-fn parse(text: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -18,6 +18,8 @@ mod apply;
 pub mod command;
 mod consensus;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod golden;
 pub mod mutant;
 mod node;

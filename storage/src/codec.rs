@@ -8,8 +8,18 @@ use crate::{Result, StorageError};
 /// The format of every value written by this version.
 pub const FORMAT_V1: u8 = 1;
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The most bytes one decoded value may claim, in all its strings and containers: as much as a
+/// peer frame may carry. Without a bound, bincode allocates whatever a length field claims
+/// before it finds the bytes missing (the decoder fuzz found a timestamp read as a 1.7 TB
+/// string abort the process); with it, such a value is refused.
+pub const MAX_VALUE_BYTES: usize = 512 << 20;
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_VALUE_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_VALUE_BYTES>()
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -71,6 +81,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A length field that claims more than any value may hold is refused before anything is
+    /// allocated for it (unbounded, this aborted the process: found by `raft/src/fuzz.rs`).
+    #[test]
+    fn a_claimed_length_past_the_bound_is_an_error_not_an_allocation() {
+        // Format byte, then a varint u64 (marker 253) claiming a 1.7 TB string.
+        let mut bytes = vec![FORMAT_V1, 253];
+        bytes.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+        assert!(decode::<String>(&bytes).is_err());
+        assert!(decode::<Vec<u8>>(&bytes).is_err());
+        assert!(decode::<Vec<u64>>(&bytes).is_err());
+    }
 
     #[test]
     fn roundtrip_and_version_check() {

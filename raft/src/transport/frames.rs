@@ -19,7 +19,7 @@ use crate::consensus::{RaftReply, RaftRequest};
 /// Sent in every frame; a peer speaking another version is refused.
 pub const PEER_PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted (snapshots travel in one frame).
-pub const MAX_FRAME_BYTES: usize = 512 << 20;
+pub const MAX_FRAME_BYTES: usize = codec::MAX_VALUE_BYTES;
 /// Frames queued for one connection's writer before senders wait.
 pub(crate) const WRITE_QUEUE_FRAMES: usize = 4096;
 /// A connection's reads go through a buffer this large, so one system call takes in every
