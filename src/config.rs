@@ -84,6 +84,17 @@ pub struct ServeArgs {
     /// Requests served at once before shedding with 429 [default: 4096].
     #[arg(long, env = "RAFTFLOW_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
+    /// Client connections open at once; past it the node accepts no more until one closes
+    /// [default: 10000].
+    #[arg(long, env = "RAFTFLOW_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A request's headers must arrive within this, and a kept-alive connection's next request
+    /// begin within it, or the connection closes [default: 10000].
+    #[arg(long, env = "RAFTFLOW_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// A request's body must arrive within this, or it gets 408 [default: 10000].
+    #[arg(long, env = "RAFTFLOW_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
     /// Refuse writes with 507 below this much free disk [default: 67108864].
     #[arg(long, env = "RAFTFLOW_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
@@ -131,6 +142,9 @@ struct FileConfig {
     write_timeout_ms: Option<u64>,
     log_format: Option<String>,
     max_inflight_requests: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
     min_free_disk_bytes: Option<u64>,
     token_file: Option<PathBuf>,
     insecure: Option<bool>,
@@ -147,6 +161,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub api: ApiConfig,
     pub client_listen: String,
+    /// The client port's bounds on connections and on slow headers.
+    pub serve_limits: raftflow_api::serve::ServeLimits,
     pub log_format: String,
     /// The API's token file; `None`: the API is open.
     pub token_file: Option<PathBuf>,
@@ -339,8 +355,26 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .or(file.max_inflight_requests)
             .unwrap_or(defaults.max_inflight_requests)
             .max(1),
+        body_timeout: args
+            .body_timeout_ms
+            .or(file.body_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.body_timeout),
         source_ip: node.bind_source_ip,
         access_log: args.access_log || file.access_log.unwrap_or(false),
+    };
+    let limit_defaults = raftflow_api::serve::ServeLimits::default();
+    let serve_limits = raftflow_api::serve::ServeLimits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(limit_defaults.max_connections)
+            .max(1),
+        header_timeout: args
+            .header_timeout_ms
+            .or(file.header_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(limit_defaults.header_timeout),
     };
     let client_listen = client_listen.unwrap_or(me.client);
     let token_file = args.token_file.or(file.token_file);
@@ -357,6 +391,7 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         token_file,
         join_token: None,
         client_listen,
+        serve_limits,
         log_format: args
             .log_format
             .or(file.log_format)

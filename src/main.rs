@@ -198,6 +198,7 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
     let state = raftflow_api::AppState::with_auth(node.clone(), cfg.api.clone(), auth);
     tokio::spawn(reload_tokens_on_sighup(state.clone()));
     let app = raftflow_api::router(state);
+    raftflow_api::serve::raise_open_files_limit(&cfg.serve_limits);
     let listener = tokio::net::TcpListener::bind(&cfg.client_listen)
         .await
         .with_context(|| format!("binding the client address {}", cfg.client_listen))?;
@@ -219,15 +220,13 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
             );
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = removed => {}
-            }
-        })
-        .await
-        .context("serving HTTP")?;
+    raftflow_api::serve::serve(listener, app, cfg.serve_limits.clone(), async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = removed => {}
+        }
+    })
+    .await;
     tracing::info!("shutting down");
     node.shutdown().await;
     drop(Arc::try_unwrap(node).ok());

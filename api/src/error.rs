@@ -102,6 +102,18 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive within `after`. Its rest may still come, so the
+    /// connection cannot carry another request: it is closed.
+    pub fn request_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                after.as_millis()
+            ),
+        )
+    }
+
     pub fn storage_full(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::StorageFull, message)
     }
@@ -176,7 +188,9 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE && !self.body_drained {
+        if (self.status == StatusCode::PAYLOAD_TOO_LARGE && !self.body_drained)
+            || self.status == StatusCode::REQUEST_TIMEOUT
+        {
             // The body was refused unread, so the connection cannot carry another request:
             // say so, or a client that finished sending it would pool a connection the
             // server is about to close and lose its next request on it.

@@ -17,8 +17,8 @@ const DRAIN_MAX_BYTES: u64 = 16 << 20;
 /// The longest a refused body may take to arrive before the node answers and closes.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A JSON body: 413 `payload_too_large` over the limit, 400 `bad_request` when it does not
-/// parse into `T`. An empty body reads as `{}` (for bodies whose fields are all optional).
+/// A JSON body: 413 `payload_too_large` over the limit, 408 `request_timeout` when it does not
+/// arrive in time, 400 `bad_request` when it does not parse into `T`. An empty body reads as `{}` (for bodies whose fields are all optional).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -35,8 +35,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::payload_too_large(limit)
             });
         }
-        let bytes = Bytes::from_request(req, state)
+        let timeout = state.config.body_timeout;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(req, state))
             .await
+            .map_err(|_| ApiError::request_timeout(timeout))?
             .map_err(|e| body_error(e, limit))?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod handlers;
 mod metrics;
+pub mod serve;
 mod tasks;
 mod views;
 
@@ -41,6 +42,8 @@ pub struct ApiConfig {
     pub write_timeout: Duration,
     /// Requests served at once; more are shed with 429 `overloaded`.
     pub max_inflight_requests: usize,
+    /// How long a request's body may take to arrive before a 408 `request_timeout`.
+    pub body_timeout: Duration,
     /// Health probes of peers (`/v1/cluster`) leave from this address (fault tests cut links
     /// between node IPs).
     pub source_ip: Option<std::net::IpAddr>,
@@ -54,6 +57,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1 << 20,
             write_timeout: Duration::from_secs(5),
             max_inflight_requests: 4096,
+            body_timeout: Duration::from_secs(10),
             source_ip: None,
             access_log: false,
         }
@@ -171,15 +175,17 @@ impl AppState {
         types::TaskOutcome,
         types::LeaseExtended,
     )),
-    modifiers(&BearerTokens)
+    modifiers(&CommonAnswers)
 )]
 pub struct ApiDoc;
 
-/// Every `/v1` operation takes a bearer token (when the node has a token file) and may answer
-/// 401 `unauthenticated` or 403 `forbidden`.
-struct BearerTokens;
+/// Every `/v1` operation takes a bearer token (when the node has a token file), and may answer,
+/// besides its own results: 401 and 403 for the token, 400 for a malformed request, 413 for a
+/// body over the limit, the transient 429 and 503 that any call can meet, and for a write the
+/// 507 of a full disk.
+struct CommonAnswers;
 
-impl utoipa::Modify for BearerTokens {
+impl utoipa::Modify for CommonAnswers {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         use utoipa::openapi::{RefOr, ResponseBuilder, SecurityRequirement};
@@ -193,24 +199,41 @@ impl utoipa::Modify for BearerTokens {
                 continue;
             }
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
             ];
-            for op in operations.into_iter().flatten() {
+            for (writes, op) in operations {
+                let Some(op) = op else { continue };
                 op.security = Some(vec![SecurityRequirement::new(
                     "bearer",
                     Vec::<String>::new(),
                 )]);
-                for (status, what) in [
+                let mut answers = vec![
+                    ("400", "a malformed request (`bad_request`)"),
                     ("401", "no token, or an unknown one (`unauthenticated`)"),
                     (
                         "403",
                         "the token's role may not call this route (`forbidden`)",
                     ),
-                ] {
+                    (
+                        "429",
+                        "too many requests in flight (`overloaded`): retry later",
+                    ),
+                    (
+                        "503",
+                        "no leader or no quorum at the moment (`unavailable`): retry later",
+                    ),
+                ];
+                if op.request_body.is_some() {
+                    answers.push(("413", "the body is over the limit (`payload_too_large`)"));
+                }
+                if writes {
+                    answers.push(("507", "a node's disk is full (`storage_full`)"));
+                }
+                for (status, what) in answers {
                     op.responses
                         .responses
                         .entry(status.into())

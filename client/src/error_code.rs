@@ -46,6 +46,9 @@ pub enum ErrorCode {
     Unauthenticated,
     /// 403: the token's role may not call this route.
     Forbidden,
+    /// 408: the request's body did not arrive in time (`--body-timeout-ms`); the connection
+    /// is closed.
+    RequestTimeout,
     /// A code this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -53,7 +56,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends, in the order of the enum.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::WorkflowExists,
@@ -71,6 +74,7 @@ impl ErrorCode {
         ErrorCode::LastGroup,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
+        ErrorCode::RequestTimeout,
     ];
 
     /// The wire form.
@@ -93,6 +97,7 @@ impl ErrorCode {
             ErrorCode::LastGroup => "last_group",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -104,6 +109,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::WorkflowExists
             | ErrorCode::RevisionMismatch
             | ErrorCode::LeaseLost
