@@ -90,6 +90,7 @@ pub struct Cluster {
     node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
     client_ip: Option<std::net::IpAddr>,
     own_ips: bool,
+    token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -109,6 +110,8 @@ pub struct Spec {
     pub node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
     /// Address the test's HTTP clients send from.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The API token the harness's own clients send (a cluster with a token file).
+    pub token: Option<String>,
 }
 
 impl Default for Spec {
@@ -122,6 +125,7 @@ impl Default for Spec {
             env: Vec::new(),
             node_env: Default::default(),
             client_ip: None,
+            token: None,
         }
     }
 }
@@ -182,6 +186,7 @@ impl Cluster {
             node_env: spec.node_env.clone(),
             client_ip: spec.client_ip,
             own_ips: spec.own_ips,
+            token: spec.token.clone(),
             _dir: dir,
         };
         for id in 1..=spec.nodes {
@@ -319,25 +324,23 @@ impl Cluster {
     }
 
     pub fn client(&self, id: u64) -> Client {
-        Client::with_source(
-            &self.node(id).client,
-            Duration::from_secs(10),
-            self.client_ip,
-        )
+        self.client_with_timeout(id, Duration::from_secs(10))
     }
 
     /// A client with a short timeout, for probing.
     pub fn probe(&self, id: u64) -> Client {
-        Client::with_source(
-            &self.node(id).client,
-            Duration::from_millis(1500),
-            self.client_ip,
-        )
+        self.client_with_timeout(id, Duration::from_millis(1500))
     }
 
-    /// A client with the given timeout.
+    /// A client with the given timeout (and the cluster's token, if it has one).
     pub fn client_with_timeout(&self, id: u64, timeout: Duration) -> Client {
         Client::with_source(&self.node(id).client, timeout, self.client_ip)
+            .with_token(self.token.clone())
+    }
+
+    /// The API token the harness's clients send, if the cluster has a token file.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// Waits until every running node answers `/readyz` with 200.

@@ -170,3 +170,36 @@ async fn a_group_added_under_load_is_measured_until_it_holds_its_share() {
         assert!(m.max_ms >= m.p99_ms, "{m:?}");
     }
 }
+
+/// The secure cell: a cluster with mutual TLS between its nodes and a token file, every request
+/// carrying the token; the table sets it beside the plain cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_secure_run_commits_work_and_reports_its_cost() {
+    let config = Config {
+        systems: vec![System::Raftflow, System::RaftflowSecure],
+        workloads: vec![Workload::Transitions],
+        concurrency: vec![4],
+        warmup_s: 0,
+        duration_s: 1,
+        groups: 2,
+        node_threads: None,
+        bin: None,
+    };
+    let rows = run(&config).await.expect("bench runs");
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(row.measured.ops > 0, "{:?} committed nothing", row.system);
+        assert!(
+            row.measured.errors.is_empty(),
+            "{:?}: {:?}",
+            row.system,
+            row.measured.error_examples
+        );
+    }
+    let table = report::table(&rows);
+    assert!(
+        table.contains("The cost of peer TLS and API tokens")
+            && table.contains("| transitions | 4 |"),
+        "{table}"
+    );
+}

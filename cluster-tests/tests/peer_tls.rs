@@ -1,16 +1,19 @@
 //! Mutual TLS between peers against real nodes: a cluster whose nodes hold certificates of
 //! one CA serves; its peer port refuses a process without a certificate, one with a
-//! certificate of another CA, and one replaying plain frames; and the cluster keeps serving.
+//! certificate of another CA, one sending plain frames, and one replaying the bytes of a
+//! member's captured TLS session; and the cluster keeps serving.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use raftflow_client::types::CreateWorkflow;
 use raftflow_cluster_tests::{binary, order_definition, Cluster, Spec};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 const READY: Duration = Duration::from_secs(30);
@@ -92,6 +95,98 @@ async fn tls_peer_accepts(peer: &str, connector: tokio_rustls::TlsConnector) -> 
         .is_err()
 }
 
+/// A TCP stream that keeps a copy of every byte written to it: the capture of a session.
+struct Recording {
+    tcp: TcpStream,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = std::task::ready!(Pin::new(&mut self.tcp).poll_write(cx, buf))?;
+        self.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A real peer frame: the pinned "is this group initialised here?" request.
+fn initialized_frame() -> Vec<u8> {
+    let pinned = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../raft/golden/encodings.txt"),
+    )
+    .unwrap();
+    let hex = pinned
+        .lines()
+        .find_map(|l| l.strip_prefix("frame/initialized "))
+        .expect("the pinned frame")
+        .trim()
+        .to_string();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A member's session to `peer` (a real request, and its answer read), captured; then its
+/// bytes sent again on a new connection. Returns whether the original got an answer and
+/// whether the node ended the replayed connection.
+async fn replay_a_members_session(peer: &str, member: tokio_rustls::TlsConnector) -> (bool, bool) {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let tcp = TcpStream::connect(peer).await.unwrap();
+    let recording = Recording {
+        tcp,
+        sent: sent.clone(),
+    };
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = member.connect(name, recording).await.unwrap();
+    tls.write_all(&initialized_frame()).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = [0u8; 4];
+    let answered = tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut answer))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    drop(tls);
+    let captured = sent.lock().unwrap().clone();
+    let mut replay = TcpStream::connect(peer).await.unwrap();
+    let _ = replay.write_all(&captured).await;
+    // The node answers the replayed hello with a new handshake of its own, then finds the
+    // replayed client keys do not match it and closes: no request of the capture is served.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match replay.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (answered, ended)
+}
+
 async fn write_through_every_node(c: &Cluster, tag: &str) {
     for id in 1..=3 {
         let client = c.client(id);
@@ -151,12 +246,23 @@ async fn peers_with_the_clusters_certificates_serve_and_strangers_are_refused() 
         Some((&ours.join("node-3.pem"), &ours.join("node-3-key.pem"))),
     );
     assert!(tls_peer_accepts(&peer, member).await);
+    // The bytes of a member's whole session, captured and sent again: refused.
+    let member = tls_client(
+        &ours.join("ca.pem"),
+        Some((&ours.join("node-3.pem"), &ours.join("node-3-key.pem"))),
+    );
+    let (answered, ended) = replay_a_members_session(&peer, member).await;
+    assert!(
+        answered,
+        "the captured session got no answer: nothing worth replaying"
+    );
+    assert!(ended, "the node kept a replayed session open");
 
     // The cluster kept serving, and logged each refusal.
     write_through_every_node(&c, "after").await;
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     let refusals = log.matches("peer refused: TLS handshake failed").count();
-    assert!(refusals >= 3, "{refusals} refusals logged");
+    assert!(refusals >= 4, "{refusals} refusals logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,9 @@ use wire::Wire;
 pub enum System {
     Raftflow,
     Etcd,
+    /// raftflow with mutual TLS between its nodes and an API token on every request.
+    #[serde(rename = "raftflow-secure")]
+    RaftflowSecure,
 }
 
 impl System {
@@ -35,6 +38,7 @@ impl System {
         match self {
             System::Raftflow => "raftflow",
             System::Etcd => "etcd",
+            System::RaftflowSecure => "raftflow-secure",
         }
     }
 }
@@ -86,12 +90,22 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &system in &config.systems {
         match system {
-            System::Raftflow => {
+            System::Raftflow | System::RaftflowSecure => {
                 let env = config
                     .node_threads
                     .map(|n| vec![("TOKIO_WORKER_THREADS".into(), n.to_string())])
                     .unwrap_or_default();
-                let cluster = settled_cluster(config.groups, config.bin.clone(), env).await?;
+                let mut spec = Spec {
+                    groups: config.groups,
+                    bin: config.bin.clone(),
+                    env,
+                    ..Spec::default()
+                };
+                let secrets = tempfile::tempdir()?;
+                if system == System::RaftflowSecure {
+                    secure(&mut spec, secrets.path())?;
+                }
+                let cluster = settled_cluster(spec).await?;
                 let admin = cluster.client(1);
                 admin
                     .put_definition("bench-pingpong", &load::pingpong())
@@ -104,8 +118,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                 let connect = |c: usize| {
                     let addr = &addrs[c % addrs.len()];
                     Conn::Raftflow {
-                        wire: Wire::new(addr, REQUEST_TIMEOUT),
-                        client: Client::new(addr, REQUEST_TIMEOUT),
+                        wire: Wire::new(addr, REQUEST_TIMEOUT).with_token(cluster.token()),
+                        client: Client::new(addr, REQUEST_TIMEOUT)
+                            .with_token(cluster.token().map(String::from)),
                     }
                 };
                 for &workload in &config.workloads {
@@ -165,23 +180,51 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
 
 /// A fresh three-node raftflow cluster, ready and with leadership where the balancer leaves
 /// it (it moves leaders in the first seconds): what every measurement starts from.
-async fn settled_cluster(
-    groups: u64,
-    bin: Option<PathBuf>,
-    env: Vec<(String, String)>,
-) -> anyhow::Result<Cluster> {
-    let cluster = Cluster::launch(Spec {
-        groups,
-        bin,
-        env,
-        ..Spec::default()
-    });
+async fn settled_cluster(spec: Spec) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::launch(spec);
     cluster
         .wait_ready(Duration::from_secs(60))
         .await
         .context("raftflow cluster")?;
     cluster.wait_balanced(Duration::from_secs(60)).await?;
     Ok(cluster)
+}
+
+/// The token every request of a secure cell carries.
+const BENCH_TOKEN: &str = "bench-0123456789abcdef0123456789abcdef";
+
+/// Makes `spec` a secure cluster: certificates from `raftflow certs` in `dir` for mutual TLS
+/// between the nodes, and a token file whose one admin token the clients send.
+fn secure(spec: &mut Spec, dir: &std::path::Path) -> anyhow::Result<()> {
+    let bin = spec.bin.clone().unwrap_or_else(crate::binary);
+    let mut certs = std::process::Command::new(&bin);
+    certs.args(["certs", "--dir"]).arg(dir);
+    for id in 1..=spec.nodes {
+        certs.args(["--node", &format!("{id}=127.0.0.1")]);
+    }
+    let out = certs.output().context("raftflow certs")?;
+    anyhow::ensure!(out.status.success(), "raftflow certs: {out:?}");
+    let tokens = dir.join("tokens.csv");
+    std::fs::write(&tokens, format!("{BENCH_TOKEN},bench,admin\n"))?;
+    let file = |f: String| dir.join(f).to_string_lossy().into_owned();
+    spec.env
+        .push(("RAFTFLOW_PEER_CA".into(), file("ca.pem".into())));
+    spec.env
+        .push(("RAFTFLOW_TOKEN_FILE".into(), file("tokens.csv".into())));
+    for id in 1..=spec.nodes {
+        spec.node_env.insert(
+            id,
+            vec![
+                ("RAFTFLOW_PEER_CERT".into(), file(format!("node-{id}.pem"))),
+                (
+                    "RAFTFLOW_PEER_KEY".into(),
+                    file(format!("node-{id}-key.pem")),
+                ),
+            ],
+        );
+    }
+    spec.token = Some(BENCH_TOKEN.into());
+    Ok(())
 }
 
 async fn cell(
@@ -259,7 +302,12 @@ pub struct IdleResult {
 /// Starts a cluster with `groups` data groups, lets leadership settle, then measures each
 /// node's CPU over `seconds` with no client load.
 pub async fn idle(groups: u64, seconds: u64, bin: Option<PathBuf>) -> anyhow::Result<IdleResult> {
-    let cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let cluster = settled_cluster(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let before = procstat::Usage::sample_all(&pids);
@@ -298,7 +346,12 @@ pub async fn restart(
     groups: u64,
     bin: Option<PathBuf>,
 ) -> anyhow::Result<RestartResult> {
-    let mut cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let mut cluster = settled_cluster(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    })
+    .await?;
     cluster
         .client(1)
         .put_definition("bench-pingpong", &load::pingpong())
@@ -476,7 +529,12 @@ pub async fn join(
 ) -> anyhow::Result<JoinResult> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let mut cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let mut cluster = settled_cluster(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    })
+    .await?;
     let load_seconds = load_workflows(&cluster, workflows, "join").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let node_data_mib = dir_size(&cluster.data_dir(1)) as f64 / (1024.0 * 1024.0);
@@ -577,7 +635,12 @@ pub async fn add_group(
 ) -> anyhow::Result<GroupAddResult> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let cluster = settled_cluster(groups, bin, Vec::new()).await?;
+    let cluster = settled_cluster(Spec {
+        groups,
+        bin,
+        ..Spec::default()
+    })
+    .await?;
     let load_seconds = load_workflows(&cluster, workflows, "slots").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();

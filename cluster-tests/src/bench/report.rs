@@ -251,6 +251,7 @@ pub fn table(rows: &[Row]) -> String {
         format!(" {ratio} |")
     }));
     out.push_str(&cost_table(rows, &keys));
+    out.push_str(&security_table(rows, &keys));
     let errs: Vec<String> = rows
         .iter()
         .filter(|r| !r.measured.errors.is_empty())
@@ -294,6 +295,57 @@ fn cost_table(rows: &[Row], keys: &[(Workload, usize)]) -> String {
         }
     };
     out.push_str(&side_by_side(rows, keys, us, |_, _| String::new()));
+    out
+}
+
+/// What mutual TLS between the nodes and a token on every request cost: raftflow's cells
+/// beside `raftflow-secure`'s, where both ran.
+fn security_table(rows: &[Row], keys: &[(Workload, usize)]) -> String {
+    let pairs: Vec<_> = keys
+        .iter()
+        .filter_map(|&(w, c)| {
+            Some((
+                w,
+                c,
+                find(rows, System::Raftflow, w, c)?,
+                find(rows, System::RaftflowSecure, w, c)?,
+            ))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nThe cost of peer TLS and API tokens (raftflow-secure: mutual TLS between the nodes, a \
+         bearer token on every request):\n\n\
+         | workload | clients | plain ops/s | secure ops/s | throughput cost | plain p99 ms | secure p99 ms | plain µs CPU/op | secure µs CPU/op |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (w, c, plain, secure) in pairs {
+        let cost = if plain.measured.ops_per_s > 0.0 {
+            format!(
+                "{:+.1}%",
+                (secure.measured.ops_per_s / plain.measured.ops_per_s - 1.0) * 100.0
+            )
+        } else {
+            "-".into()
+        };
+        let cpu = |r: &Row| {
+            cpu_per_op_us(r)
+                .map(|(n, _)| format!("{n:.0}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "| {} | {c} | {:.0} | {:.0} | {cost} | {:.1} | {:.1} | {} | {} |\n",
+            w.name(),
+            plain.measured.ops_per_s,
+            secure.measured.ops_per_s,
+            plain.measured.p99_ms,
+            secure.measured.p99_ms,
+            cpu(plain),
+            cpu(secure),
+        ));
+    }
     out
 }
 
@@ -459,7 +511,7 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
             .draw()?;
         for (i, workload) in Workload::ALL.iter().enumerate() {
             let color = WORKLOAD_COLORS[i];
-            for system in [System::Raftflow, System::Etcd] {
+            for system in [System::Raftflow, System::RaftflowSecure, System::Etcd] {
                 let points: Vec<(f64, f64)> = rows
                     .iter()
                     .filter(|r| r.system == system && r.workload == *workload)
@@ -471,6 +523,7 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
                 let (width, name) = match system {
                     System::Raftflow => (3, format!("raftflow {}", workload.name())),
                     System::Etcd => (1, format!("etcd {}", workload.name())),
+                    System::RaftflowSecure => (2, format!("raftflow secure {}", workload.name())),
                 };
                 let style = color.stroke_width(width);
                 chart
@@ -478,7 +531,7 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
                     .label(name)
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
                 match system {
-                    System::Raftflow => {
+                    System::Raftflow | System::RaftflowSecure => {
                         chart.draw_series(
                             points.iter().map(|&p| Circle::new(p, 4, color.filled())),
                         )?;

@@ -29,6 +29,8 @@ pub struct Wire {
     addr: String,
     timeout: Duration,
     stream: Option<TcpStream>,
+    /// `Authorization: Bearer …`, when the cluster has a token file.
+    authorization: Option<String>,
     out: Vec<u8>,
     buf: Vec<u8>,
     /// Where the last response's body lies in `buf`.
@@ -43,10 +45,17 @@ impl Wire {
             addr: addr.to_string(),
             timeout,
             stream: None,
+            authorization: None,
             out: Vec::with_capacity(512),
             buf: Vec::with_capacity(4096),
             body: 0..0,
         }
+    }
+
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Wire {
+        self.authorization = token.map(|t| format!("Bearer {t}"));
+        self
     }
 
     pub async fn get(&mut self, path: &str) -> Result<u16, WireError> {
@@ -76,6 +85,10 @@ impl Wire {
         self.out.extend_from_slice(path.as_bytes());
         self.out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.out.extend_from_slice(self.addr.as_bytes());
+        if let Some(auth) = &self.authorization {
+            self.out.extend_from_slice(b"\r\nAuthorization: ");
+            self.out.extend_from_slice(auth.as_bytes());
+        }
         if let Some(json) = json {
             self.out
                 .extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");

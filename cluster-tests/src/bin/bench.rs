@@ -23,7 +23,8 @@ struct Args {
     /// Comma-separated numbers of concurrent clients.
     #[arg(long, default_value = "1,16,64,256")]
     concurrency: String,
-    /// Comma-separated: raftflow, etcd.
+    /// Comma-separated: raftflow, etcd, raftflow-secure (mutual TLS between the nodes and an
+    /// API token on every request: the cost of both).
     #[arg(long, default_value = "raftflow,etcd")]
     systems: String,
     /// Measured seconds per cell.
@@ -92,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         systems: list(&args.systems, "system", |s| match s {
             "raftflow" => Some(System::Raftflow),
             "etcd" => Some(System::Etcd),
+            "raftflow-secure" => Some(System::RaftflowSecure),
             _ => None,
         })?,
         workloads: if args.workloads.is_empty() {
