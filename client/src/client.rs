@@ -111,6 +111,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(64)
+            // A node closes a kept-alive connection idle for its header timeout (10 s by
+            // default): let ours go well before, so no request is sent on one as it closes.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .local_address(source)
             .build()
