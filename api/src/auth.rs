@@ -75,6 +75,29 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The NAME of the caller who sent a request (none when the API is open): what the history
+/// rows its command writes record as their cause.
+pub struct CallerName(Option<Arc<str>>);
+
+impl CallerName {
+    pub fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CallerName {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CallerName(
+            parts.extensions.get::<Caller>().map(|c| c.name.clone()),
+        ))
+    }
+}
+
 /// The tokens of one token file.
 #[derive(Default)]
 pub struct Tokens {

@@ -17,6 +17,7 @@ use raftflow_raft::{
 };
 use raftflow_workflow::{is_valid_id, is_valid_name, Definition, Status};
 
+use crate::auth::CallerName;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::types::*;
@@ -386,6 +387,7 @@ async fn resolve_definition(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_workflow(
     State(state): State<AppState>,
+    caller: CallerName,
     JsonBody(mut req): JsonBody<CreateWorkflow>,
 ) -> ApiResult<Response> {
     let id = req
@@ -414,7 +416,8 @@ pub async fn create_workflow(
             definition_json: def.json,
             context_json: context,
             fingerprint,
-        };
+        }
+        .by(caller.get());
         let (group, outcome) = propose_for(&state, &id, command).await?;
         workflow_outcome(outcome, group)
     })
@@ -446,6 +449,7 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn send_event(
     State(state): State<AppState>,
+    caller: CallerName,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<SendEvent>,
 ) -> ApiResult<Response> {
@@ -466,7 +470,8 @@ pub async fn send_event(
             payload_json,
             expected_revision: req.expected_revision,
             request_id: req.request_id,
-        };
+        }
+        .by(caller.get());
         let (group, outcome) = propose_for(&state, &id, command).await?;
         workflow_outcome(outcome, group)
     })
@@ -479,6 +484,7 @@ pub async fn send_event(
     responses((status = 200, body = WorkflowView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn cancel_workflow(
     State(state): State<AppState>,
+    caller: CallerName,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CancelWorkflow>,
 ) -> ApiResult<Response> {
@@ -489,7 +495,8 @@ pub async fn cancel_workflow(
             id: id.clone(),
             reason: req.reason,
             request_id: req.request_id,
-        };
+        }
+        .by(caller.get());
         let (group, outcome) = propose_for(&state, &id, command).await?;
         workflow_outcome(outcome, group)
     })
@@ -530,11 +537,11 @@ pub async fn get_history(
     QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult<Response> {
     check_id(&id)?;
-    let history = Query::History {
+    let history = Query::HistoryBy {
         id: id.clone(),
         limit: MAX_HISTORY_ROWS as u32,
     };
-    let (_, Answer::History(rows)) = query_for(&state, &id, &params, history).await? else {
+    let (_, Answer::HistoryBy(rows)) = query_for(&state, &id, &params, history).await? else {
         return Err(ApiError::internal("unexpected answer"));
     };
     let rows = rows.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;

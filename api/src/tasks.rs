@@ -19,6 +19,7 @@ use raftflow_raft::{tables, Answer, Command, LeasedTask, Outcome, Query};
 use raftflow_workflow::task::{workflow_of_task, MAX_LEASE_MS};
 use raftflow_workflow::{is_valid_id, is_valid_name};
 
+use crate::auth::CallerName;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 use crate::handlers::{
@@ -193,6 +194,7 @@ pub async fn poll_tasks(
         (status = 409, body = ErrorBody)))]
 pub async fn complete_task(
     State(state): State<AppState>,
+    caller: CallerName,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> ApiResult<Response> {
@@ -203,7 +205,8 @@ pub async fn complete_task(
             task_id: id,
             token: req.lease_token,
             output_json,
-        };
+        }
+        .by(caller.get());
         let (group, outcome) = propose_for(&state, &wf, command).await?;
         task_outcome(outcome, group)
     })
@@ -218,6 +221,7 @@ pub async fn complete_task(
         (status = 409, body = ErrorBody)))]
 pub async fn fail_task(
     State(state): State<AppState>,
+    caller: CallerName,
     Path(id): Path<String>,
     JsonBody(mut req): JsonBody<FailTask>,
 ) -> ApiResult<Response> {
@@ -235,7 +239,8 @@ pub async fn fail_task(
             token: req.lease_token,
             error: req.error,
             retryable: req.retryable.unwrap_or(true),
-        };
+        }
+        .by(caller.get());
         let (group, outcome) = propose_for(&state, &wf, command).await?;
         task_outcome(outcome, group)
     })

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use raftflow_client::types::{ClusterNode, HistoryEvent, TaskView, WorkflowView};
 use raftflow_raft::rfc3339;
-use raftflow_workflow::{HistoryRow, Phase, Task, Workflow};
+use raftflow_raft::HistoryEntry;
+use raftflow_workflow::{Phase, Task, Workflow};
 
 pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
     WorkflowView {
@@ -22,7 +23,8 @@ pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
     }
 }
 
-pub fn history_event(r: HistoryRow) -> HistoryEvent {
+pub fn history_event(entry: HistoryEntry) -> HistoryEvent {
+    let HistoryEntry { row: r, by } = entry;
     HistoryEvent {
         revision: r.revision,
         event: r.event,
@@ -30,6 +32,7 @@ pub fn history_event(r: HistoryRow) -> HistoryEvent {
         to: r.to,
         payload: r.payload.map(Value::Object),
         at: rfc3339(r.at_ms),
+        by,
     }
 }
 

@@ -287,7 +287,7 @@ async function workflowPage(id) {
   const timeline = h("ol", { class: "timeline", id: "history" },
     hist.events.map((e) => h("li", {},
       h("div", {}, h("strong", {}, e.event), " ", e.from ? `${e.from} → ${e.to}` : `→ ${e.to}`, h("span", { class: "muted" }, ` · revision ${e.revision}`)),
-      h("div", { class: "when" }, time(e.at), ` · ${e.at}`),
+      h("div", { class: "when" }, time(e.at), ` · ${e.at}`, e.by ? ` · by ${e.by}` : ""),
       e.payload ? h("code", {}, JSON.stringify(e.payload)) : null)));
 
   render(

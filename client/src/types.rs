@@ -79,6 +79,10 @@ pub struct HistoryEvent {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
     pub at: String,
+    /// The NAME of the API token whose request caused the row; none for rows the engine
+    /// wrote on its own (timers, lease expiries) or when the cluster takes no tokens.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

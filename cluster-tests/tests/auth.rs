@@ -186,6 +186,57 @@ async fn every_v1_route_needs_a_token_and_a_role_that_may_call_it() {
         "no access log line for bob's PUT"
     );
 
+    // Each history row names the caller whose request caused it, whichever node took the
+    // request and whichever read it back: bob created, alice paid, the shipper completed.
+    use raftflow_client::types::{CompleteTask, CreateWorkflow, PollTasks, SendEvent};
+    let as_ = |node: u64, token: &str| c.client(node).with_token(Some(token.to_string()));
+    let create = CreateWorkflow {
+        id: Some("o-by".into()),
+        definition: "order".into(),
+        version: None,
+        context: None,
+    };
+    as_(2, OPERATOR).create_workflow(&create).await.unwrap();
+    let pay = SendEvent {
+        event: "pay".into(),
+        payload: None,
+        expected_revision: None,
+        request_id: None,
+    };
+    as_(3, ADMIN).send_event("o-by", &pay).await.unwrap();
+    let poll = PollTasks {
+        types: vec!["ship".into()],
+        worker: "truck-1".into(),
+        max: None,
+        wait_ms: Some(5_000),
+        lease_ms: None,
+    };
+    let task = as_(1, WORKER)
+        .poll_tasks(&poll)
+        .await
+        .unwrap()
+        .tasks
+        .remove(0);
+    let done = CompleteTask {
+        lease_token: task.lease_token,
+        output: None,
+    };
+    as_(1, WORKER).complete_task(&task.id, &done).await.unwrap();
+    let history = as_(1, READER).history("o-by").await.unwrap();
+    let by: Vec<(&str, Option<&str>)> = history
+        .events
+        .iter()
+        .map(|e| (e.event.as_str(), e.by.as_deref()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("created", Some("bob")),
+            ("pay", Some("alice")),
+            ("task.completed", Some("shipper")),
+        ]
+    );
+
     // SIGHUP reloads the file: the reader's token is replaced on every node.
     let new_reader = "rdr-new-0123456789abcdef";
     std::fs::write(&tokens, token_file(new_reader)).unwrap();

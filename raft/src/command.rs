@@ -147,6 +147,12 @@ pub enum Command {
         after: Option<String>,
         limit: u32,
     },
+    /// `command`, sent by the API caller named `caller` (the NAME of its token): the history
+    /// rows it writes record who caused them. Batches, kinds and sizes are `command`'s.
+    By {
+        caller: String,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -177,6 +183,7 @@ impl Command {
             Command::ImportRows { .. } => "import_rows",
             Command::ActivateSlots { .. } => "activate_slots",
             Command::DropSlotRows { .. } => "drop_slot_rows",
+            Command::By { command, .. } => command.kind(),
         }
     }
 
@@ -186,7 +193,7 @@ impl Command {
     /// writes meet. Imported rows do not: they are data.
     pub fn shapes_cluster(&self) -> bool {
         matches!(
-            self,
+            self.inner(),
             Command::RegisterNode { .. }
                 | Command::SetNode { .. }
                 | Command::SetPlacement { .. }
@@ -209,7 +216,7 @@ impl Command {
     /// never busy.
     pub fn batchable(&self) -> bool {
         matches!(
-            self,
+            self.inner(),
             Command::CreateWorkflow { .. }
                 | Command::Event { .. }
                 | Command::Cancel { .. }
@@ -219,10 +226,30 @@ impl Command {
         )
     }
 
+    /// The command without the caller [`Command::By`] names.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::By { command, .. } => command.inner(),
+            command => command,
+        }
+    }
+
+    /// `self`, naming `caller` as its sender when there is one.
+    pub fn by(self, caller: Option<&str>) -> Command {
+        match caller {
+            Some(caller) => Command::By {
+                caller: caller.to_string(),
+                command: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
     /// The client commands this one stands for: those in a batch, else 1.
     pub fn count(&self) -> usize {
         match self {
             Command::Batch(commands) => commands.len(),
+            Command::By { command, .. } => command.count(),
             _ => 1,
         }
     }
@@ -295,6 +322,7 @@ impl Command {
             | Command::CommitSlotMove { .. }
             | Command::EndSlotMove { .. }
             | Command::ActivateSlots { .. } => 16,
+            Command::By { caller, command } => caller.len() + command.text_len(),
         }
     }
 }

@@ -255,6 +255,17 @@ fn commands() -> Vec<(&'static str, Command)> {
                 limit: 4096,
             },
         ),
+        (
+            "by",
+            Command::By {
+                caller: "alice".into(),
+                command: Box::new(Command::Cancel {
+                    id: "order-1".into(),
+                    reason: None,
+                    request_id: None,
+                }),
+            },
+        ),
     ]
 }
 
@@ -499,6 +510,7 @@ fn samples() -> Samples {
         };
         s.value(&format!("row/history/{name}"), &row);
     }
+    s.value("row/history_caller", "alice");
     s.value("row/dedup", &Outcome::Nothing);
     s.value("row/pinned_definition", r#"{"name":"order"}"#);
     s.value("row/latest_version", &2u32);
@@ -546,6 +558,10 @@ fn samples() -> Samples {
     s.raw("key/workflow", tables::workflow_key("order-1"));
     s.raw("key/history", tables::history_key("order-1", 3));
     s.raw("key/history_prefix", tables::history_prefix("order-1"));
+    s.raw(
+        "key/history_caller",
+        tables::history_caller_key("order-1", 3),
+    );
     s.raw("key/dedup", tables::dedup_key("order-1", "req-1"));
     s.raw("key/task", tables::task_key("order-1/3"));
     s.raw("key/ready", tables::ready_key("ship", 17, "order-1/3"));
@@ -649,6 +665,17 @@ fn samples() -> Samples {
             timeout_ms: 5_000,
         })),
     );
+    s.frame(
+        "frame/forward_query_history_by",
+        request(PeerRpc::Forward(Forward::Query {
+            query: crate::Query::HistoryBy {
+                id: "order-1".into(),
+                limit: 100,
+            },
+            linearizable: true,
+            timeout_ms: 5_000,
+        })),
+    );
     for (name, answer) in [
         (
             "moved",
@@ -664,6 +691,20 @@ fn samples() -> Samples {
                 next: None,
                 token_floor: 1_000,
             },
+        ),
+        (
+            "history_by",
+            crate::Answer::HistoryBy(Some(vec![crate::HistoryEntry {
+                row: HistoryRow {
+                    revision: 1,
+                    event: "created".into(),
+                    from: None,
+                    to: "created".into(),
+                    payload: None,
+                    at_ms: 1_700_000_000_500,
+                },
+                by: Some("alice".into()),
+            }])),
         ),
         (
             "workflow_page",

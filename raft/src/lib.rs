@@ -39,7 +39,7 @@ pub use node::{
     NodeConfig, NodeView, RaftCounters, RaftNode, SlotMoveView, COPY_CHUNK_BYTES, DATA_FORMAT,
     DEFAULT_MIN_FREE_DISK_BYTES, META_GROUP, SLOTS_PER_MOVE,
 };
-pub use query::{Answer, Query};
+pub use query::{Answer, HistoryEntry, Query};
 pub use raftflow_storage::{Store, SyncStats};
 pub use transport::PeerTls;
 

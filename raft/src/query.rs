@@ -53,6 +53,11 @@ pub enum Query {
         after: Option<String>,
         limit: u32,
     },
+    /// [`Query::History`], with who caused each row: [`Answer::HistoryBy`].
+    HistoryBy {
+        id: String,
+        limit: u32,
+    },
 }
 
 /// What a [`Query`] found.
@@ -79,6 +84,15 @@ pub enum Answer {
         workflows: Vec<WorkflowRecord>,
         fenced: Vec<(u32, SlotFence)>,
     },
+    HistoryBy(Option<Vec<HistoryEntry>>),
+}
+
+/// A history row and the API caller whose command wrote it (`None`: the engine wrote it on
+/// its own, or the API was open).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub row: HistoryRow,
+    pub by: Option<String>,
 }
 
 /// Most workflow keys one [`Query::SlotRows`] looks at.
@@ -89,7 +103,9 @@ impl Query {
     pub(crate) fn run(&self, store: &Store, signals: &Signals, group: u64) -> Result<Answer> {
         // A read of one workflow on a group that fenced its slot: the sender asks the owner.
         let workflow = match self {
-            Query::Workflow { id } | Query::History { id, .. } => Some(id.as_str()),
+            Query::Workflow { id } | Query::History { id, .. } | Query::HistoryBy { id, .. } => {
+                Some(id.as_str())
+            }
             Query::Task { id } => workflow_of_task(id),
             _ => None,
         };
@@ -104,17 +120,16 @@ impl Query {
         }
         Ok(match self {
             Query::Workflow { id } => Answer::Workflow(tables::read_workflow(store, group, id)?),
-            Query::History { id, limit } => {
-                if tables::read_workflow(store, group, id)?.is_none() {
-                    Answer::History(None)
-                } else {
-                    Answer::History(Some(tables::read_history(
-                        store,
-                        group,
-                        id,
-                        *limit as usize,
-                    )?))
-                }
+            Query::History { id, limit } => Answer::History(
+                history(store, group, id, *limit)?
+                    .map(|rows| rows.into_iter().map(|(row, _)| row).collect()),
+            ),
+            Query::HistoryBy { id, limit } => {
+                Answer::HistoryBy(history(store, group, id, *limit)?.map(|rows| {
+                    rows.into_iter()
+                        .map(|(row, by)| HistoryEntry { row, by })
+                        .collect()
+                }))
             }
             Query::Task { id } => Answer::Task(tables::read_task(store, group, id)?),
             Query::Workflows { after, limit } => Answer::Workflows(tables::scan_workflows(
@@ -143,6 +158,19 @@ impl Query {
             },
         })
     }
+}
+
+/// Workflow `id`'s history with its callers; `None` when there is no such workflow.
+fn history(store: &Store, group: u64, id: &str, limit: u32) -> Result<Option<tables::CalledRows>> {
+    if tables::read_workflow(store, group, id)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(tables::read_history(
+        store,
+        group,
+        id,
+        limit as usize,
+    )?))
 }
 
 /// The next part of the rows a slot move copies: every row of each workflow in the slots

@@ -5,6 +5,7 @@
 //! | `a`                          | applied log id + membership   | every group  |
 //! | `w/{id}`                     | [`WorkflowRecord`]            | data groups  |
 //! | `h/{id}\0{revision u64 BE}`  | [`HistoryRow`]                | data groups  |
+//! | `h/{id}\0{revision u64 BE}by`| who caused the row (String)   | data groups  |
 //! | `r/{id}\0{request_id}`       | the first [`Outcome`]         | data groups  |
 //! | `p/{name}\0{version u32 BE}` | pinned definition JSON        | data groups  |
 //! | `t/{task id}`                | [`TaskRecord`]                | data groups  |
@@ -262,6 +263,18 @@ pub fn history_key(id: &str, revision: u64) -> Vec<u8> {
     join(HISTORY, &[id.as_bytes(), &revision.to_be_bytes()])
 }
 
+/// The row naming the API caller whose command wrote history row `revision` (there is none
+/// for rows the engine wrote on its own, or when the API is open). It sorts right after the
+/// row, under the same prefix, so whatever carries or drops a workflow's history carries or
+/// drops it too.
+pub fn history_caller_key(id: &str, revision: u64) -> Vec<u8> {
+    let mut k = history_key(id, revision);
+    k.extend_from_slice(HISTORY_CALLER);
+    k
+}
+
+const HISTORY_CALLER: &[u8] = b"by";
+
 pub fn history_prefix(id: &str) -> Vec<u8> {
     let mut k = join(HISTORY, &[id.as_bytes()]);
     k.push(0);
@@ -410,12 +423,39 @@ pub fn read_workflow(store: &Store, group: u64, id: &str) -> Result<Option<Workf
     get(store, group, &workflow_key(id))
 }
 
-pub fn read_history(store: &Store, group: u64, id: &str, limit: usize) -> Result<Vec<HistoryRow>> {
-    store
-        .scan_state(group, &history_prefix(id), None, limit)?
-        .into_iter()
-        .map(|(_, v)| Ok(codec::decode(&v)?))
-        .collect()
+/// History rows, oldest first, each with the caller who caused it (when one is recorded).
+pub type CalledRows = Vec<(HistoryRow, Option<String>)>;
+
+/// Workflow `id`'s history, oldest first, up to `limit` rows, each with the caller who caused
+/// it (when one is recorded).
+pub fn read_history(store: &Store, group: u64, id: &str, limit: usize) -> Result<CalledRows> {
+    // A row and its caller row: at most two keys a row.
+    let keys = store.scan_state(group, &history_prefix(id), None, limit.saturating_mul(2))?;
+    history_of_rows(id, keys, limit)
+}
+
+/// The first `limit` history rows of workflow `id` with their callers, from its `h/` rows in
+/// key order.
+pub(crate) fn history_of_rows(
+    id: &str,
+    keys: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    limit: usize,
+) -> Result<CalledRows> {
+    let row_key_len = history_prefix(id).len() + 8;
+    let mut rows: CalledRows = Vec::new();
+    for (key, value) in keys {
+        if key.len() == row_key_len {
+            if rows.len() == limit {
+                break;
+            }
+            rows.push((codec::decode(&value)?, None));
+        } else if let Some((row, by)) = rows.last_mut() {
+            if key == history_caller_key(id, row.revision) {
+                *by = Some(codec::decode(&value)?);
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// Up to `limit` workflows of `group` with ids after `after`, in id order.

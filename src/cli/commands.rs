@@ -462,6 +462,7 @@ impl Cli {
                                 e.from.clone().unwrap_or_else(|| "-".into()),
                                 e.to.clone(),
                                 relative(&e.at),
+                                e.by.clone().unwrap_or_else(|| "-".into()),
                                 e.payload
                                     .as_ref()
                                     .map(|p| short_json(p, 60))
@@ -471,7 +472,10 @@ impl Cli {
                         .collect();
                     print!(
                         "{}",
-                        table(&["REVISION", "EVENT", "FROM", "TO", "AT", "PAYLOAD"], &rows)
+                        table(
+                            &["REVISION", "EVENT", "FROM", "TO", "AT", "BY", "PAYLOAD"],
+                            &rows
+                        )
                     );
                 }
             }

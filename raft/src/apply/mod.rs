@@ -40,6 +40,9 @@ pub(crate) struct Applier {
     pub(crate) fences: Option<std::collections::BTreeMap<u32, tables::SlotFence>>,
     /// The lease token base (`k`), loaded at first use.
     pub(crate) token_base: Option<u64>,
+    /// Who sent the command being applied (see [`Command::By`]): the history rows it writes
+    /// name them.
+    caller: Option<String>,
 }
 
 impl Applier {
@@ -51,6 +54,7 @@ impl Applier {
             deadline_from: None,
             fences: None,
             token_base: None,
+            caller: None,
         }
     }
 
@@ -117,7 +121,7 @@ impl Applier {
                 let context: JsonObject =
                     serde_json::from_str(context_json).expect("leader sends an object context");
                 let (wf, row) = workflow::create(&def, *version, id, context, now);
-                tx.put_encoded(tables::history_key(id, row.revision), &row);
+                self.put_history(tx, id, &row);
                 let mut rec = WorkflowRecord {
                     workflow: wf,
                     fingerprint: fingerprint.clone(),
@@ -243,6 +247,21 @@ impl Applier {
                 after,
                 limit,
             } => self.drop_slot_rows(tx, *move_id, after.as_deref(), *limit),
+            Command::By { caller, command } => {
+                let outer = self.caller.replace(caller.clone());
+                let outcome = self.run(tx, at, command);
+                self.caller = outer;
+                outcome
+            }
+        }
+    }
+
+    /// Stores workflow `id`'s history row `row`, and who caused it when a caller sent the
+    /// command being applied.
+    pub(crate) fn put_history(&self, tx: &mut Tx, id: &str, row: &workflow::HistoryRow) {
+        tx.put_encoded(tables::history_key(id, row.revision), row);
+        if let Some(caller) = &self.caller {
+            tx.put_encoded(tables::history_caller_key(id, row.revision), caller);
         }
     }
 

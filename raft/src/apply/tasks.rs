@@ -54,7 +54,7 @@ impl Applier {
             self.group,
             next.id
         );
-        tx.put_encoded(tables::history_key(&next.id, row.revision), &row);
+        self.put_history(tx, &next.id, &row);
         if reentered {
             close_step(tx, rec);
             rec.workflow = next;

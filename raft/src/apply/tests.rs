@@ -692,3 +692,112 @@ fn tasks_made_ready_in_the_new_group_after_a_move_are_handed_out() {
     assert_eq!(next.len(), 1, "the new group's own task is handed out");
     assert_eq!(next[0].workflow_id, local);
 }
+
+// ---- who caused a history row -------------------------------------------------------------
+
+impl Group {
+    /// Workflow `id`'s history as `(event, caller)` pairs, read the way a query reads it.
+    fn history_by(&self, id: &str, limit: usize) -> Vec<(String, Option<String>)> {
+        let prefix = tables::history_prefix(id);
+        let keys = self
+            .rows
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        tables::history_of_rows(id, keys, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(row, by)| (row.event, by))
+            .collect()
+    }
+}
+
+fn by(caller: &str, command: Command) -> Command {
+    command.by(Some(caller))
+}
+
+fn named(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    pairs
+        .iter()
+        .map(|(e, by)| (e.to_string(), by.map(str::to_string)))
+        .collect()
+}
+
+#[test]
+fn history_rows_name_the_caller_whose_command_wrote_them_and_only_that_command() {
+    let mut g = Group::new();
+    g.apply(1_000, by("ops", create("wf", "pp", PING_PONG, "f")));
+    // A batch: each command's rows name its own caller, or none; a caller does not leak
+    // into the next command.
+    g.apply(
+        1_001,
+        Command::Batch(vec![
+            by("alice", event("wf", "flip", Some(1), None)),
+            event("wf", "flop", Some(2), None),
+            by("bob", event("wf", "flip", Some(3), None)),
+        ]),
+    );
+    g.apply(1_002, event("wf", "flop", Some(4), None));
+    assert_eq!(
+        g.history_by("wf", 100),
+        named(&[
+            ("created", Some("ops")),
+            ("flip", Some("alice")),
+            ("flop", None),
+            ("flip", Some("bob")),
+            ("flop", None),
+        ])
+    );
+    // A limit counts rows, not caller rows, and keeps the last row's caller.
+    assert_eq!(
+        g.history_by("wf", 2),
+        named(&[("created", Some("ops")), ("flip", Some("alice"))])
+    );
+    // A refused command writes no caller row.
+    g.apply(1_003, by("mallory", event("wf", "flip", Some(1), None)));
+    assert_eq!(g.history_len("wf"), 5 + 3);
+
+    // Rows the engine writes on its own (a timer) name nobody; a worker's completion names
+    // the worker.
+    g.apply(1_010, by("ops", create("nap", "wait", WAIT, "f")));
+    g.apply(5_000, Command::Tick);
+    assert_eq!(
+        g.history_by("nap", 100),
+        named(&[("created", Some("ops")), ("timer.fired", None)])
+    );
+    g.apply(5_001, create("job", "job", JOB, "f"));
+    let task = leased(g.apply(5_002, lease(1, 60_000))).remove(0);
+    let complete = Command::CompleteTask {
+        task_id: task.id.clone(),
+        token: task.token,
+        output_json: None,
+    };
+    g.apply(5_003, by("worker-7", complete));
+    assert_eq!(
+        g.history_by("job", 100),
+        named(&[("created", None), ("task.completed", Some("worker-7"))])
+    );
+}
+
+#[test]
+fn the_callers_of_a_workflows_history_move_with_its_slot() {
+    let (mut a, mut b) = (Group::new(), Group::new());
+    let (moving, _) = two_slots();
+    a.apply(1_000, by("ops", create(&moving, "pp", PING_PONG, "f")));
+    a.apply(1_000, by("alice", event(&moving, "flip", Some(1), None)));
+    let before = a.history_by(&moving, 100);
+    assert_eq!(
+        before,
+        named(&[("created", Some("ops")), ("flip", Some("alice"))])
+    );
+    move_slot_of(&moving, &mut a, &mut b);
+    assert_eq!(b.history_by(&moving, 100), before);
+    // The old group's drop takes the caller rows with the rest.
+    let drop = Command::DropSlotRows {
+        move_id: 1,
+        after: None,
+        limit: 100,
+    };
+    assert_eq!(a.apply(1_010, drop), Outcome::Cursor { next: None });
+    assert!(!a.has_rows_of(&moving));
+}

@@ -140,7 +140,7 @@ impl RaftNode {
             payload_json,
             expected_revision,
             ..
-        } = &stamped.command
+        } = stamped.command.inner()
         else {
             return None;
         };
