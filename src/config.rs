@@ -118,6 +118,14 @@ pub struct ServeArgs {
     /// This node's private key (PEM).
     #[arg(long, env = "RAFTFLOW_PEER_KEY", requires = "peer_ca")]
     pub peer_key: Option<PathBuf>,
+    /// A certificate for the client port (PEM, naming the host of the client address; the
+    /// node's peer certificate from `raftflow certs` does when both are on one host): the API
+    /// is then served over HTTPS only.
+    #[arg(long, env = "RAFTFLOW_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "RAFTFLOW_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -152,6 +160,8 @@ struct FileConfig {
     peer_ca: Option<PathBuf>,
     peer_cert: Option<PathBuf>,
     peer_key: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 pub struct Config {
@@ -169,6 +179,10 @@ pub struct Config {
     /// The token `--join` registers this node with (`--token`); else an admin token of
     /// `token_file`.
     pub join_token: Option<String>,
+    /// TLS for the client port (`--client-cert`): HTTPS only.
+    pub client_tls: Option<raftflow_api::serve::TlsAcceptor>,
+    /// The CA `--join` trusts for an `https://` URL (`--ca-file`); else the peer CA.
+    pub join_ca: Option<Vec<u8>>,
 }
 
 /// Parses `1=127.0.0.1:7001/127.0.0.1:8001,2=...`.
@@ -303,8 +317,27 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         None => 3.min(members.len() as u64),
     };
     let peer_ip = me.peer.parse::<SocketAddr>().map(|a| a.ip()).ok();
+    let peer_ca = args.peer_ca.or(file.peer_ca);
+    // Trusted beside the system's CAs when this node calls another's client port over HTTPS.
+    let peer_ca_pem = match &peer_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading the peer CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let client_tls = match (
+        args.client_cert.or(file.client_cert),
+        args.client_key.or(file.client_key),
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            Some(raftflow_raft::client_port_acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
+        }
+        _ => bail!("client TLS needs both --client-cert and --client-key"),
+    };
     let peer_tls = match (
-        args.peer_ca.or(file.peer_ca),
+        peer_ca,
         args.peer_cert.or(file.peer_cert),
         args.peer_key.or(file.peer_key),
     ) {
@@ -362,6 +395,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or(defaults.body_timeout),
         source_ip: node.bind_source_ip,
         access_log: args.access_log || file.access_log.unwrap_or(false),
+        client_tls: client_tls.is_some(),
+        trusted_ca_pem: peer_ca_pem.clone(),
     };
     let limit_defaults = raftflow_api::serve::ServeLimits::default();
     let serve_limits = raftflow_api::serve::ServeLimits {
@@ -390,6 +425,8 @@ pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         join,
         token_file,
         join_token: None,
+        client_tls,
+        join_ca: peer_ca_pem,
         client_listen,
         serve_limits,
         log_format: args

@@ -72,7 +72,10 @@ fn main() -> anyhow::Result<()> {
     let client_cmd = match cli.command {
         Cmd::Serve(args) => {
             let mut cfg = config::resolve(*args)?;
-            cfg.join_token = cli.global.token.resolve()?;
+            cfg.join_token = cli.global.access.resolve()?;
+            if let Some(ca) = cli.global.access.ca_pem()? {
+                cfg.join_ca = Some(ca);
+            }
             init_logging(&cfg.log_format);
             raftflow_storage::disable_perf_counters_on_this_thread();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -87,8 +90,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let token = cli.global.token.resolve()?;
-            return rt.block_on(worker::run(args, token));
+            return rt.block_on(worker::run(args, cli.global.access.clone()));
         }
         Cmd::Certs(args) => return certs::run(args),
         Cmd::Completions { shell } => {
@@ -138,8 +140,11 @@ async fn join_cluster(url: &str, cfg: &mut config::Config) -> anyhow::Result<()>
             .as_deref()
             .and_then(raftflow_api::auth::admin_token)
     });
-    let client =
+    let mut client =
         raftflow_client::Client::new(url, std::time::Duration::from_secs(10)).with_token(token);
+    if let Some(ca) = &cfg.join_ca {
+        client = client.with_ca(ca).map_err(anyhow::Error::msg)?;
+    }
     let me = cfg.node.members[&cfg.node.id].clone();
     let body = serde_json::json!({
         "id": cfg.node.id, "client_addr": me.client, "peer_addr": me.peer,
@@ -220,7 +225,8 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
             );
         }
     };
-    raftflow_api::serve::serve(listener, app, cfg.serve_limits.clone(), async move {
+    let tls = cfg.client_tls.clone();
+    raftflow_api::serve::serve(listener, app, cfg.serve_limits.clone(), tls, async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             _ = removed => {}

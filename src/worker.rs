@@ -51,13 +51,13 @@ pub struct WorkerArgs {
     pub wait_ms: u64,
 }
 
-pub async fn run(args: WorkerArgs, token: Option<String>) -> anyhow::Result<()> {
+pub async fn run(args: WorkerArgs, access: crate::cli::AccessArgs) -> anyhow::Result<()> {
     let nodes: Vec<Client> = args
         .nodes
         .split(',')
         .filter(|a| !a.trim().is_empty())
-        .map(|a| Client::new(a.trim(), Duration::from_secs(10)).with_token(token.clone()))
-        .collect();
+        .map(|a| access.apply(Client::new(a.trim(), Duration::from_secs(10))))
+        .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!nodes.is_empty(), "--nodes names no node");
     let name = args.name.clone().unwrap_or_else(default_name);
     let mut opts = WorkerOptions::new(args.types.clone(), &name);

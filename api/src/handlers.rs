@@ -756,7 +756,12 @@ pub async fn cluster(State(state): State<AppState>) -> ApiResult<Response> {
     let probes = known.iter().map(|n| {
         let http = state.http.clone();
         let skip = n.id == node.id() || n.state == "removed";
-        let url = format!("http://{}/healthz", n.addr.client);
+        let scheme = if state.config.client_tls {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}/healthz", n.addr.client);
         async move {
             if skip {
                 return n.id == node.id();

@@ -49,6 +49,10 @@ pub struct ApiConfig {
     pub source_ip: Option<std::net::IpAddr>,
     /// Log every request with its caller (`--access-log`).
     pub access_log: bool,
+    /// The cluster's client ports speak HTTPS (`--client-cert`): peers are probed over it.
+    pub client_tls: bool,
+    /// CA certificates (PEM) trusted beside the system's when probing peers over HTTPS.
+    pub trusted_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +64,8 @@ impl Default for ApiConfig {
             body_timeout: Duration::from_secs(10),
             source_ip: None,
             access_log: false,
+            client_tls: false,
+            trusted_ca_pem: None,
         }
     }
 }
@@ -95,11 +101,17 @@ impl AppState {
 
     /// A state whose `/v1` routes need the tokens of `auth`.
     pub fn with_auth(node: Arc<RaftNode>, config: ApiConfig, auth: auth::Auth) -> Self {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .local_address(config.source_ip)
-            .connect_timeout(PROBE_CONNECT_TIMEOUT)
-            .build()
-            .expect("http client builds");
+            .connect_timeout(PROBE_CONNECT_TIMEOUT);
+        let roots = config
+            .trusted_ca_pem
+            .as_deref()
+            .map(reqwest::Certificate::from_pem_bundle);
+        for root in roots.into_iter().flatten().flatten() {
+            http = http.add_root_certificate(root);
+        }
+        let http = http.build().expect("http client builds");
         AppState(Arc::new(Shared {
             node,
             inflight: tokio::sync::Semaphore::new(config.max_inflight_requests),

@@ -10,6 +10,9 @@
 //!   A client sending a byte a second holds a connection for that long, not for ever.
 //! - **Bodies must arrive in time** (`--body-timeout`, in [`crate::extract`]): 408
 //!   `request_timeout`, and the connection closes.
+//! - **TLS, when the node has a client certificate** (`--client-cert`): the handshake runs on
+//!   the connection's own task, within the header timeout, so a client that starts one and
+//!   stalls holds only its own connection.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+pub use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How long in-flight requests get to finish at shutdown.
@@ -81,12 +85,13 @@ pub fn raise_open_files_limit(limits: &ServeLimits) -> u64 {
     current
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets the requests in flight
-/// finish (for up to [`DRAIN_TIMEOUT`]).
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` resolves, then lets the
+/// requests in flight finish (for up to [`DRAIN_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -117,12 +122,27 @@ pub async fn serve(
         let service = app
             .clone()
             .map_request(|req: Request<Incoming>| req.map(axum::body::Body::new));
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn);
+        let service = TowerToHyperService::new(service);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
             // A client that goes away or breaks the protocol ends its connection; that is
             // the client's business, not the node's.
-            let _ = conn.await;
+            match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(tls) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, tls.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+            }
             drop(permit);
         });
     }

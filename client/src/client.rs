@@ -77,6 +77,44 @@ pub struct Client {
     http: reqwest::Client,
     /// The API token sent as `Authorization: Bearer`, if any.
     token: Option<Arc<str>>,
+    timeout: Duration,
+    source: Option<std::net::IpAddr>,
+}
+
+/// The HTTP client under a [`Client`]: `roots` are trusted beside the system's CAs.
+fn http_client(
+    timeout: Duration,
+    source: Option<std::net::IpAddr>,
+    roots: &[reqwest::Certificate],
+) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(64)
+        // A node closes a kept-alive connection idle for its header timeout (10 s by
+        // default): let ours go well before, so no request is sent on one as it closes.
+        .pool_idle_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .local_address(source);
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build()
+}
+
+/// An error and what caused it, down the chain: a TLS failure says why (an unknown issuer,
+/// a name the certificate does not hold) instead of only "error sending request".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// `host:port` or a URL, as a base URL without a trailing slash.
@@ -108,22 +146,27 @@ impl Client {
     }
 
     fn build(bases: Vec<String>, timeout: Duration, source: Option<std::net::IpAddr>) -> Client {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .pool_max_idle_per_host(64)
-            // A node closes a kept-alive connection idle for its header timeout (10 s by
-            // default): let ours go well before, so no request is sent on one as it closes.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .local_address(source)
-            .build()
-            .expect("http client builds");
         Client {
             bases: Arc::new(bases),
             current: Arc::new(AtomicUsize::new(0)),
-            http,
+            http: http_client(timeout, source, &[]).expect("http client builds"),
             token: None,
+            timeout,
+            source,
         }
+    }
+
+    /// This client, trusting the CA certificates of the PEM file `ca_pem` for `https://`
+    /// addresses, beside the system's (a cluster whose client port has a certificate of the
+    /// cluster's own CA: see `--client-cert` in docs/CONFIGURATION.md).
+    pub fn with_ca(mut self, ca_pem: &[u8]) -> Result<Client, String> {
+        let roots = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| format!("the CA file does not parse as PEM certificates: {e}"))?;
+        if roots.is_empty() {
+            return Err("the CA file holds no certificate".into());
+        }
+        self.http = http_client(self.timeout, self.source, &roots).map_err(|e| e.to_string())?;
+        Ok(self)
     }
 
     /// This client, sending `token` as `Authorization: Bearer` with every request.
@@ -201,7 +244,11 @@ impl Client {
                 }
                 Err(e) => {
                     let next = e.is_connect() || idempotent;
-                    last = Some(ClientError::Transport(format!("{}: {e}", self.bases[at])));
+                    last = Some(ClientError::Transport(format!(
+                        "{}: {}",
+                        self.bases[at],
+                        with_causes(&e)
+                    )));
                     if !next {
                         break;
                     }

@@ -91,6 +91,7 @@ pub struct Cluster {
     client_ip: Option<std::net::IpAddr>,
     own_ips: bool,
     token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
     _dir: tempfile::TempDir,
 }
 
@@ -112,6 +113,9 @@ pub struct Spec {
     pub client_ip: Option<std::net::IpAddr>,
     /// The API token the harness's own clients send (a cluster with a token file).
     pub token: Option<String>,
+    /// The CA file the harness's own clients trust: with it they speak HTTPS (a cluster whose
+    /// nodes have a `--client-cert`).
+    pub https_ca: Option<PathBuf>,
 }
 
 impl Default for Spec {
@@ -126,6 +130,7 @@ impl Default for Spec {
             node_env: Default::default(),
             client_ip: None,
             token: None,
+            https_ca: None,
         }
     }
 }
@@ -187,6 +192,10 @@ impl Cluster {
             client_ip: spec.client_ip,
             own_ips: spec.own_ips,
             token: spec.token.clone(),
+            ca_pem: spec
+                .https_ca
+                .as_ref()
+                .map(|p| std::fs::read(p).expect("the CA file reads")),
             _dir: dir,
         };
         for id in 1..=spec.nodes {
@@ -211,7 +220,7 @@ impl Cluster {
             )
         };
         let dir = self._dir.path();
-        let join = format!("http://{}", self.node(via).client);
+        let join = self.url(via);
         self.nodes.push(NodeProc {
             id,
             client,
@@ -334,8 +343,22 @@ impl Cluster {
 
     /// A client with the given timeout (and the cluster's token, if it has one).
     pub fn client_with_timeout(&self, id: u64, timeout: Duration) -> Client {
-        Client::with_source(&self.node(id).client, timeout, self.client_ip)
-            .with_token(self.token.clone())
+        let client = Client::with_source(&self.url(id), timeout, self.client_ip)
+            .with_token(self.token.clone());
+        match &self.ca_pem {
+            Some(ca) => client.with_ca(ca).expect("the CA file parses"),
+            None => client,
+        }
+    }
+
+    /// Node `id`'s client URL: `https://` when the cluster serves HTTPS.
+    pub fn url(&self, id: u64) -> String {
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.node(id).client)
     }
 
     /// The API token the harness's clients send, if the cluster has a token file.

@@ -294,3 +294,134 @@ async fn a_node_with_another_cas_certificate_cannot_reach_its_peers() {
         "node 3 did not refuse its peers"
     );
 }
+
+/// TLS on the client port as well: the API answers over HTTPS only, to every client that
+/// trusts the cluster's CA — the harness, the CLI (`RAFTFLOW_CA`), a worker, a node joining
+/// through it, and the nodes' probes of each other (`/v1/cluster` shows them reachable). A
+/// client that does not trust the CA gets a certificate error; plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_port_serves_https_to_every_client_that_trusts_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    certs(&ours);
+    let four = std::process::Command::new(binary())
+        .args(["certs", "--dir"])
+        .arg(&ours)
+        .args(["--node", "4=127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(four.status.success(), "{four:?}");
+    let file = |f: &str| ours.join(f).to_str().unwrap().to_string();
+    let mut spec = secure_spec(&ours);
+    for id in 1..=4 {
+        let env = spec.node_env.entry(id).or_default();
+        if id == 4 {
+            env.push(("RAFTFLOW_PEER_CERT".into(), file("node-4.pem")));
+            env.push(("RAFTFLOW_PEER_KEY".into(), file("node-4-key.pem")));
+        }
+        env.push((
+            "RAFTFLOW_CLIENT_CERT".into(),
+            file(&format!("node-{id}.pem")),
+        ));
+        env.push((
+            "RAFTFLOW_CLIENT_KEY".into(),
+            file(&format!("node-{id}-key.pem")),
+        ));
+    }
+    spec.https_ca = Some(ours.join("ca.pem"));
+    let mut c = Cluster::launch(spec);
+    c.wait_ready(READY).await.unwrap();
+
+    c.client(1)
+        .put_definition("order", &order_definition())
+        .await
+        .unwrap();
+    let create = CreateWorkflow {
+        id: Some("o-1".into()),
+        definition: "order".into(),
+        version: None,
+        context: None,
+    };
+    c.client(2).create_workflow(&create).await.unwrap();
+    let view = c.client(3).cluster().await.unwrap();
+    assert!(
+        view.nodes.iter().all(|n| n.reachable),
+        "every node probes the others over HTTPS: {:?}",
+        view.nodes
+    );
+
+    // Plain HTTP to the port gets no answer; HTTPS without the CA a certificate error.
+    let plain = raftflow_client::Client::new(&c.node(1).client, Duration::from_secs(3));
+    assert!(plain.get_text("/healthz").await.is_err());
+    let untrusting = raftflow_client::Client::new(&c.url(1), Duration::from_secs(3));
+    let refused = untrusting
+        .get_text("/healthz")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("certificate"), "{refused}");
+
+    // The CLI, with the CA and without.
+    let cli = |args: &[&str], ca: bool| {
+        let mut cmd = std::process::Command::new(binary());
+        cmd.args(args)
+            .env("RAFTFLOW_ADDR", format!("{},{}", c.url(2), c.url(3)))
+            .env_remove("RAFTFLOW_CA")
+            .env_remove("RAFTFLOW_TOKEN");
+        if ca {
+            cmd.env("RAFTFLOW_CA", file("ca.pem"));
+        }
+        cmd.output().unwrap()
+    };
+    let got = cli(&["workflow", "send", "o-1", "pay"], true);
+    assert!(got.status.success(), "{got:?}");
+    assert!(String::from_utf8_lossy(&got.stdout).contains("paid"));
+    let health = cli(&["cluster", "health"], true);
+    assert!(health.status.success(), "{health:?}");
+    let blind = cli(&["workflow", "get", "o-1"], false);
+    assert!(!blind.status.success());
+    assert!(
+        String::from_utf8_lossy(&blind.stderr).contains("certificate"),
+        "{blind:?}"
+    );
+
+    // A worker over HTTPS ships the order.
+    let mut worker = std::process::Command::new(binary())
+        .args([
+            "worker",
+            "--type",
+            "ship",
+            "--exec",
+            r#"echo '{"tracking": "T-1"}'"#,
+        ])
+        .args(["--nodes", &c.url(1), "--ca-file", &file("ca.pem")])
+        .env_remove("RAFTFLOW_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shipped = raftflow_cluster_tests::eventually(Duration::from_secs(20), || async {
+        let wf = c.client(3).get_workflow("o-1", false).await?;
+        anyhow::ensure!(wf.state == "shipped", "still {}", wf.state);
+        Ok(())
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    shipped.unwrap();
+
+    // A node joins through a member's HTTPS port, trusting the peer CA, and serves HTTPS.
+    c.join(4, 1);
+    raftflow_cluster_tests::eventually(Duration::from_secs(30), || async {
+        anyhow::ensure!(c.probe(4).ready().await, "node 4 not ready");
+        let view = c.client(4).cluster().await?;
+        anyhow::ensure!(
+            view.nodes.iter().any(|n| n.id == 4 && n.reachable),
+            "node 4 not registered"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    c.kill9(4);
+}

@@ -41,7 +41,7 @@ pub use node::{
 };
 pub use query::{Answer, HistoryEntry, Query};
 pub use raftflow_storage::{Store, SyncStats};
-pub use transport::PeerTls;
+pub use transport::{client_port_acceptor, PeerTls};
 
 /// Errors of the raft layer; each maps to one API error code.
 #[derive(Debug, thiserror::Error)]

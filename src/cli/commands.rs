@@ -54,7 +54,7 @@ pub async fn run(global: &Global, cmd: ClientCmd) -> i32 {
         ClientCmd::Definition(c) => cli.definition(c).await,
         ClientCmd::Workflow(c) => cli.workflow(c).await,
         ClientCmd::Task(c) => cli.task(c).await,
-        ClientCmd::Cluster(c) => cli.cluster(c, &global.addr).await,
+        ClientCmd::Cluster(c) => cli.cluster(c, global).await,
     };
     match result {
         Ok(code) => code as i32,
@@ -753,7 +753,7 @@ impl Cli {
 
     // ---- cluster ----
 
-    async fn cluster(&self, cmd: ClusterCmd, addrs: &[String]) -> Outcome {
+    async fn cluster(&self, cmd: ClusterCmd, global: &Global) -> Outcome {
         match cmd {
             ClusterCmd::Status | ClusterCmd::Nodes | ClusterCmd::Groups => {
                 let v = self.get("/v1/cluster").await?;
@@ -807,8 +807,11 @@ impl Cli {
                 let mut rows = Vec::new();
                 let mut out = Vec::new();
                 let mut worst = ExitCode::Ok;
-                for addr in addrs {
-                    let one = Client::new(addr, Duration::from_secs(3));
+                for addr in &global.addr {
+                    let one = global
+                        .access
+                        .apply(Client::new(addr, Duration::from_secs(3)))
+                        .map_err(|e| Failure::Local(ExitCode::Usage, format!("{e:#}")))?;
                     let live = one
                         .get_text("/healthz")
                         .await

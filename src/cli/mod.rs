@@ -35,13 +35,14 @@ pub struct Global {
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub access: AccessArgs,
 }
 
-/// The API token a client command or a worker sends, for a cluster started with
-/// `--token-file`.
+/// How a client command, a worker or a joining node gets into a secured cluster: the API
+/// token it sends (a cluster started with `--token-file`) and the CA it trusts for
+/// `https://` addresses (a cluster started with `--client-cert`).
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct TokenArgs {
+pub struct AccessArgs {
     /// The API token (`Authorization: Bearer`).
     #[arg(long, global = true, env = "RAFTFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -53,9 +54,31 @@ pub struct TokenArgs {
         conflicts_with = "token"
     )]
     pub token_path: Option<std::path::PathBuf>,
+    /// A CA certificate file (PEM) to trust for `https://` addresses, beside the system's.
+    #[arg(long, global = true, env = "RAFTFLOW_CA")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-impl TokenArgs {
+impl AccessArgs {
+    /// `client` with the token and the CA given, if any.
+    pub fn apply(&self, client: Client) -> anyhow::Result<Client> {
+        let client = client.with_token(self.resolve()?);
+        match self.ca_pem()? {
+            Some(pem) => client.with_ca(&pem).map_err(anyhow::Error::msg),
+            None => Ok(client),
+        }
+    }
+
+    /// The CA file's text, if one was given.
+    pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        std::fs::read(path)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("reading the CA file {}: {e}", path.display()))
+    }
+
     /// The token given, if any; a token path that cannot be read is an error.
     pub fn resolve(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
@@ -74,10 +97,10 @@ impl TokenArgs {
 
 impl Global {
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(
-            Client::with_addrs(&self.addr, Duration::from_millis(self.timeout_ms))
-                .with_token(self.token.resolve()?),
-        )
+        self.access.apply(Client::with_addrs(
+            &self.addr,
+            Duration::from_millis(self.timeout_ms),
+        ))
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) use frames::{Forward, ForwardError, ForwardReply, MembershipChange};
 pub(crate) use frames::{PeerReply, PeerRpc};
 pub(crate) use registry::{Forwarder, Registry};
 pub(crate) use server::serve_peers;
-pub use tls::PeerTls;
+pub use tls::{client_port_acceptor, PeerTls};
 
 #[cfg(test)]
 mod tests {

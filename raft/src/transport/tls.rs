@@ -59,17 +59,7 @@ impl PeerTls {
         if roots.is_empty() {
             return Err(format!("the CA file {} holds no certificate", ca.display()));
         }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| named("the certificate file", cert, &e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| named("the certificate file", cert, &e))?;
-        if chain.is_empty() {
-            return Err(format!(
-                "the certificate file {} holds no certificate",
-                cert.display()
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| named("the key file", key, &e))?;
+        let (chain, key) = identity(cert, key)?;
         let roots = Arc::new(roots);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
@@ -118,6 +108,42 @@ impl PeerTls {
         let (rd, wr) = tokio::io::split(tls);
         Ok((Box::new(rd), Box::new(wr)))
     }
+}
+
+/// A certificate chain and its private key, from PEM files.
+fn identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let named = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("{what} {}: {e}", path.display())
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| named("the certificate file", cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| named("the certificate file", cert, &e))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "the certificate file {} holds no certificate",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| named("the key file", key, &e))?;
+    Ok((chain, key))
+}
+
+/// TLS for the client port (HTTPS): this node's certificate and key (PEM). Clients are not
+/// asked for a certificate (API tokens say who they are); HTTP/1.1 is the one protocol.
+pub fn client_port_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (chain, key) = identity(cert, key)?;
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the client port's certificate and key: {e}"))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 /// A plain TCP connection's halves.
