@@ -67,18 +67,23 @@ async fn raftflow_transitions_refuse_a_stale_revision_through_the_generator() {
     a.ping().await.expect("ping");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
-    let config = Config {
-        systems: vec![System::Raftflow, System::Etcd],
-        workloads: Workload::ALL.to_vec(),
+/// One second per cell at 4 clients, without warm-up, on 2 groups.
+fn short_run(systems: Vec<System>, workloads: Vec<Workload>) -> Config {
+    Config {
+        systems,
+        workloads,
         concurrency: vec![4],
         warmup_s: 0,
         duration_s: 1,
         groups: 2,
         node_threads: None,
         bin: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
+    let config = short_run(vec![System::Raftflow, System::Etcd], Workload::ALL.to_vec());
     let rows = run(&config).await.expect("bench runs");
     // Every workload on raftflow, all but tasks on etcd.
     assert_eq!(rows.len(), 5 + 4);
@@ -175,16 +180,10 @@ async fn a_group_added_under_load_is_measured_until_it_holds_its_share() {
 /// carrying the token; the table sets it beside the plain cell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_secure_run_commits_work_and_reports_its_cost() {
-    let config = Config {
-        systems: vec![System::Raftflow, System::RaftflowSecure],
-        workloads: vec![Workload::Transitions],
-        concurrency: vec![4],
-        warmup_s: 0,
-        duration_s: 1,
-        groups: 2,
-        node_threads: None,
-        bin: None,
-    };
+    let config = short_run(
+        vec![System::Raftflow, System::RaftflowSecure],
+        vec![Workload::Transitions],
+    );
     let rows = run(&config).await.expect("bench runs");
     assert_eq!(rows.len(), 2);
     for row in &rows {

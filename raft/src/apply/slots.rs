@@ -255,7 +255,6 @@ impl Applier {
             // this batch included, or replicas that apply it in other batches would differ).
             self.signals.forget_ready_floors(self.group);
             self.deadline_from = None;
-            tx.fences_lifted = true;
             tx.made_ready = true;
             tx.deadlines_touched = true;
         }

@@ -3,6 +3,7 @@
 //! Every decision uses the time stamped into the entry being applied and the entry's log
 //! index (lease tokens, queue order), so every replica reaches the same rows.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use raftflow_workflow::{
@@ -30,6 +31,37 @@ pub(crate) const MAX_TASKS_PER_LEASE: u32 = 100;
 pub(crate) struct At {
     pub now_ms: u64,
     pub index: u64,
+}
+
+/// Visits the keys under `prefix` in key order, from `hint` on (a hint of this replica's: no
+/// key the visitor wants sorts before it), in chunks of [`SCAN_CHUNK`], until `visit` breaks
+/// or the keys run out. Returns the last key visited. The visitor decides what each key is
+/// worth (fenced keys are stepped over without counting), so where the scan starts cannot
+/// change what it finds.
+fn scan_from_hint(
+    tx: &Tx,
+    prefix: &[u8],
+    hint: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+) -> Option<Vec<u8>> {
+    let mut last: Option<Vec<u8>> = None;
+    loop {
+        let keys = match &last {
+            None => tx.scan_keys_hinted(prefix, hint, SCAN_CHUNK),
+            Some(k) => tx.scan_keys(prefix, Some(&raftflow_storage::key_after(k)), SCAN_CHUNK),
+        };
+        let exhausted = keys.len() < SCAN_CHUNK;
+        for key in keys {
+            let flow = visit(&key);
+            last = Some(key);
+            if flow.is_break() {
+                return last;
+            }
+        }
+        if exhausted {
+            return last;
+        }
+    }
 }
 
 impl Applier {
@@ -124,28 +156,17 @@ impl Applier {
         let prefix = tables::ready_prefix(task_type);
         let floor = self.signals.ready_floor(self.group, task_type);
         let mut found = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        'scan: loop {
-            let keys = match &last {
-                None => tx.scan_keys_hinted(&prefix, floor.as_deref(), SCAN_CHUNK),
-                Some(k) => tx.scan_keys(&prefix, Some(&raftflow_storage::key_after(k)), SCAN_CHUNK),
-            };
-            let exhausted = keys.len() < SCAN_CHUNK;
-            for key in keys {
-                let task_id = tables::task_of_ready_key(&key, task_type);
-                last = Some(key);
-                if self.task_fenced(tx, &task_id) {
-                    continue;
-                }
+        let last = scan_from_hint(tx, &prefix, floor.as_deref(), |key| {
+            let task_id = tables::task_of_ready_key(key, task_type);
+            if !self.task_fenced(tx, &task_id) {
                 found.push(task_id);
-                if found.len() == n {
-                    break 'scan;
-                }
             }
-            if exhausted {
-                break;
+            if found.len() == n {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-        }
+        });
         // Every key looked at is taken by this lease or fenced: later scans start after it.
         if let Some(last) = last {
             self.signals.raise_ready_floor(self.group, task_type, &last);
@@ -160,39 +181,24 @@ impl Applier {
     fn due_deadlines(&mut self, tx: &Tx, now_ms: u64) -> Vec<(Vec<u8>, u64, u8, String)> {
         let hint = self.deadline_from.clone();
         let mut due = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        'scan: loop {
-            let keys = match &last {
-                None => tx.scan_keys_hinted(tables::DEADLINES, hint.as_deref(), SCAN_CHUNK),
-                Some(k) => tx.scan_keys(
-                    tables::DEADLINES,
-                    Some(&raftflow_storage::key_after(k)),
-                    SCAN_CHUNK,
-                ),
+        scan_from_hint(tx, tables::DEADLINES, hint.as_deref(), |key| {
+            let (due_ms, kind, id) = tables::parse_deadline_key(key);
+            if due_ms > now_ms {
+                return ControlFlow::Break(());
+            }
+            let fenced = match kind {
+                tables::DEADLINE_TIMER => self.fence_of(tx, &id).is_some(),
+                _ => self.task_fenced(tx, &id),
             };
-            let exhausted = keys.len() < SCAN_CHUNK;
-            for key in keys {
-                let (due_ms, kind, id) = tables::parse_deadline_key(&key);
-                if due_ms > now_ms {
-                    break 'scan;
-                }
-                last = Some(key.clone());
-                let fenced = match kind {
-                    tables::DEADLINE_TIMER => self.fence_of(tx, &id).is_some(),
-                    _ => self.task_fenced(tx, &id),
-                };
-                if fenced {
-                    continue;
-                }
-                due.push((key, due_ms, kind, id));
-                if due.len() == MAX_DEADLINES_PER_TICK {
-                    break 'scan;
-                }
+            if !fenced {
+                due.push((key.to_vec(), due_ms, kind, id));
             }
-            if exhausted {
-                break;
+            if due.len() == MAX_DEADLINES_PER_TICK {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-        }
+        });
         due
     }
 

@@ -130,9 +130,6 @@ pub(crate) struct Tx<'a> {
     pub(crate) deadlines_touched: bool,
     /// The smallest deadline-index key this transaction wrote.
     pub(crate) lowest_deadline: Option<Vec<u8>>,
-    /// Set when fences were lifted: ready-queue and deadline scans must start over, since
-    /// they stepped over the fenced slots' keys.
-    pub(crate) fences_lifted: bool,
 }
 
 impl<'a> Tx<'a> {
@@ -147,7 +144,6 @@ impl<'a> Tx<'a> {
             made_ready: false,
             deadlines_touched: false,
             lowest_deadline: None,
-            fences_lifted: false,
         }
     }
 

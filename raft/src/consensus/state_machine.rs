@@ -223,12 +223,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             }
         }
         let (made_ready, deadlines_touched) = (tx.made_ready, tx.deadlines_touched);
-        if tx.fences_lifted {
-            // Queue and deadline scans stepped over the fenced slots' keys: start over.
-            self.signals.forget_ready_floors(self.group);
-            self.applier.deadline_from = None;
-            tx.lowest_deadline = None;
-        }
         if let Some(low) = tx.lowest_deadline.take() {
             if self
                 .applier
