@@ -11,7 +11,9 @@ mod error;
 mod extract;
 mod handlers;
 mod metrics;
+mod rules;
 pub mod serve;
+use rules::Rules;
 mod tasks;
 mod views;
 
@@ -187,7 +189,7 @@ impl AppState {
         types::TaskOutcome,
         types::LeaseExtended,
     )),
-    modifiers(&CommonAnswers)
+    modifiers(&CommonAnswers, &Rules)
 )]
 pub struct ApiDoc;
 
