@@ -54,9 +54,9 @@ async fn generated_requests_get_documented_answers_and_crash_nothing() {
         // and enums (`api/src/rules.rs`), but some rules no schema can say: a definition's
         // states must name each other, a page token must be one the node issued, an address
         // must be host:port, and JSON Schema counts 1.0 as an integer where serde does not.
-        // Those requests get a 400, a documented answer. `use_after_free` wants a deleted resource gone at once,
-        // and a retired group is retiring (202) until its slots have moved: its digest stays
-        // readable until then.
+        // Those requests get a 400, a documented answer. `use_after_free` wants a deleted
+        // resource gone at once, and a retired group is retiring (202) until its slots have
+        // moved: its digest stays readable until then.
         .args([
             "--exclude-checks",
             "positive_data_acceptance,use_after_free",
