@@ -26,6 +26,12 @@ if [ "${1:-build}" = bench ]; then
   # The comparison runs etcd 3.4 from Debian; the chart draws its labels with DejaVu Sans.
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+  # The events-wrk cells: an independent load tool beside our generator; the simple
+  # service the bench sets raftflow beside (Flask, from PyPI, on Redis).
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 fi
 if [ "${1:-build}" = profile ]; then
   # Instruction counts of a transition: callgrind, and a Python driver.
@@ -38,8 +44,11 @@ if [ "${1:-build}" = test ]; then
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need+=(faketime)
-  # The bench's etcd driver is tested against a real etcd.
+  # The bench's etcd driver is tested against a real etcd, its wrk cells with wrk, and its
+  # baseline with a real Redis.
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # The report plot draws its labels with DejaVu Sans.
   [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   # The console's browser tests: Debian's Chromium driven by Playwright for Python (in a

@@ -77,6 +77,7 @@ fn short_run(systems: Vec<System>, workloads: Vec<Workload>) -> Config {
         duration_s: 1,
         groups: 2,
         node_threads: None,
+        population: 100,
         bin: None,
     }
 }
@@ -86,7 +87,7 @@ async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
     let config = short_run(vec![System::Raftflow, System::Etcd], Workload::ALL.to_vec());
     let rows = run(&config).await.expect("bench runs");
     // Every workload on raftflow, all but tasks on etcd.
-    assert_eq!(rows.len(), 5 + 4);
+    assert_eq!(rows.len(), 8 + 7);
     for row in &rows {
         let m = &row.measured;
         assert!(
@@ -199,6 +200,38 @@ async fn a_short_secure_run_commits_work_and_reports_its_cost() {
     assert!(
         table.contains("The cost of peer TLS and API tokens")
             && table.contains("| transitions | 4 |"),
+        "{table}"
+    );
+}
+
+/// The simple service beside raftflow: single-task workflows on Flask + Redis complete, and
+/// the table sets them beside raftflow's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_of_the_flask_redis_baseline_completes_workflows() {
+    let config = short_run(
+        vec![
+            System::Raftflow,
+            System::FlaskRedisAlways,
+            System::FlaskRedisEverysec,
+        ],
+        vec![Workload::Tasks, Workload::Ping],
+    );
+    let rows = run(&config).await.expect("bench runs");
+    // raftflow runs both workloads; the baseline only its tasks.
+    assert_eq!(rows.len(), 2 + 1 + 1);
+    for row in rows.iter().filter(|r| r.workload == Workload::Tasks) {
+        assert!(row.measured.ops > 0, "{:?} completed nothing", row.system);
+        assert!(
+            row.measured.errors.is_empty(),
+            "{:?}: {:?}",
+            row.system,
+            row.measured.error_examples
+        );
+        assert!(!row.measured.nodes.is_empty());
+    }
+    let table = report::table(&rows);
+    assert!(
+        table.contains("against the simple service") && table.contains("| 4 | "),
         "{table}"
     );
 }

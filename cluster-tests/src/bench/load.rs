@@ -30,6 +30,17 @@ pub enum Workload {
     ReadMix,
     /// Single-task workflows end to end: start, poll, complete (raftflow only).
     Tasks,
+    /// What a service in production sends: an event with a 200-byte payload on an order
+    /// picked at random among [`Config::population`](super::Config) orders with 1 KiB
+    /// contexts, requests spread over every node (etcd: read the order's 1 KiB value, then
+    /// rewrite it by a compare-and-set on its `mod_revision`, again on a conflict).
+    Events,
+    /// [`Workload::Events`] with every request sent to one node, as a user who points a
+    /// client or a load tool at one address does.
+    EventsOneNode,
+    /// [`Workload::EventsOneNode`] driven by `wrk` instead of our generator (etcd: puts of
+    /// the 1 KiB values, which its gateway can send without a read first; see `wrk.rs`).
+    EventsWrk,
     /// An HTTP round trip that touches neither Raft nor the disk (raftflow: `GET /healthz`;
     /// etcd: `GET /version`): what this machine, this generator and each server's HTTP stack
     /// allow before any replication work. Not a workload users run; a ceiling to read the others
@@ -38,12 +49,15 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Create,
         Workload::Transitions,
         Workload::ReadMix,
         Workload::Tasks,
         Workload::Ping,
+        Workload::Events,
+        Workload::EventsOneNode,
+        Workload::EventsWrk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,7 +67,18 @@ impl Workload {
             Workload::ReadMix => "read-mix",
             Workload::Tasks => "tasks",
             Workload::Ping => "ping",
+            Workload::Events => "events",
+            Workload::EventsOneNode => "events-one-node",
+            Workload::EventsWrk => "events-wrk",
         }
+    }
+
+    /// Whether it works on the population of orders made before the cells.
+    pub fn on_population(self) -> bool {
+        matches!(
+            self,
+            Workload::Events | Workload::EventsOneNode | Workload::EventsWrk
+        )
     }
 
     pub fn parse(s: &str) -> Option<Workload> {
@@ -69,8 +94,17 @@ impl Workload {
 /// One client's connection to one node of the system under load. The measured requests go
 /// through [`Wire`]; the tasks workload uses the typed client.
 pub enum Conn {
-    Raftflow { wire: Wire, client: Client },
-    Etcd { wire: Wire },
+    Raftflow {
+        wire: Wire,
+        client: Client,
+    },
+    Etcd {
+        wire: Wire,
+    },
+    /// The Flask + Redis service (`baseline.rs`): single-task workflows only.
+    Baseline {
+        wire: Wire,
+    },
 }
 
 /// The definition every transition workload uses: two states, every event accepted, forever.
@@ -95,6 +129,97 @@ pub fn single_task() -> serde_json::Value {
             "done": {"terminal": "succeeded"}
         }
     })
+}
+
+/// The realistic workloads' definition: an order takes updates until it is closed.
+pub fn order() -> serde_json::Value {
+    serde_json::json!({
+        "name": "bench-order",
+        "initial": "open",
+        "states": {
+            "open": {"on": {"update": "open", "close": "closed"}},
+            "closed": {"terminal": "succeeded"}
+        }
+    })
+}
+
+/// `value` with its `pad` field filled so that it serializes to `bytes` bytes.
+fn padded(mut value: serde_json::Value, pad: &str, bytes: usize) -> serde_json::Value {
+    let len = value.to_string().len();
+    value[pad] = serde_json::Value::String("x".repeat(bytes.saturating_sub(len + pad.len() + 6)));
+    value
+}
+
+/// Order `i`'s context: a customer, an address, five lines, 1 KiB of JSON.
+pub fn order_context(i: usize) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = (0..5)
+        .map(|k| {
+            serde_json::json!({
+                "sku": format!("SKU-{:05}", (i * 31 + k * 7) % 100_000),
+                "name": format!("Item {k} of order {i}"),
+                "qty": 1 + (i + k) % 4,
+                "unit_price": 9.99 + k as f64,
+            })
+        })
+        .collect();
+    let context = serde_json::json!({
+        "order_id": format!("ord-{i:08}"),
+        "customer": {
+            "id": format!("cus-{:06}", (i * 7919) % 1_000_000),
+            "name": "Ada Lovelace",
+            "email": "ada.lovelace@example.com",
+            "address": {"street": "12 Analytical Engine Road", "city": "London",
+                        "postcode": "NW1 6XE", "country": "GB"},
+        },
+        "items": items,
+        "currency": "EUR",
+        "total": 123.45,
+    });
+    padded(context, "notes", CONTEXT_BYTES)
+}
+
+/// An update's payload: a payment, 200 bytes of JSON. Its keys are the same every time, so
+/// merging it leaves the context's size as it was.
+pub fn update_payload(n: u64) -> serde_json::Value {
+    let payload = serde_json::json!({
+        "payment": {"method": "card", "amount": 10 + n % 500, "currency": "EUR",
+                    "reference": format!("pay-{n:012}")},
+    });
+    padded(payload, "note", PAYLOAD_BYTES)
+}
+
+const CONTEXT_BYTES: usize = 1024;
+const PAYLOAD_BYTES: usize = 200;
+
+/// The key of order `i` of the population made under `prefix`.
+pub fn order_key(prefix: &str, i: usize) -> String {
+    format!("{prefix}-o{i}")
+}
+
+/// Makes the population: `n` orders under `prefix`, over `connect`'s connections, 32 at a
+/// time (raftflow: workflows of `bench-order` with 1 KiB contexts; etcd: keys with the same
+/// 1 KiB values).
+pub async fn populate(
+    connect: &dyn Fn(usize) -> Conn,
+    prefix: &str,
+    n: usize,
+) -> Result<(), Failed> {
+    let lanes = 32.min(n.max(1));
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let mut conn = connect(lane);
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            for i in (lane..n).step_by(lanes) {
+                conn.create_order(&order_key(&prefix, i), i).await?;
+            }
+            Ok::<(), Failed>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Failed::bad_response(e.to_string()))??;
+    }
+    Ok(())
 }
 
 /// The value etcd stores per key: about the size of raftflow's workflow view.
@@ -127,6 +252,13 @@ impl Failed {
         Failed {
             code: "transport".into(),
             message: e.0,
+        }
+    }
+
+    fn http(status: u16, body: &[u8]) -> Failed {
+        Failed {
+            code: format!("http_{status}"),
+            message: String::from_utf8_lossy(body).into_owned(),
         }
     }
 
@@ -176,6 +308,13 @@ fn raftflow_revision(status: u16, body: &[u8]) -> Result<u64, Failed> {
     Err(Failed::from(ClientError::from_response(status, body)))
 }
 
+/// POSTs `req` to raftflow: the workflow's revision on 2xx, else the API's error code.
+async fn raftflow_post(wire: &mut Wire, path: &str, req: &impl Serialize) -> Result<u64, Failed> {
+    let body = serde_json::to_vec(req).expect("a request encodes");
+    let status = wire.post(path, &body).await.map_err(Failed::transport)?;
+    raftflow_revision(status, wire.body())
+}
+
 /// The parts of etcd's txn and range answers the generator reads (int64s are strings).
 #[derive(serde::Deserialize)]
 struct EtcdReply {
@@ -194,6 +333,9 @@ struct EtcdHeader {
 #[derive(serde::Deserialize)]
 struct EtcdKv {
     mod_revision: String,
+    /// Base64.
+    #[serde(default)]
+    value: Option<String>,
 }
 
 fn etcd_reply(status: u16, body: &[u8]) -> Result<EtcdReply, Failed> {
@@ -212,6 +354,7 @@ impl Conn {
     /// Creates `key`; returns its revision.
     pub async fn create(&mut self, key: &str) -> Result<u64, Failed> {
         match self {
+            Conn::Baseline { .. } => Err(Failed::bad_response("not on the baseline".into())),
             Conn::Raftflow { wire, .. } => {
                 let req = CreateWorkflow {
                     id: Some(key.to_string()),
@@ -219,12 +362,7 @@ impl Conn {
                     version: None,
                     context: None,
                 };
-                let body = serde_json::to_vec(&req).expect("a request encodes");
-                let status = wire
-                    .post("/v1/workflows", &body)
-                    .await
-                    .map_err(Failed::transport)?;
-                raftflow_revision(status, wire.body())
+                raftflow_post(wire, "/v1/workflows", &req).await
             }
             Conn::Etcd { wire } => etcd_put_if(wire, key, 0, &etcd_value(key, 1)).await,
         }
@@ -233,6 +371,7 @@ impl Conn {
     /// A compare-and-set transition from `revision`; returns the new revision.
     pub async fn transition(&mut self, key: &str, revision: u64) -> Result<u64, Failed> {
         match self {
+            Conn::Baseline { .. } => Err(Failed::bad_response("not on the baseline".into())),
             Conn::Raftflow { wire, .. } => {
                 let req = SendEvent {
                     event: if revision % 2 == 1 { "flip" } else { "flop" }.into(),
@@ -240,12 +379,7 @@ impl Conn {
                     expected_revision: Some(revision),
                     request_id: None,
                 };
-                let body = serde_json::to_vec(&req).expect("a request encodes");
-                let status = wire
-                    .post(&format!("/v1/workflows/{key}/events"), &body)
-                    .await
-                    .map_err(Failed::transport)?;
-                raftflow_revision(status, wire.body())
+                raftflow_post(wire, &format!("/v1/workflows/{key}/events"), &req).await
             }
             Conn::Etcd { wire } => {
                 etcd_put_if(wire, key, revision, &etcd_value(key, revision + 1)).await
@@ -253,11 +387,112 @@ impl Conn {
         }
     }
 
+    /// Creates order `i` at `key` with its 1 KiB context.
+    pub async fn create_order(&mut self, key: &str, i: usize) -> Result<(), Failed> {
+        match self {
+            Conn::Baseline { .. } => Err(Failed::bad_response("not on the baseline".into())),
+            Conn::Raftflow { wire, .. } => {
+                let req = CreateWorkflow {
+                    id: Some(key.to_string()),
+                    definition: "bench-order".into(),
+                    version: None,
+                    context: Some(order_context(i)),
+                };
+                raftflow_post(wire, "/v1/workflows", &req).await.map(drop)
+            }
+            Conn::Etcd { wire } => {
+                let value = order_context(i).to_string();
+                match etcd_put_if(wire, key, 0, &value).await {
+                    // Made by an earlier attempt: the same value.
+                    Err(f) if f.code == EtcdError::CompareFailed.code() => Ok(()),
+                    r => r.map(drop),
+                }
+            }
+        }
+    }
+
+    /// Update `n` of the order at `key`: an event with a 200-byte payload (etcd: read the
+    /// value, then a compare-and-set of the updated one).
+    pub async fn update_order(&mut self, key: &str, n: u64) -> Result<(), Failed> {
+        let payload = update_payload(n);
+        match self {
+            Conn::Baseline { .. } => Err(Failed::bad_response("not on the baseline".into())),
+            Conn::Raftflow { wire, .. } => {
+                let req = SendEvent {
+                    event: "update".into(),
+                    payload: Some(payload),
+                    expected_revision: None,
+                    request_id: None,
+                };
+                raftflow_post(wire, &format!("/v1/workflows/{key}/events"), &req)
+                    .await
+                    .map(drop)
+            }
+            Conn::Etcd { wire } => {
+                let range = serde_json::to_vec(&serde_json::json!({"key": B64.encode(key)}))
+                    .expect("a request encodes");
+                let mut last = None;
+                for _ in 0..8 {
+                    let status = wire
+                        .post("/v3/kv/range", &range)
+                        .await
+                        .map_err(Failed::transport)?;
+                    let reply = etcd_reply(status, wire.body())?;
+                    let Some(kv) = reply.kvs.first() else {
+                        return Err(Failed::bad_response(format!("no order at {key}")));
+                    };
+                    let expected = etcd_int(&kv.mod_revision)?;
+                    let Some(current) = kv.value.as_deref() else {
+                        return Err(Failed::bad_response(format!("no value at {key}")));
+                    };
+                    // The client's read-modify-write: merge the payload into the stored order.
+                    let stored = B64
+                        .decode(current)
+                        .map_err(|e| Failed::bad_response(e.to_string()))?;
+                    let mut order: serde_json::Value = decode(&stored)?;
+                    for (k, v) in payload.as_object().expect("an object payload") {
+                        order[k] = v.clone();
+                    }
+                    match etcd_put_if(wire, key, expected, &order.to_string()).await {
+                        Err(f) if f.code == EtcdError::CompareFailed.code() => last = Some(f),
+                        r => return r.map(drop),
+                    }
+                }
+                Err(last.expect("eight attempts failed"))
+            }
+        }
+    }
+
+    /// A single-task workflow on the Flask + Redis service: start it, complete its task.
+    pub async fn baseline_workflow(&mut self, n: u64) -> Result<(), Failed> {
+        let Conn::Baseline { wire } = self else {
+            return Err(Failed::bad_response("not the baseline".into()));
+        };
+        let start = serde_json::json!({"context": {"n": n}}).to_string();
+        let status = wire
+            .post("/start_workflow", start.as_bytes())
+            .await
+            .map_err(Failed::transport)?;
+        if status != 201 {
+            return Err(Failed::http(status, wire.body()).during("start"));
+        }
+        let id = decode::<serde_json::Value>(wire.body())?["id"].clone();
+        let complete = serde_json::json!({"id": id, "output": {"ok": true}}).to_string();
+        let status = wire
+            .post("/complete_task", complete.as_bytes())
+            .await
+            .map_err(Failed::transport)?;
+        if status != 200 {
+            return Err(Failed::http(status, wire.body()).during("complete"));
+        }
+        Ok(())
+    }
+
     /// A request the server answers without Raft or disk.
     pub async fn ping(&mut self) -> Result<(), Failed> {
         let (wire, path) = match self {
             Conn::Raftflow { wire, .. } => (wire, "/healthz"),
-            Conn::Etcd { wire } => (wire, "/version"),
+            Conn::Etcd { wire } | Conn::Baseline { wire } => (wire, "/version"),
         };
         match wire.get(path).await.map_err(Failed::transport)? {
             200 => Ok(()),
@@ -271,6 +506,7 @@ impl Conn {
     /// A linearizable read; returns the current revision.
     pub async fn read(&mut self, key: &str) -> Result<u64, Failed> {
         match self {
+            Conn::Baseline { .. } => Err(Failed::bad_response("not on the baseline".into())),
             Conn::Raftflow { wire, .. } => {
                 let status = wire
                     .get(&format!("/v1/workflows/{key}"))
@@ -340,6 +576,26 @@ pub struct Measured {
     pub host_memory_ns: f64,
 }
 
+impl Measured {
+    /// A cell that could not run: nothing done, and why.
+    pub fn failed(code: &str, message: String) -> Measured {
+        Measured {
+            ops: 0,
+            seconds: 0.0,
+            ops_per_s: 0.0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+            errors: BTreeMap::from([(code.to_string(), 1)]),
+            error_examples: BTreeMap::from([(code.to_string(), message)]),
+            nodes: Vec::new(),
+            generator_cpu_s: 0.0,
+            host_memory_ns: 0.0,
+        }
+    }
+}
+
 /// Counters the clients share with the measuring loop.
 #[derive(Default)]
 struct Shared {
@@ -391,22 +647,31 @@ pub struct Cell<'a> {
     pub prefix: String,
     /// Ends the measurement early once set (else it lasts `duration`).
     pub until: Option<Arc<AtomicBool>>,
+    /// The orders the realistic workloads update: their prefix and number.
+    pub population: (String, usize),
 }
 
 /// Runs one cell: starts the clients, waits out the warm-up, measures, stops the clients.
 pub async fn run_cell(cell: Cell<'_>) -> Measured {
     let shared = Arc::new(Shared::default());
     let mut handles = Vec::new();
-    if cell.workload == Workload::Tasks {
+    let baseline = matches!((cell.connect)(0), Conn::Baseline { .. });
+    if cell.workload == Workload::Tasks && !baseline {
         spawn_tasks(&cell, &shared, &mut handles);
     } else {
         for c in 0..cell.clients {
-            let conn = (cell.connect)(c);
+            let one_node = cell.workload == Workload::EventsOneNode;
+            let conn = (cell.connect)(if one_node { 0 } else { c });
             let shared = shared.clone();
             let key = format!("{}-{c}", cell.prefix);
             let workload = cell.workload;
+            let population = cell.population.clone();
             handles.push(tokio::spawn(async move {
-                closed_loop(conn, workload, key, c as u64, &shared).await
+                if workload.on_population() {
+                    updates(conn, population, c as u64, &shared).await
+                } else {
+                    closed_loop(conn, workload, key, c as u64, &shared).await
+                }
             }));
         }
     }
@@ -480,7 +745,10 @@ pub async fn run_cell(cell: Cell<'_>) -> Measured {
 async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64, shared: &Shared) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut revision = 0;
-    if !matches!(workload, Workload::Create | Workload::Ping) {
+    if !matches!(
+        workload,
+        Workload::Create | Workload::Ping | Workload::Tasks
+    ) {
         // The client's own workflow, made before the clock starts.
         match conn.create(&key).await {
             Ok(rev) => revision = rev,
@@ -494,6 +762,10 @@ async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64,
     while !shared.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let result = match workload {
+            Workload::Tasks => {
+                n += 1;
+                conn.baseline_workflow(n).await
+            }
             Workload::Create => {
                 n += 1;
                 conn.create(&format!("{key}-{n}")).await.map(drop)
@@ -515,6 +787,19 @@ async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64,
                 }
             },
         };
+        shared.record(started, result);
+    }
+}
+
+/// One closed-loop client of the realistic workloads: updates of orders picked at random.
+async fn updates(mut conn: Conn, (prefix, n): (String, usize), seed: u64, shared: &Shared) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sent = seed << 32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let key = order_key(&prefix, rng.gen_range(0..n.max(1)));
+        sent += 1;
+        let started = Instant::now();
+        let result = conn.update_order(&key, sent).await;
         shared.record(started, result);
     }
 }

@@ -5,11 +5,13 @@
 //! concurrency and is stopped, then a fresh three-member etcd cluster does the same, so neither
 //! pays for the other's idle CPU.
 
+pub mod baseline;
 pub mod etcd;
 pub mod load;
 pub mod procstat;
 pub mod report;
 pub mod wire;
+pub mod wrk;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +33,12 @@ pub enum System {
     /// raftflow with mutual TLS between its nodes and an API token on every request.
     #[serde(rename = "raftflow-secure")]
     RaftflowSecure,
+    /// The simple service (`baseline.rs`), Redis fsyncing every write.
+    #[serde(rename = "flask-redis-always")]
+    FlaskRedisAlways,
+    /// The simple service, Redis fsyncing once a second.
+    #[serde(rename = "flask-redis-everysec")]
+    FlaskRedisEverysec,
 }
 
 impl System {
@@ -39,6 +47,17 @@ impl System {
             System::Raftflow => "raftflow",
             System::Etcd => "etcd",
             System::RaftflowSecure => "raftflow-secure",
+            System::FlaskRedisAlways => "flask-redis-always",
+            System::FlaskRedisEverysec => "flask-redis-everysec",
+        }
+    }
+
+    /// Whether it runs `workload` (etcd has no tasks; the baseline only has tasks).
+    pub fn runs(self, workload: Workload) -> bool {
+        match self {
+            System::Raftflow | System::RaftflowSecure => true,
+            System::Etcd => workload.on_etcd(),
+            System::FlaskRedisAlways | System::FlaskRedisEverysec => workload == Workload::Tasks,
         }
     }
 }
@@ -54,6 +73,8 @@ pub struct Config {
     pub groups: u64,
     /// Tokio worker threads per raftflow node (default: one per core).
     pub node_threads: Option<usize>,
+    /// Orders the realistic workloads pick from (made once per system, before its cells).
+    pub population: usize,
     #[serde(skip)]
     pub bin: Option<PathBuf>,
 }
@@ -89,6 +110,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
     );
     let mut rows = Vec::new();
     for &system in &config.systems {
+        if !config.workloads.iter().any(|w| system.runs(*w)) {
+            continue;
+        }
         match system {
             System::Raftflow | System::RaftflowSecure => {
                 let env = config
@@ -113,8 +137,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                 admin
                     .put_definition("bench-task", &load::single_task())
                     .await?;
+                admin.put_definition("bench-order", &load::order()).await?;
                 let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.client.clone()).collect();
-                let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
                 let connect = |c: usize| {
                     let addr = &addrs[c % addrs.len()];
                     Conn::Raftflow {
@@ -123,27 +147,19 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                             .with_token(cluster.token().map(String::from)),
                     }
                 };
-                for &workload in &config.workloads {
-                    for &clients in &config.concurrency {
-                        let before = wal_counters(&addrs).await;
-                        let measured =
-                            cell(config, system, workload, clients, &connect, &pids, &run_id).await;
-                        let after = wal_counters(&addrs).await;
-                        let syncs = after.syncs - before.syncs;
-                        let per_fsync = |n: f64| (syncs > 0.0).then(|| n / syncs);
-                        let row = Row {
-                            system,
-                            workload,
-                            clients,
-                            measured,
-                            entries_per_fsync: per_fsync(after.entries - before.entries),
-                            commands_per_fsync: per_fsync(after.commands - before.commands),
-                            fsync_us: per_fsync(after.sync_s - before.sync_s).map(|s| s * 1e6),
-                        };
-                        report::print_row(&row);
-                        rows.push(row);
-                    }
-                }
+                let deployment = Deployment {
+                    system,
+                    connect: &connect,
+                    pids: cluster.nodes.iter().filter_map(|n| n.pid()).collect(),
+                    population: populate(config, system, &connect, &run_id).await?,
+                    wrk: Some(WrkTarget {
+                        addr: addrs[0].clone(),
+                        token: cluster.token().map(String::from),
+                        requests: wrk::raftflow_requests,
+                    }),
+                    wal: addrs.clone(),
+                };
+                run_cells(config, &deployment, &run_id, &mut rows).await;
             }
             System::Etcd => {
                 let cluster = EtcdCluster::start(3)?;
@@ -151,31 +167,97 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<Row>> {
                     .wait_ready(Duration::from_secs(60))
                     .await
                     .context("etcd cluster")?;
-                let pids = cluster.pids();
                 let connect = |c: usize| Conn::Etcd {
                     wire: Wire::new(&cluster.clients[c % cluster.clients.len()], REQUEST_TIMEOUT),
                 };
-                for &workload in config.workloads.iter().filter(|w| w.on_etcd()) {
-                    for &clients in &config.concurrency {
-                        let measured =
-                            cell(config, system, workload, clients, &connect, &pids, &run_id).await;
-                        let row = Row {
-                            system,
-                            workload,
-                            clients,
-                            measured,
-                            entries_per_fsync: None,
-                            commands_per_fsync: None,
-                            fsync_us: None,
-                        };
-                        report::print_row(&row);
-                        rows.push(row);
-                    }
-                }
+                let deployment = Deployment {
+                    system,
+                    connect: &connect,
+                    pids: cluster.pids(),
+                    population: populate(config, system, &connect, &run_id).await?,
+                    wrk: Some(WrkTarget {
+                        addr: cluster.clients[0].clone(),
+                        token: None,
+                        requests: wrk::etcd_requests,
+                    }),
+                    wal: Vec::new(),
+                };
+                run_cells(config, &deployment, &run_id, &mut rows).await;
+            }
+            System::FlaskRedisAlways | System::FlaskRedisEverysec => {
+                let fsync = if system == System::FlaskRedisAlways {
+                    "always"
+                } else {
+                    "everysec"
+                };
+                let service = baseline::Baseline::start(fsync)?;
+                service
+                    .wait_ready(Duration::from_secs(60))
+                    .await
+                    .context("the Flask + Redis baseline")?;
+                let connect = |_: usize| Conn::Baseline {
+                    wire: Wire::new(&service.addr, REQUEST_TIMEOUT),
+                };
+                let deployment = Deployment {
+                    system,
+                    connect: &connect,
+                    pids: service.pids(),
+                    population: (String::new(), 0),
+                    wrk: None,
+                    wal: Vec::new(),
+                };
+                run_cells(config, &deployment, &run_id, &mut rows).await;
             }
         }
     }
     Ok(rows)
+}
+
+/// One system under test, as its cells reach it.
+struct Deployment<'a> {
+    system: System,
+    /// A connection for client `c`.
+    connect: &'a dyn Fn(usize) -> Conn,
+    /// The processes whose CPU and memory each cell reports.
+    pids: Vec<u32>,
+    /// The orders of the realistic workloads: their prefix and number.
+    population: (String, usize),
+    /// Where its `wrk` cell goes, if it has one.
+    wrk: Option<WrkTarget>,
+    /// raftflow: the nodes whose WAL counters each cell reports.
+    wal: Vec<String>,
+}
+
+/// Runs every cell of `config` that `d`'s system runs, printing each row.
+async fn run_cells(config: &Config, d: &Deployment<'_>, run_id: &str, rows: &mut Vec<Row>) {
+    for &workload in config.workloads.iter().filter(|w| d.system.runs(**w)) {
+        for &clients in &config.concurrency {
+            let before = match d.wal.is_empty() {
+                true => None,
+                false => Some(wal_counters(&d.wal).await),
+            };
+            let measured = cell(config, d, workload, clients, run_id).await;
+            let mut row = Row {
+                system: d.system,
+                workload,
+                clients,
+                measured,
+                entries_per_fsync: None,
+                commands_per_fsync: None,
+                fsync_us: None,
+            };
+            if let Some(before) = before {
+                let after = wal_counters(&d.wal).await;
+                let syncs = after.syncs - before.syncs;
+                let per_fsync = |n: f64| (syncs > 0.0).then(|| n / syncs);
+                row.entries_per_fsync = per_fsync(after.entries - before.entries);
+                row.commands_per_fsync = per_fsync(after.commands - before.commands);
+                row.fsync_us = per_fsync(after.sync_s - before.sync_s).map(|s| s * 1e6);
+            }
+            report::print_row(&row);
+            rows.push(row);
+        }
+    }
 }
 
 /// A fresh three-node raftflow cluster, ready and with leadership where the balancer leaves
@@ -227,29 +309,78 @@ fn secure(spec: &mut Spec, dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cell(
+/// Where a system's `wrk` cell sends its requests, and which.
+struct WrkTarget {
+    addr: String,
+    token: Option<String>,
+    requests: fn(&str, usize) -> Vec<(String, String)>,
+}
+
+/// The orders of the realistic workloads, made once per system when a cell needs them: their
+/// prefix and number.
+async fn populate(
     config: &Config,
     system: System,
+    connect: &dyn Fn(usize) -> Conn,
+    run_id: &str,
+) -> anyhow::Result<(String, usize)> {
+    let prefix = format!("b{run_id}-{}-orders", system.name());
+    if config.workloads.iter().any(|w| w.on_population()) {
+        let t0 = std::time::Instant::now();
+        load::populate(connect, &prefix, config.population)
+            .await
+            .map_err(|f| anyhow::anyhow!("making the orders: {f:?}"))?;
+        eprintln!(
+            "  {}: {} orders with 1 KiB contexts made in {:.1} s",
+            system.name(),
+            config.population,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok((prefix, config.population))
+}
+
+async fn cell(
+    config: &Config,
+    d: &Deployment<'_>,
     workload: Workload,
     clients: usize,
-    connect: &dyn Fn(usize) -> Conn,
-    pids: &[u32],
     run_id: &str,
 ) -> Measured {
     let memory_ns = tokio::task::spawn_blocking(report::memory_latency_ns)
         .await
         .unwrap_or(0.0);
-    let mut measured = load::run_cell(Cell {
-        workload,
-        clients,
-        warmup: Duration::from_secs(config.warmup_s),
-        duration: Duration::from_secs(config.duration_s),
-        connect,
-        pids: pids.to_vec(),
-        prefix: format!("b{run_id}-{}-{}-{clients}", system.name(), workload.name()),
-        until: None,
-    })
-    .await;
+    let warmup = Duration::from_secs(config.warmup_s);
+    let duration = Duration::from_secs(config.duration_s);
+    let mut measured = match (workload, &d.wrk) {
+        (Workload::EventsWrk, Some(wrk)) => {
+            let requests = (wrk.requests)(&d.population.0, d.population.1);
+            let token = wrk.token.as_deref();
+            wrk::cell(
+                &wrk.addr, token, &requests, clients, warmup, duration, &d.pids,
+            )
+            .await
+            .unwrap_or_else(|e| Measured::failed("wrk", format!("{e:#}")))
+        }
+        _ => {
+            load::run_cell(Cell {
+                workload,
+                clients,
+                warmup,
+                duration,
+                connect: d.connect,
+                pids: d.pids.clone(),
+                prefix: format!(
+                    "b{run_id}-{}-{}-{clients}",
+                    d.system.name(),
+                    workload.name()
+                ),
+                until: None,
+                population: d.population.clone(),
+            })
+            .await
+        }
+    };
     measured.host_memory_ns = memory_ns;
     measured
 }
@@ -490,6 +621,7 @@ async fn measure_transitions(
         pids: pids.to_vec(),
         prefix,
         until,
+        population: (String::new(), 0),
     })
     .await
 }

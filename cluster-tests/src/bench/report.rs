@@ -252,6 +252,7 @@ pub fn table(rows: &[Row]) -> String {
     }));
     out.push_str(&cost_table(rows, &keys));
     out.push_str(&security_table(rows, &keys));
+    out.push_str(&baseline_table(rows));
     let errs: Vec<String> = rows
         .iter()
         .filter(|r| !r.measured.errors.is_empty())
@@ -295,6 +296,58 @@ fn cost_table(rows: &[Row], keys: &[(Workload, usize)]) -> String {
         }
     };
     out.push_str(&side_by_side(rows, keys, us, |_, _| String::new()));
+    out
+}
+
+/// raftflow's single-task workflows beside the simple service's (start, then complete), with
+/// Redis fsyncing every write and once a second.
+fn baseline_table(rows: &[Row]) -> String {
+    let mut clients: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.workload == Workload::Tasks)
+        .map(|r| r.clients)
+        .collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let cell =
+        |system: System, c: usize| find(rows, system, Workload::Tasks, c).map(|r| &r.measured);
+    let mut lines = Vec::new();
+    for c in clients {
+        let (Some(ours), always, everysec) = (
+            cell(System::Raftflow, c),
+            cell(System::FlaskRedisAlways, c),
+            cell(System::FlaskRedisEverysec, c),
+        ) else {
+            continue;
+        };
+        if always.is_none() && everysec.is_none() {
+            continue;
+        }
+        let show = |m: Option<&super::load::Measured>| {
+            m.map(|m| format!("{:.0} | {:.1}", m.ops_per_s, m.p99_ms))
+                .unwrap_or_else(|| "- | -".into())
+        };
+        let ratio = always
+            .filter(|m| m.ops_per_s > 0.0)
+            .map(|m| format!("{:.2}×", ours.ops_per_s / m.ops_per_s))
+            .unwrap_or_else(|| "-".into());
+        lines.push(format!(
+            "| {c} | {} | {} | {} | {ratio} |\n",
+            show(Some(ours)),
+            show(always),
+            show(everysec)
+        ));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nSingle-task workflows completed per second against the simple service (Flask on one \
+         Redis under gunicorn: start, then complete; no replica):\n\n\
+         | clients | raftflow /s | p99 ms | flask+redis always /s | p99 ms | flask+redis everysec /s | p99 ms | raftflow / always |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    out.extend(lines);
     out
 }
 
@@ -451,6 +504,9 @@ const WORKLOAD_COLORS: [RGBColor; Workload::ALL.len()] = [
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(127, 127, 127),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
 ];
 
 /// Throughput (top) and p99 latency (bottom) against clients, one line per system and
@@ -511,7 +567,13 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
             .draw()?;
         for (i, workload) in Workload::ALL.iter().enumerate() {
             let color = WORKLOAD_COLORS[i];
-            for system in [System::Raftflow, System::RaftflowSecure, System::Etcd] {
+            for system in [
+                System::Raftflow,
+                System::RaftflowSecure,
+                System::Etcd,
+                System::FlaskRedisAlways,
+                System::FlaskRedisEverysec,
+            ] {
                 let points: Vec<(f64, f64)> = rows
                     .iter()
                     .filter(|r| r.system == system && r.workload == *workload)
@@ -524,6 +586,9 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
                     System::Raftflow => (3, format!("raftflow {}", workload.name())),
                     System::Etcd => (1, format!("etcd {}", workload.name())),
                     System::RaftflowSecure => (2, format!("raftflow secure {}", workload.name())),
+                    System::FlaskRedisAlways | System::FlaskRedisEverysec => {
+                        (1, format!("{} {}", system.name(), workload.name()))
+                    }
                 };
                 let style = color.stroke_width(width);
                 chart
@@ -541,6 +606,11 @@ pub fn plot(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
                             points
                                 .iter()
                                 .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+                        )?;
+                    }
+                    System::FlaskRedisAlways | System::FlaskRedisEverysec => {
+                        chart.draw_series(
+                            points.iter().map(|&p| Cross::new(p, 5, color.filled())),
                         )?;
                     }
                 }

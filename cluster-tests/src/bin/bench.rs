@@ -17,15 +17,26 @@ use raftflow_cluster_tests::bench::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Comma-separated: create, transitions, read-mix, tasks, ping (empty: none).
-    #[arg(long, default_value = "create,transitions,read-mix,tasks,ping")]
+    /// Comma-separated: create, transitions, read-mix, tasks, ping, events, events-one-node,
+    /// events-wrk (empty: none).
+    #[arg(
+        long,
+        default_value = "create,transitions,read-mix,tasks,ping,events,events-one-node,events-wrk"
+    )]
     workloads: String,
+    /// Orders with 1 KiB contexts that the events workloads pick from at random.
+    #[arg(long, default_value_t = 10_000)]
+    population: usize,
     /// Comma-separated numbers of concurrent clients.
     #[arg(long, default_value = "1,16,64,256")]
     concurrency: String,
     /// Comma-separated: raftflow, etcd, raftflow-secure (mutual TLS between the nodes and an
-    /// API token on every request: the cost of both).
-    #[arg(long, default_value = "raftflow,etcd")]
+    /// API token on every request: the cost of both), flask-redis-always and
+    /// flask-redis-everysec (the simple service of cluster-tests/baseline, tasks only).
+    #[arg(
+        long,
+        default_value = "raftflow,etcd,flask-redis-always,flask-redis-everysec"
+    )]
     systems: String,
     /// Measured seconds per cell.
     #[arg(long, default_value_t = 5)]
@@ -94,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
             "raftflow" => Some(System::Raftflow),
             "etcd" => Some(System::Etcd),
             "raftflow-secure" => Some(System::RaftflowSecure),
+            "flask-redis-always" => Some(System::FlaskRedisAlways),
+            "flask-redis-everysec" => Some(System::FlaskRedisEverysec),
             _ => None,
         })?,
         workloads: if args.workloads.is_empty() {
@@ -108,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         duration_s: args.duration_s.max(1),
         groups: args.groups,
         node_threads: args.node_threads,
+        population: args.population.max(1),
         bin: args.bin.clone(),
     };
     let machine = Machine::describe();
