@@ -11,9 +11,7 @@ mod error;
 mod extract;
 mod handlers;
 mod metrics;
-mod rules;
 pub mod serve;
-use rules::Rules;
 mod tasks;
 mod views;
 
@@ -189,7 +187,7 @@ impl AppState {
         types::TaskOutcome,
         types::LeaseExtended,
     )),
-    modifiers(&CommonAnswers, &Rules)
+    modifiers(&CommonAnswers)
 )]
 pub struct ApiDoc;
 

@@ -32,9 +32,9 @@ use raftflow_raft::rfc3339;
 /// The longest a poll waits for work.
 pub const MAX_POLL_WAIT_MS: u64 = 60_000;
 /// Most task types one poll may name.
-pub(crate) const MAX_POLL_TYPES: usize = 32;
+const MAX_POLL_TYPES: usize = 32;
 /// Most tasks one poll leases.
-pub(crate) const MAX_POLL_TASKS: u32 = 100;
+const MAX_POLL_TASKS: u32 = 100;
 /// A worker's error text is kept up to this many bytes.
 const MAX_ERROR_BYTES: usize = 8 << 10;
 /// A waiting poll looks at the replicas again this often even without a signal (a signal is

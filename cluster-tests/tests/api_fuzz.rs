@@ -50,13 +50,11 @@ async fn generated_requests_get_documented_answers_and_crash_nothing() {
         .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
         .args(["--max-time", SECONDS, "--seed", "21", "--workers", "2"])
         // Every check but two. `positive_data_acceptance` wants every request the schemas
-        // allow to succeed. The document carries the handlers' rules on names, ids, ranges
-        // and enums (`api/src/rules.rs`), but some rules no schema can say: a definition's
-        // states must name each other, a page token must be one the node issued, an address
-        // must be host:port, and JSON Schema counts 1.0 as an integer where serde does not.
-        // Those requests get a 400, a documented answer. `use_after_free` wants a deleted
-        // resource gone at once, and a retired group is retiring (202) until its slots have
-        // moved: its digest stays readable until then.
+        // allow to succeed, and the document does not carry each handler's rules (the id and
+        // name alphabets, `limit` in 1..=1000, integers written as 1.0): those requests get a
+        // 400, a documented answer. `use_after_free` wants a deleted resource gone at once,
+        // and a retired group is retiring (202) until its slots have moved: its digest stays
+        // readable until then.
         .args([
             "--exclude-checks",
             "positive_data_acceptance,use_after_free",
