@@ -90,4 +90,4 @@ bench: deps
 # them by node and by library; callgrind files under profile-report/<time>/.
 profile: build
 	@scripts/deps.sh profile
-	scripts/profile.sh profile-report/$$(date +%Y%m%d-%H%M%S) $${N:-3000} $${CLIENTS:-64}
+	scripts/profile.sh profile-report/$$(date +%Y%m%d-%H%M%S) $${N:-3000} $${CLIENTS:-64} $${WORKLOAD:-transitions} $${WORKFLOWS:-1000}

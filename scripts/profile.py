@@ -1,18 +1,52 @@
 #!/usr/bin/env python3
 """Helpers of scripts/profile.sh: drive transitions over HTTP, and sum callgrind's counts.
 
-  profile.py setup NODES WORKFLOWS          define `counter` and create WORKFLOWS workflows
-  profile.py run NODES N CLIENTS WORKFLOWS  exactly N transitions from CLIENTS closed-loop clients
-  profile.py summary N FILE...              instructions per transition, by node and by library
+  profile.py setup NODES WORKFLOWS [WORKLOAD]          define and create WORKFLOWS workflows
+  profile.py run NODES N CLIENTS WORKFLOWS [WORKLOAD]  exactly N transitions from CLIENTS
+                                                       closed-loop clients
+  profile.py summary N FILE...                         instructions per transition, by node
+                                                       and by library
+
+WORKLOAD is `transitions` (the default: each client ticks its own `counter` workflow, with
+`expected_revision`) or `events` (as the bench's events workload: an `update` event with a
+200-byte payload on a workflow picked at random among WORKFLOWS `bench-order` workflows, each
+with a 1 KiB context).
 """
 import collections
 import http.client
 import json
+import random
 import re
 import subprocess
 import sys
 import threading
 import time
+
+
+def padded(value, pad, size):
+    """`value` with its `pad` field filled so that it serializes to `size` bytes."""
+    length = len(json.dumps(value, separators=(",", ":")))
+    value[pad] = "x" * max(0, size - (length + len(pad) + 6))
+    return value
+
+
+def order_context(i):
+    """Order `i`'s context, 1 KiB of JSON, as the bench's `order_context`."""
+    items = [{"sku": f"SKU-{(i * 31 + k * 7) % 100000:05}", "name": f"Item {k} of order {i}",
+              "qty": 1 + (i + k) % 4, "unit_price": 9.99 + k} for k in range(5)]
+    return padded({"order_id": f"ord-{i:08}",
+                   "customer": {"id": f"cus-{(i * 7919) % 1000000:06}", "name": "Ada Lovelace",
+                                "email": "ada.lovelace@example.com",
+                                "address": {"street": "12 Analytical Engine Road",
+                                            "city": "London", "postcode": "NW1 6XE",
+                                            "country": "GB"}},
+                   "items": items, "currency": "EUR", "total": 123.45}, "notes", 1024)
+
+
+def update_payload(n):
+    """An update's payload: a payment, 200 bytes of JSON."""
+    return padded({"payment": {"method": "card", "amount": 10 + n % 500, "currency": "EUR",
+                               "reference": f"pay-{n:012}"}}, "note", 200)
 
 
 def connect(nodes, i):
@@ -28,8 +62,20 @@ def call(conn, method, path, body=None):
     return resp.status, (json.loads(data) if data else None)
 
 
-def setup(nodes, workflows):
+def setup(nodes, workflows, workload="transitions"):
     conn = connect(nodes, 0)
+    if workload == "events":
+        definition = {"name": "bench-order", "initial": "open",
+                      "states": {"open": {"on": {"update": "open", "close": "closed"}},
+                                 "closed": {"terminal": "succeeded"}}}
+        status, body = call(conn, "PUT", "/v1/definitions/bench-order", definition)
+        assert status in (200, 201), (status, body)
+        for w in range(workflows):
+            status, body = call(conn, "POST", "/v1/workflows",
+                                {"id": f"o{w}", "definition": "bench-order",
+                                 "context": order_context(w)})
+            assert status in (200, 201), (status, body)
+        return
     definition = {"name": "counter", "initial": "on",
                   "states": {"on": {"on": {"tick": "on", "stop": "off"}},
                              "off": {"terminal": "succeeded"}}}
@@ -40,10 +86,26 @@ def setup(nodes, workflows):
         assert status in (200, 201), (status, body)
 
 
-def run(nodes, n, clients, workflows):
+def run(nodes, n, clients, workflows, workload="transitions"):
     """Each client owns one workflow and sends `tick` with `expected_revision`, as the bench's
-    transitions workload does; clients are spread over the nodes."""
+    transitions workload does (or, for `events`, updates random orders); clients are spread
+    over the nodes."""
     left, lock, errors = [n], threading.Lock(), []
+
+    def events_client(k):
+        conn = connect(nodes, k)
+        rng = random.Random(k)
+        sent = 0
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            sent += 1
+            status, body = call(conn, "POST", f"/v1/workflows/o{rng.randrange(workflows)}/events",
+                                {"event": "update", "payload": update_payload(k * 1000003 + sent)})
+            if status != 200:
+                errors.append((status, body))
 
     def client(k):
         conn = connect(nodes, k)
@@ -62,7 +124,8 @@ def run(nodes, n, clients, workflows):
             revision = body["revision"]
 
     start = time.time()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    target = events_client if workload == "events" else client
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,9 +184,9 @@ def summary(n, files):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "setup":
-        setup(args[0].split(","), int(args[1]))
+        setup(args[0].split(","), int(args[1]), *args[2:3])
     elif cmd == "run":
-        run(args[0].split(","), int(args[1]), int(args[2]), int(args[3]))
+        run(args[0].split(","), int(args[1]), int(args[2]), int(args[3]), *args[4:5])
     elif cmd == "summary":
         summary(int(args[0]), args[1:])
     else:

@@ -5,12 +5,17 @@
 # timers so that valgrind's slowdown causes no elections, creates CLIENTS workflows, warms up,
 # then counts exactly N transitions (CLIENTS closed-loop clients over all nodes) and prints
 # instructions per transition by node and by library. callgrind files stay in OUT for
-# callgrind_annotate. Usage: scripts/profile.sh OUT [N] [CLIENTS]
+# callgrind_annotate. Usage: scripts/profile.sh OUT [N] [CLIENTS] [WORKLOAD [WORKFLOWS]]
+# WORKLOAD is `transitions` (the default) or `events` (an `update` with a 200-byte payload on
+# one of WORKFLOWS (default 1000) orders with 1 KiB contexts, picked at random).
 set -euo pipefail
 BIN=${RAFTFLOW_BIN:?RAFTFLOW_BIN is not set}
 OUT=$1
 N=${2:-3000}
 CLIENTS=${3:-64}
+WORKLOAD=${4:-transitions}
+WORKFLOWS=$CLIENTS
+[ "$WORKLOAD" = events ] && WORKFLOWS=${5:-1000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -40,12 +45,12 @@ for _ in $(seq 1 240); do
 done
 [ "$ready" = 3 ] || { echo " not ready after 240 s; see $OUT/n*.log" >&2; exit 1; }
 echo " ready"
-python3 "$HERE/profile.py" setup "$nodes" "$CLIENTS"
+python3 "$HERE/profile.py" setup "$nodes" "$WORKFLOWS" "$WORKLOAD"
 # The balancer moves each group's leadership to its preferred node once that node caught up.
 sleep 15
-python3 "$HERE/profile.py" run "$nodes" 300 "$CLIENTS" "$CLIENTS" >/dev/null
+python3 "$HERE/profile.py" run "$nodes" 300 "$CLIENTS" "$WORKFLOWS" "$WORKLOAD" >/dev/null
 for p in "${pids[@]}"; do callgrind_control -i on "$p" >/dev/null 2>&1; done
-python3 "$HERE/profile.py" run "$nodes" "$N" "$CLIENTS" "$CLIENTS"
+python3 "$HERE/profile.py" run "$nodes" "$N" "$CLIENTS" "$WORKFLOWS" "$WORKLOAD"
 for p in "${pids[@]}"; do
   callgrind_control -d "$p" >/dev/null 2>&1
   callgrind_control -i off "$p" >/dev/null 2>&1

@@ -81,13 +81,19 @@ pub struct Client {
     source: Option<std::net::IpAddr>,
 }
 
-/// The HTTP client under a [`Client`]: `roots` are trusted beside the system's CAs.
+/// The HTTP client under a [`Client`] of `bases`: `roots` are trusted beside the system's CAs.
+///
+/// The system's CAs are read (a few milliseconds of file reads and parsing) only when a base
+/// is `https://`: a program that builds many plain-HTTP clients does not pay for them each time.
 fn http_client(
+    bases: &[String],
     timeout: Duration,
     source: Option<std::net::IpAddr>,
     roots: &[reqwest::Certificate],
 ) -> reqwest::Result<reqwest::Client> {
+    let https = bases.iter().any(|b| b.starts_with("https://"));
     let mut builder = reqwest::Client::builder()
+        .tls_built_in_native_certs(https)
         .timeout(timeout)
         .pool_max_idle_per_host(64)
         // A node closes a kept-alive connection idle for its header timeout (10 s by
@@ -147,9 +153,9 @@ impl Client {
 
     fn build(bases: Vec<String>, timeout: Duration, source: Option<std::net::IpAddr>) -> Client {
         Client {
+            http: http_client(&bases, timeout, source, &[]).expect("http client builds"),
             bases: Arc::new(bases),
             current: Arc::new(AtomicUsize::new(0)),
-            http: http_client(timeout, source, &[]).expect("http client builds"),
             token: None,
             timeout,
             source,
@@ -165,7 +171,8 @@ impl Client {
         if roots.is_empty() {
             return Err("the CA file holds no certificate".into());
         }
-        self.http = http_client(self.timeout, self.source, &roots).map_err(|e| e.to_string())?;
+        self.http = http_client(&self.bases, self.timeout, self.source, &roots)
+            .map_err(|e| e.to_string())?;
         Ok(self)
     }
 
