@@ -317,19 +317,35 @@ impl RaftNode {
     pub(super) async fn drive_slots(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SLOTS_EVERY);
         let mut failures = 0u32;
+        // The meta replica's version at which the last step found nothing to do. What a step
+        // looks at (the slot table, the move under way, the groups' states and placements)
+        // are all meta rows, so until the version moves the next step would find nothing too,
+        // and is skipped: it costs a pass of rendezvous hashing over every slot (16,384
+        // slots times the groups). Only while this node stays the meta leader: a new leader
+        // looks again after its first linearizable read.
+        let mut idle_at = None;
         loop {
             tick.tick().await;
             if !self.is_leader(META_GROUP) {
                 failures = 0;
+                idle_at = None;
+                continue;
+            }
+            if idle_at == Some(self.signals.meta_version()) {
                 continue;
             }
             // One move after another while there is work, without waiting for the next tick.
             let mut result = Ok(true);
+            let mut version = 0;
             while let Ok(true) = result {
+                version = self.signals.meta_version();
                 result = self.slot_step().await;
             }
             match result {
-                Ok(_) => failures = 0,
+                Ok(_) => {
+                    failures = 0;
+                    idle_at = Some(version);
+                }
                 Err(e) => super::membership::report_step_failure("slots", &mut failures, &e),
             }
         }
