@@ -11,7 +11,7 @@ use raftflow_workflow::{Phase, Task, Workflow};
 pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
     WorkflowView {
         status: wf.status.as_str().to_string(),
-        context: Value::Object(wf.context),
+        context: serde_json::from_str(wf.context.as_str()).expect("a context is a JSON object"),
         created_at: rfc3339(wf.created_at_ms),
         updated_at: rfc3339(wf.updated_at_ms),
         id: wf.id,

@@ -67,7 +67,7 @@ fn workflow() -> Workflow {
         state: "paid".into(),
         status: Status::Running,
         revision: 3,
-        context: context(),
+        context: raftflow_workflow::Context::from_object(&context()),
         created_at_ms: 1_700_000_000_000,
         updated_at_ms: 1_700_000_000_500,
     }

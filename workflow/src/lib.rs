@@ -4,10 +4,12 @@
 //! timestamp (stamped by the Raft leader) and persist the decision this crate returns, so the
 //! same log entry applied on every replica yields the same workflow, byte for byte.
 
+mod context;
 mod definition;
 pub mod task;
 mod transition;
 
+pub use context::Context;
 pub use definition::{
     is_valid_id, is_valid_name, Definition, StateDef, TaskSpec, Terminal, MAX_ID_LEN, MAX_NAME_LEN,
 };

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::definition::is_engine_event;
-use crate::{Definition, JsonObject, Terminal};
+use crate::{Context, Definition, JsonObject, Terminal};
 
 /// The history event recorded for a create (revision 1).
 pub const CREATED_EVENT: &str = "created";
@@ -64,8 +64,7 @@ pub struct Workflow {
     pub state: String,
     pub status: Status,
     pub revision: u64,
-    #[serde(with = "json_text")]
-    pub context: JsonObject,
+    pub context: Context,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -122,7 +121,7 @@ pub fn create(
         state: def.initial.clone(),
         status,
         revision: 1,
-        context: context.clone(),
+        context: Context::from_object(&context),
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     };
@@ -217,11 +216,9 @@ pub fn record(
     advance(wf, wf.clone(), event, payload, now_ms)
 }
 
-fn merge(context: &mut JsonObject, payload: &Option<JsonObject>) {
+fn merge(context: &mut Context, payload: &Option<JsonObject>) {
     if let Some(p) = payload {
-        for (k, v) in p {
-            context.insert(k.clone(), v.clone());
-        }
+        context.merge(p);
     }
 }
 
@@ -258,22 +255,6 @@ fn advance(
 
 /// Serializes a JSON object as JSON text, so that binary codecs that cannot carry
 /// self-describing values (bincode) store it faithfully.
-mod json_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::JsonObject;
-
-    pub fn serialize<S: Serializer>(v: &JsonObject, s: S) -> Result<S::Ok, S::Error> {
-        let text = serde_json::to_string(v).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<JsonObject, D::Error> {
-        let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 mod json_text_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -350,7 +331,10 @@ mod tests {
         .unwrap();
         assert_eq!(wf2.state, "paid");
         assert_eq!(wf2.revision, 2);
-        assert_eq!(wf2.context, obj(json!({"amount": 30, "a": 2, "card": "x"})));
+        assert_eq!(
+            wf2.context.to_object(),
+            obj(json!({"amount": 30, "a": 2, "card": "x"}))
+        );
         assert_eq!(row.from.as_deref(), Some("created"));
         assert_eq!(row.to, "paid");
         assert_eq!(wf2.updated_at_ms, 2000);
@@ -419,7 +403,7 @@ mod tests {
         let (wf2, row) =
             fire_event(&def, &wf, TASK_FAILED, err, None, EventOrigin::Engine, 2).unwrap();
         assert_eq!((wf2.state.as_str(), wf2.status), ("work", Status::Failed));
-        assert_eq!(wf2.context, obj(json!({"error": "boom"})));
+        assert_eq!(wf2.context.to_object(), obj(json!({"error": "boom"})));
         assert_eq!(row.event, TASK_FAILED);
         assert!(fire_event(&def, &wf, TASK_FAILED, None, None, EventOrigin::Client, 2).is_err());
     }

@@ -137,7 +137,7 @@ impl Applier {
                     attempt: trec.task.attempt,
                     token: trec.task.token,
                     expires_at_ms,
-                    context_json: serde_json::Value::Object(wf.context).to_string(),
+                    context_json: wf.context.into_string(),
                 });
                 left -= 1;
             }

@@ -110,7 +110,7 @@ fn a_create_is_idempotent_for_its_request_and_refused_for_another() {
     let first = g.apply(1_000, create("wf", "pp", PING_PONG, "req-a"));
     assert!(matches!(first, Outcome::Workflow { created: true, .. }));
     assert_eq!(state_of(&first), ("ping".into(), 1));
-    assert_eq!(g.workflow("wf").workflow.context["order"], 7);
+    assert_eq!(g.workflow("wf").workflow.context.to_object()["order"], 7);
 
     let again = g.apply(1_001, create("wf", "pp", PING_PONG, "req-a"));
     assert!(matches!(again, Outcome::Workflow { created: false, .. }));
@@ -243,7 +243,7 @@ fn a_task_is_leased_once_completed_by_its_holder_and_moves_the_workflow() {
     };
     assert_eq!(workflow.state, "done");
     assert_eq!(workflow.status, Status::Succeeded);
-    assert_eq!(workflow.context["shipped"], true);
+    assert_eq!(workflow.context.to_object()["shipped"], true);
 }
 
 #[test]
