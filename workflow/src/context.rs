@@ -9,95 +9,151 @@
 //! The text is always canonical, as serde_json writes a [`JsonObject`]: compact, keys in
 //! sorted order at every depth. A context is made only from an object (which writes it so) or
 //! decoded from text an earlier one wrote, and a merge keeps it so: the stored bytes are the
-//! same as when the context was a tree, and the same on every replica.
+//! same as when the context was a tree, and the same on every replica. Decoding scans the text
+//! once, to check it and to note where each top-level value lies; a merge then writes the new
+//! text from those spans without scanning again.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::JsonObject;
 
-/// A JSON object as canonical compact text.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Context(String);
+/// A JSON object as canonical compact text, with where each top-level value lies in it.
+#[derive(Clone)]
+pub struct Context {
+    text: String,
+    /// Each top-level key (unescaped) and the span of its value's text, in key order.
+    fields: Vec<(String, Range<usize>)>,
+}
 
 impl Context {
     /// The context holding `object`.
     pub fn from_object(object: &JsonObject) -> Context {
-        Context(serde_json::to_string(object).expect("a JSON object serializes"))
+        let text = serde_json::to_string(object).expect("a JSON object serializes");
+        let fields = top_level(&text).expect("serde_json writes a JSON object");
+        Context { text, fields }
     }
 
     /// The canonical text: a JSON object.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     pub fn into_string(self) -> String {
-        self.0
+        self.text
     }
 
     /// The context as a tree (a parse of its text).
     pub fn to_object(&self) -> JsonObject {
-        serde_json::from_str(&self.0).expect("a context is a JSON object")
+        serde_json::from_str(&self.text).expect("a context is a JSON object")
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0 == "{}"
+        self.fields.is_empty()
     }
 
-    /// Sets each of `payload`'s top-level keys to its value, as `JsonObject::insert` would.
+    /// Sets each of `payload`'s top-level keys to its value, as `JsonObject::insert` would:
+    /// the two sorted key lists are merged, the context's values copied as the text they are.
     pub fn merge(&mut self, payload: &JsonObject) {
         if payload.is_empty() {
             return;
         }
-        let values: Vec<(&String, Box<RawValue>)> = payload
-            .iter()
-            .map(|(k, v)| {
-                let raw = serde_json::value::to_raw_value(v).expect("a JSON value serializes");
-                (k, raw)
-            })
-            .collect();
-        let mut top = top_level(&self.0).expect("a context is a JSON object");
-        for (k, v) in &values {
-            top.insert((*k).clone(), v);
+        let old_fields = std::mem::take(&mut self.fields);
+        let mut text = String::with_capacity(self.text.len() + 64 * payload.len());
+        let mut fields = Vec::with_capacity(old_fields.len() + payload.len());
+        let mut old = old_fields.into_iter().peekable();
+        let mut new = payload.iter().peekable();
+        text.push('{');
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((o, _)), Some((n, _))) => o.as_str().cmp(n.as_str()),
+            };
+            if order == std::cmp::Ordering::Equal {
+                // The payload's value replaces the context's.
+                old.next();
+            }
+            let from_payload = order != std::cmp::Ordering::Less;
+            if !fields.is_empty() {
+                text.push(',');
+            }
+            let (key, value) = if from_payload {
+                let (k, v) = new.next().expect("peeked");
+                let value = serde_json::to_string(v).expect("a JSON value serializes");
+                (k.clone(), std::borrow::Cow::Owned(value))
+            } else {
+                let (k, span) = old.next().expect("peeked");
+                (k, std::borrow::Cow::Borrowed(&self.text[span]))
+            };
+            text.push_str(&serde_json::to_string(&key).expect("a key serializes"));
+            text.push(':');
+            let start = text.len();
+            text.push_str(&value);
+            fields.push((key, start..text.len()));
         }
-        self.0 = serde_json::to_string(&top).expect("a JSON object serializes");
+        text.push('}');
+        self.text = text;
+        self.fields = fields;
     }
 }
 
+impl PartialEq for Context {
+    fn eq(&self, other: &Context) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Context {}
+
 impl Default for Context {
     fn default() -> Self {
-        Context("{}".to_string())
+        Context {
+            text: "{}".to_string(),
+            fields: Vec::new(),
+        }
     }
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
-/// The top-level keys of the object `text`, each with its value's text. Sorted as a
-/// `JsonObject` sorts them; a key given twice keeps its last value, as a `JsonObject` would.
-fn top_level(text: &str) -> serde_json::Result<BTreeMap<String, &RawValue>> {
-    serde_json::from_str(text)
+/// The top-level keys of the object `text`, each with the span of its value's text. Sorted as
+/// a `JsonObject` sorts them; a key given twice keeps its last value, as a `JsonObject` would.
+fn top_level(text: &str) -> serde_json::Result<Vec<(String, Range<usize>)>> {
+    let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
+    let base = text.as_ptr() as usize;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let start = v.get().as_ptr() as usize - base;
+            (k, start..start + v.get().len())
+        })
+        .collect())
 }
 
 /// Stored and replicated as its text, a string: the encoding of the tree it replaced.
 impl Serialize for Context {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(&self.text)
     }
 }
 
-/// Decoding checks that the text is a JSON object: a damaged row fails here, not in a merge.
+/// Decoding checks that the text is a JSON object (a damaged row fails here, not in a merge)
+/// and notes where its values lie, for the merge.
 impl<'de> Deserialize<'de> for Context {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Context, D::Error> {
         let text = String::deserialize(d)?;
-        top_level(&text).map_err(serde::de::Error::custom)?;
-        Ok(Context(text))
+        let fields = top_level(&text).map_err(serde::de::Error::custom)?;
+        Ok(Context { text, fields })
     }
 }
 
@@ -192,7 +248,11 @@ mod tests {
         ) {
             let mut text = Context::from_object(&context);
             let mut tree = context;
-            for p in &payloads {
+            for (i, p) in payloads.iter().enumerate() {
+                if i % 2 == 1 {
+                    // As an event finds it: decoded from the stored row.
+                    text = serde_json::from_value(serde_json::to_value(&text).unwrap()).unwrap();
+                }
                 text.merge(p);
                 tree = serde_json::from_str(&merged_as_tree(&tree, p)).unwrap();
                 prop_assert_eq!(text.as_str(), serde_json::to_string(&tree).unwrap());
