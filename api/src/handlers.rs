@@ -434,7 +434,7 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {
             };
             Ok(json_response(
                 status,
-                &views::workflow_view(workflow, group),
+                &views::workflow_body(&workflow, group),
             ))
         }
         Outcome::Refused(r) => Err(ApiError::from(r)),
@@ -522,7 +522,7 @@ pub async fn get_workflow(
     let rec = rec.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
     Ok(json_response(
         StatusCode::OK,
-        &views::workflow_view(rec.workflow, group),
+        &views::workflow_body(&rec.workflow, group),
     ))
 }
 

@@ -8,6 +8,37 @@ use raftflow_raft::rfc3339;
 use raftflow_raft::HistoryEntry;
 use raftflow_workflow::{Phase, Task, Workflow};
 
+/// A workflow as a response body: the fields of [`WorkflowView`], in its order, with the
+/// context copied as the JSON text it is stored as, not parsed into a tree to be written again.
+#[derive(serde::Serialize)]
+pub struct WorkflowBody<'a> {
+    id: &'a str,
+    definition: &'a str,
+    version: u32,
+    state: &'a str,
+    status: &'static str,
+    revision: u64,
+    context: &'a serde_json::value::RawValue,
+    created_at: String,
+    updated_at: String,
+    group: u64,
+}
+
+pub fn workflow_body(wf: &Workflow, group: u64) -> WorkflowBody<'_> {
+    WorkflowBody {
+        id: &wf.id,
+        definition: &wf.definition,
+        version: wf.version,
+        state: &wf.state,
+        status: wf.status.as_str(),
+        revision: wf.revision,
+        context: serde_json::from_str(wf.context.as_str()).expect("a context is a JSON object"),
+        created_at: rfc3339(wf.created_at_ms),
+        updated_at: rfc3339(wf.updated_at_ms),
+        group,
+    }
+}
+
 pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
     WorkflowView {
         status: wf.status.as_str().to_string(),
@@ -67,5 +98,32 @@ pub fn cluster_node(node: raftflow_raft::tables::NodeRecord) -> ClusterNode {
         client_addr: node.addr.client,
         peer_addr: node.addr.peer,
         state: node.state.as_str().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftflow_workflow::{Context, Status};
+
+    use super::*;
+
+    #[test]
+    fn a_workflow_body_is_written_as_its_view() {
+        let context = serde_json::json!({"z": [1, {"b": "é\"", "a": null}], "amount": 12.5});
+        let wf = Workflow {
+            id: "order-1".into(),
+            definition: "order".into(),
+            version: 3,
+            state: "paid".into(),
+            status: Status::Running,
+            revision: 7,
+            context: Context::from_object(context.as_object().unwrap()),
+            created_at_ms: 1_700_000_000_123,
+            updated_at_ms: 1_700_000_001_456,
+        };
+        let body = serde_json::to_string(&workflow_body(&wf, 4)).unwrap();
+        assert_eq!(body, serde_json::to_string(&workflow_view(wf, 4)).unwrap());
+        let view: WorkflowView = serde_json::from_str(&body).unwrap();
+        assert_eq!(view.context, context);
     }
 }
