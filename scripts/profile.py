@@ -92,15 +92,19 @@ def run(nodes, n, clients, workflows, workload="transitions"):
     over the nodes."""
     left, lock, errors = [n], threading.Lock(), []
 
+    def take_one():
+        """Whether one of the N requests is left to send (and takes it)."""
+        with lock:
+            if left[0] == 0:
+                return False
+            left[0] -= 1
+            return True
+
     def events_client(k):
         conn = connect(nodes, k)
         rng = random.Random(k)
         sent = 0
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
+        while take_one():
             sent += 1
             status, body = call(conn, "POST", f"/v1/workflows/o{rng.randrange(workflows)}/events",
                                 {"event": "update", "payload": update_payload(k * 1000003 + sent)})
@@ -111,11 +115,7 @@ def run(nodes, n, clients, workflows, workload="transitions"):
         conn = connect(nodes, k)
         wf = f"p{k % workflows}"
         revision = call(conn, "GET", f"/v1/workflows/{wf}")[1]["revision"]
-        while True:
-            with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
+        while take_one():
             status, body = call(conn, "POST", f"/v1/workflows/{wf}/events",
                                 {"event": "tick", "expected_revision": revision})
             if status != 200:
