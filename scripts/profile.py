@@ -68,21 +68,17 @@ def setup(nodes, workflows, workload="transitions"):
         definition = {"name": "bench-order", "initial": "open",
                       "states": {"open": {"on": {"update": "open", "close": "closed"}},
                                  "closed": {"terminal": "succeeded"}}}
-        status, body = call(conn, "PUT", "/v1/definitions/bench-order", definition)
-        assert status in (200, 201), (status, body)
-        for w in range(workflows):
-            status, body = call(conn, "POST", "/v1/workflows",
-                                {"id": f"o{w}", "definition": "bench-order",
-                                 "context": order_context(w)})
-            assert status in (200, 201), (status, body)
-        return
-    definition = {"name": "counter", "initial": "on",
-                  "states": {"on": {"on": {"tick": "on", "stop": "off"}},
-                             "off": {"terminal": "succeeded"}}}
-    status, body = call(conn, "PUT", "/v1/definitions/counter", definition)
+        workflow = lambda w: {"id": f"o{w}", "definition": "bench-order",
+                              "context": order_context(w)}
+    else:
+        definition = {"name": "counter", "initial": "on",
+                      "states": {"on": {"on": {"tick": "on", "stop": "off"}},
+                                 "off": {"terminal": "succeeded"}}}
+        workflow = lambda w: {"id": f"p{w}", "definition": "counter"}
+    status, body = call(conn, "PUT", f"/v1/definitions/{definition['name']}", definition)
     assert status in (200, 201), (status, body)
     for w in range(workflows):
-        status, body = call(conn, "POST", "/v1/workflows", {"id": f"p{w}", "definition": "counter"})
+        status, body = call(conn, "POST", "/v1/workflows", workflow(w))
         assert status in (200, 201), (status, body)
 
 
