@@ -416,17 +416,26 @@ async fn follower_that_missed_a_purged_log_catches_up_by_snapshot() {
         sent.iter().any(|b| *b > 1 << 20),
         "snapshot sizes sent: {sent:?}"
     );
-    let after = n3.cluster().await.unwrap();
-    for g in after.groups.iter().filter(|g| g.kind == "data") {
-        // The entries node 3 missed were gone from every log, so only a snapshot could bring it here.
-        assert!(
-            g.snapshot.unwrap_or(0) > applied_before[&g.id],
-            "group {}: node 3 holds snapshot {:?}, had applied {}",
-            g.id,
-            g.snapshot,
-            applied_before[&g.id]
-        );
-    }
+    // The entries node 3 missed were gone from every log, so only a snapshot could bring it here.
+    // openraft reports an installed snapshot once its core has handled the state machine's reply,
+    // which can come after the installed rows are already readable: wait for the report.
+    eventually(Duration::from_secs(20), || async {
+        let after = n3.cluster().await?;
+        for g in after.groups.iter().filter(|g| g.kind == "data") {
+            anyhow::ensure!(
+                g.snapshot.unwrap_or(0) > applied_before[&g.id],
+                "group {}: node 3 holds snapshot {:?} (applied {:?}, purged {:?}), had applied {}",
+                g.id,
+                g.snapshot,
+                g.last_applied,
+                g.purged,
+                applied_before[&g.id]
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
 }
 
 async fn leaders_per_node(cluster: &Cluster, via: u64) -> anyhow::Result<BTreeMap<u64, usize>> {
