@@ -107,6 +107,19 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -
     (status, Json(body)).into_response()
 }
 
+/// A response whose body is JSON text already written.
+pub(crate) fn json_text_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     if is_valid_id(id) {
         Ok(())
@@ -432,9 +445,9 @@ fn workflow_outcome(outcome: Outcome, group: u64) -> ApiResult<Response> {
             } else {
                 StatusCode::OK
             };
-            Ok(json_response(
+            Ok(json_text_response(
                 status,
-                &views::workflow_body(&workflow, group),
+                views::workflow_body(&workflow, group),
             ))
         }
         Outcome::Refused(r) => Err(ApiError::from(r)),
@@ -462,7 +475,7 @@ pub async fn send_event(
             req.event
         )));
     }
-    let payload_json = object_text("payload", req.payload.clone())?;
+    let payload_json = object_text("payload", req.payload)?;
     (async {
         let command = Command::Event {
             id: id.clone(),
@@ -520,9 +533,9 @@ pub async fn get_workflow(
         return Err(ApiError::internal("unexpected answer"));
     };
     let rec = rec.ok_or_else(|| ApiError::not_found(format!("workflow {id:?} not found")))?;
-    Ok(json_response(
+    Ok(json_text_response(
         StatusCode::OK,
-        &views::workflow_body(&rec.workflow, group),
+        views::workflow_body(&rec.workflow, group),
     ))
 }
 

@@ -199,7 +199,7 @@ pub async fn complete_task(
     JsonBody(req): JsonBody<CompleteTask>,
 ) -> ApiResult<Response> {
     let wf = task_workflow(&id)?.to_string();
-    let output_json = object_text("output", req.output.clone())?;
+    let output_json = object_text("output", req.output)?;
     (async {
         let command = Command::CompleteTask {
             task_id: id,

@@ -8,35 +8,32 @@ use raftflow_raft::rfc3339;
 use raftflow_raft::HistoryEntry;
 use raftflow_workflow::{Phase, Task, Workflow};
 
-/// A workflow as a response body: the fields of [`WorkflowView`], in its order, with the
-/// context copied as the JSON text it is stored as, not parsed into a tree to be written again.
-#[derive(serde::Serialize)]
-pub struct WorkflowBody<'a> {
-    id: &'a str,
-    definition: &'a str,
-    version: u32,
-    state: &'a str,
-    status: &'static str,
-    revision: u64,
-    context: &'a serde_json::value::RawValue,
-    created_at: String,
-    updated_at: String,
-    group: u64,
-}
-
-pub fn workflow_body(wf: &Workflow, group: u64) -> WorkflowBody<'_> {
-    WorkflowBody {
-        id: &wf.id,
-        definition: &wf.definition,
-        version: wf.version,
-        state: &wf.state,
-        status: wf.status.as_str(),
-        revision: wf.revision,
-        context: serde_json::from_str(wf.context.as_str()).expect("a context is a JSON object"),
-        created_at: rfc3339(wf.created_at_ms),
-        updated_at: rfc3339(wf.updated_at_ms),
-        group,
-    }
+/// A workflow as a response body's JSON text: the fields of [`WorkflowView`], in its order,
+/// with the context copied as the text it is stored as. That text is JSON this engine wrote
+/// from a parsed object ([`raftflow_workflow::Context`]), so it is neither parsed into a tree
+/// to be written again nor checked a second time.
+pub fn workflow_body(wf: &Workflow, group: u64) -> String {
+    use std::fmt::Write;
+    let context = wf.context.as_str();
+    let mut out = String::with_capacity(context.len() + 256);
+    let string = |out: &mut String, s: &str| {
+        out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    };
+    out.push_str("{\"id\":");
+    string(&mut out, &wf.id);
+    out.push_str(",\"definition\":");
+    string(&mut out, &wf.definition);
+    let _ = write!(out, ",\"version\":{},\"state\":", wf.version);
+    string(&mut out, &wf.state);
+    let _ = write!(
+        out,
+        ",\"status\":\"{}\",\"revision\":{},\"context\":{context},\"created_at\":\"{}\",\"updated_at\":\"{}\",\"group\":{group}}}",
+        wf.status.as_str(),
+        wf.revision,
+        rfc3339(wf.created_at_ms),
+        rfc3339(wf.updated_at_ms),
+    );
+    out
 }
 
 pub fn workflow_view(wf: Workflow, group: u64) -> WorkflowView {
@@ -61,7 +58,7 @@ pub fn history_event(entry: HistoryEntry) -> HistoryEvent {
         event: r.event,
         from: r.from,
         to: r.to,
-        payload: r.payload.map(Value::Object),
+        payload: r.payload.map(|p| Value::Object(p.to_object())),
         at: rfc3339(r.at_ms),
         by,
     }
@@ -121,7 +118,7 @@ mod tests {
             created_at_ms: 1_700_000_000_123,
             updated_at_ms: 1_700_000_001_456,
         };
-        let body = serde_json::to_string(&workflow_body(&wf, 4)).unwrap();
+        let body = workflow_body(&wf, 4);
         assert_eq!(body, serde_json::to_string(&workflow_view(wf, 4)).unwrap());
         let view: WorkflowView = serde_json::from_str(&body).unwrap();
         assert_eq!(view.context, context);

@@ -499,7 +499,13 @@ fn samples() -> Samples {
         };
         s.value(&format!("row/task/{name}"), &record);
     }
-    for (name, payload) in [("plain", None), ("payload", Some(context()))] {
+    for (name, payload) in [
+        ("plain", None),
+        (
+            "payload",
+            Some(raftflow_workflow::Context::from_object(&context())),
+        ),
+    ] {
         let row = HistoryRow {
             revision: 3,
             event: "pay".into(),

@@ -76,8 +76,8 @@ pub struct HistoryRow {
     pub event: String,
     pub from: Option<String>,
     pub to: String,
-    #[serde(with = "json_text_opt")]
-    pub payload: Option<JsonObject>,
+    /// Stored as its text (a string), as the tree it replaced was.
+    pub payload: Option<Context>,
     pub at_ms: u64,
 }
 
@@ -130,7 +130,7 @@ pub fn create(
         event: CREATED_EVENT.to_string(),
         from: None,
         to: def.initial.clone(),
-        payload: (!context.is_empty()).then_some(context),
+        payload: (!wf.context.is_empty()).then(|| wf.context.clone()),
         at_ms: now_ms,
     };
     (wf, row)
@@ -142,7 +142,7 @@ pub fn fire_event(
     def: &Definition,
     wf: &Workflow,
     event: &str,
-    payload: Option<JsonObject>,
+    payload: Option<Context>,
     expected_revision: Option<u64>,
     origin: EventOrigin,
     now_ms: u64,
@@ -195,7 +195,7 @@ pub fn cancel(
     let payload = reason.map(|r| {
         let mut m = JsonObject::new();
         m.insert("reason".to_string(), serde_json::Value::String(r));
-        m
+        Context::from_object(&m)
     });
     Ok(advance(wf, next, CANCEL_EVENT, payload, now_ms))
 }
@@ -205,7 +205,7 @@ pub fn cancel(
 pub fn record(
     wf: &Workflow,
     event: &str,
-    payload: Option<JsonObject>,
+    payload: Option<Context>,
     now_ms: u64,
 ) -> (Workflow, HistoryRow) {
     assert!(
@@ -216,9 +216,9 @@ pub fn record(
     advance(wf, wf.clone(), event, payload, now_ms)
 }
 
-fn merge(context: &mut Context, payload: &Option<JsonObject>) {
+fn merge(context: &mut Context, payload: &Option<Context>) {
     if let Some(p) = payload {
-        context.merge(p);
+        context.merge_context(p);
     }
 }
 
@@ -236,7 +236,7 @@ fn advance(
     prev: &Workflow,
     mut next: Workflow,
     event: &str,
-    payload: Option<JsonObject>,
+    payload: Option<Context>,
     now_ms: u64,
 ) -> (Workflow, HistoryRow) {
     next.revision = prev.revision + 1;
@@ -251,31 +251,6 @@ fn advance(
         at_ms: next.updated_at_ms,
     };
     (next, row)
-}
-
-/// Serializes a JSON object as JSON text, so that binary codecs that cannot carry
-/// self-describing values (bincode) store it faithfully.
-mod json_text_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::JsonObject;
-
-    pub fn serialize<S: Serializer>(v: &Option<JsonObject>, s: S) -> Result<S::Ok, S::Error> {
-        let text = match v {
-            Some(v) => Some(serde_json::to_string(v).map_err(serde::ser::Error::custom)?),
-            None => None,
-        };
-        serde::Serialize::serialize(&text, s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JsonObject>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -304,6 +279,10 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    fn ctx(v: serde_json::Value) -> Context {
+        Context::from_object(&obj(v))
+    }
+
     #[test]
     fn create_starts_at_revision_one_in_initial_state() {
         let (wf, row) = create(&order(), 1, "o-1", obj(json!({"amount": 30})), 1000);
@@ -312,7 +291,7 @@ mod tests {
         assert_eq!(wf.revision, 1);
         assert_eq!(row.event, "created");
         assert_eq!(row.from, None);
-        assert_eq!(row.payload, Some(obj(json!({"amount": 30}))));
+        assert_eq!(row.payload, Some(ctx(json!({"amount": 30}))));
     }
 
     #[test]
@@ -323,7 +302,7 @@ mod tests {
             &def,
             &wf,
             "pay",
-            Some(obj(json!({"a": 2, "card": "x"}))),
+            Some(ctx(json!({"a": 2, "card": "x"}))),
             Some(1),
             EventOrigin::Client,
             2000,
@@ -399,7 +378,7 @@ mod tests {
         }))
         .unwrap();
         let (wf, _) = create(&def, 1, "w", JsonObject::new(), 1);
-        let err = Some(obj(json!({"error": "boom"})));
+        let err = Some(ctx(json!({"error": "boom"})));
         let (wf2, row) =
             fire_event(&def, &wf, TASK_FAILED, err, None, EventOrigin::Engine, 2).unwrap();
         assert_eq!((wf2.state.as_str(), wf2.status), ("work", Status::Failed));
@@ -411,7 +390,7 @@ mod tests {
     #[test]
     fn a_recorded_retry_bumps_the_revision_only() {
         let (wf, _) = create(&order(), 1, "o-1", JsonObject::new(), 1);
-        let (wf2, row) = record(&wf, TASK_RETRYING, Some(obj(json!({"attempt": 2}))), 5);
+        let (wf2, row) = record(&wf, TASK_RETRYING, Some(ctx(json!({"attempt": 2}))), 5);
         assert_eq!((wf2.revision, wf2.state.as_str()), (2, "created"));
         assert_eq!(wf2.context, wf.context);
         assert_eq!(
@@ -451,7 +430,7 @@ mod tests {
         assert_eq!(wf2.state, "created");
         assert_eq!(wf2.revision, 2);
         assert_eq!(row.event, CANCEL_EVENT);
-        assert_eq!(row.payload, Some(obj(json!({"reason": "customer"}))));
+        assert_eq!(row.payload, Some(ctx(json!({"reason": "customer"}))));
     }
 
     #[test]

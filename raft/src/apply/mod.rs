@@ -141,9 +141,7 @@ impl Applier {
                 expected_revision,
                 request_id,
             } => self.transition(tx, at, id, request_id.as_deref(), |def, wf| {
-                let payload = payload_json
-                    .as_deref()
-                    .map(|p| serde_json::from_str(p).expect("leader sends an object payload"));
+                let payload = payload_json.as_deref().map(|p| logged_object("payload", p));
                 workflow::fire_event(
                     def,
                     wf,
@@ -309,6 +307,13 @@ impl Applier {
         }
         outcome
     }
+}
+
+/// An event's payload or a task's output as the log carries it: the canonical text of a JSON
+/// object, as the API wrote it from the request's object (`object_text`).
+pub(crate) fn logged_object(what: &str, text: &str) -> workflow::Context {
+    workflow::Context::from_canonical(text.to_string())
+        .unwrap_or_else(|e| panic!("the leader logs an object as the {what}: {e}"))
 }
 
 fn put_definition(tx: &mut Tx, name: &str, json: &str, now: u64) -> Outcome {

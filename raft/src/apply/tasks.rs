@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use raftflow_workflow::{
-    self as workflow, Definition, EventOrigin, FailDecision, HistoryRow, JsonObject, LeaseLost,
-    Step, Task, Workflow, TASK_COMPLETED, TASK_FAILED, TASK_RETRYING, TIMER_FIRED,
+    self as workflow, Context, Definition, EventOrigin, FailDecision, HistoryRow, LeaseLost, Step,
+    Task, Workflow, TASK_COMPLETED, TASK_FAILED, TASK_RETRYING, TIMER_FIRED,
 };
 use serde_json::json;
 
@@ -239,8 +239,7 @@ impl Applier {
         move_deadline(tx, task_id, old_deadline, None);
         unqueue(tx, &mut trec);
         tx.put_encoded(tables::task_key(task_id), &trec);
-        let output: Option<JsonObject> =
-            output_json.map(|o| serde_json::from_str(o).expect("leader sends an object output"));
+        let output = output_json.map(|o| super::logged_object("output", o));
         let def = self.definition(tx, &rec.workflow.definition, rec.workflow.version);
         self.fire_engine_event(tx, &mut rec, &def, TASK_COMPLETED, output, at);
         Outcome::Task {
@@ -365,7 +364,7 @@ impl Applier {
         rec: &mut WorkflowRecord,
         def: &Arc<Definition>,
         event: &str,
-        payload: Option<JsonObject>,
+        payload: Option<Context>,
         at: At,
     ) {
         let (next, row) = workflow::fire_event(
@@ -484,9 +483,9 @@ fn move_deadline(tx: &mut Tx, task_id: &str, from: Option<u64>, to: Option<u64>)
     tx.deadlines_touched = true;
 }
 
-fn object(v: serde_json::Value) -> Option<JsonObject> {
+fn object(v: serde_json::Value) -> Option<Context> {
     match v {
-        serde_json::Value::Object(m) => Some(m),
+        serde_json::Value::Object(m) => Some(Context::from_object(&m)),
         _ => None,
     }
 }

@@ -82,7 +82,7 @@ fn event(id: &str, event: &str, expected: Option<u64>, request_id: Option<&str>)
     Command::Event {
         id: id.into(),
         event: event.into(),
-        payload_json: Some(r#"{"by": "test"}"#.into()),
+        payload_json: Some(r#"{"by":"test"}"#.into()),
         expected_revision: expected,
         request_id: request_id.map(Into::into),
     }
@@ -231,7 +231,7 @@ fn a_task_is_leased_once_completed_by_its_holder_and_moves_the_workflow() {
     let complete = |token| Command::CompleteTask {
         task_id: task.id.clone(),
         token,
-        output_json: Some(r#"{"shipped": true}"#.into()),
+        output_json: Some(r#"{"shipped":true}"#.into()),
     };
     assert!(matches!(
         g.apply(1_003, complete(task.token + 1)),

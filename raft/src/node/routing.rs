@@ -154,7 +154,7 @@ impl RaftNode {
         .ok()??;
         let payload = payload_json
             .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok());
+            .and_then(|p| raftflow_workflow::Context::from_canonical(p.to_string()).ok());
         let outcome = match raftflow_workflow::fire_event(
             &def,
             &rec.workflow,
