@@ -138,13 +138,18 @@ def test_workflow_list_matches_the_api_filters_and_pages(data, page):
     expect(page.locator("#workflows tbody tr")).to_have_count(1)
     expect(page.locator("#workflows tbody tr td").first).to_have_text("order-3")
     # Paging: 3 a page.
+    # The console shows the API's pages, in its order: the first, then (Next page) the second.
+    pages = [call(base, "GET", "/v1/workflows?limit=3")[1]]
+    token = pages[0]["next_page_token"]
+    pages.append(call(base, "GET", f"/v1/workflows?limit=3&page_token={token}")[1])
+    first, second = ([w["id"] for w in p["workflows"]] for p in pages)
+    assert len(first) == 3 and len(second) == 3 and not set(first) & set(second)
+    cells = page.locator("#workflows tbody tr td:first-child")
     page.goto(base + "/ui/#/workflows?limit=3")
-    expect(page.locator("#workflows tbody tr")).to_have_count(3)
-    first = page.locator("#workflows tbody tr td:first-child").all_inner_texts()
+    expect(cells).to_have_text(first)
     page.click("text=Next page")
-    expect(page.locator("#workflows tbody tr")).to_have_count(3)
-    second = page.locator("#workflows tbody tr td:first-child").all_inner_texts()
-    assert not set(first) & set(second)
+    # Waits for the second page to replace the first: the rows change after the click returns.
+    expect(cells).to_have_text(second)
     # Live refresh: a workflow made through the API appears without a reload.
     page.goto(base + "/ui/#/workflows")
     expect(page.locator("#workflows tbody tr")).to_have_count(7)
