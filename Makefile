@@ -69,8 +69,8 @@ fmt:
 	cargo fmt --all
 
 # raftflow and etcd side by side: fresh three-node clusters of each on loopback, every workload
-# (create, transitions, read-mix, tasks, and ping: an HTTP round trip with no work behind it, the
-# machine's floor) at 1, 16, 64 and 256 clients. Writes table.md,
+# (create, transitions, read-mix, tasks, task-loop, the realistic events, and ping: an HTTP round
+# trip with no work behind it, the machine's floor) at 1, 16, 64 and 256 clients. Writes table.md,
 # bench.json and chart.png under bench-report/<time>/. DURATION_S per cell (default 5); also the
 # CPU of 64 idle groups, with RESTART_WORKFLOWS=N a kill -9 restart of a node holding N, and
 # with JOIN_WORKFLOWS=N a fourth node joining three holding N under a transition load, with

@@ -86,8 +86,8 @@ fn short_run(systems: Vec<System>, workloads: Vec<Workload>) -> Config {
 async fn a_short_run_of_both_systems_commits_work_and_writes_every_output() {
     let config = short_run(vec![System::Raftflow, System::Etcd], Workload::ALL.to_vec());
     let rows = run(&config).await.expect("bench runs");
-    // Every workload on raftflow, all but tasks on etcd.
-    assert_eq!(rows.len(), 8 + 7);
+    // Every workload on raftflow, all but tasks and task-loop on etcd.
+    assert_eq!(rows.len(), 9 + 7);
     for row in &rows {
         let m = &row.measured;
         assert!(

@@ -41,6 +41,11 @@ pub enum Workload {
     /// [`Workload::EventsOneNode`] driven by `wrk` instead of our generator (etcd: puts of
     /// the 1 KiB values, which its gateway can send without a read first; see `wrk.rs`).
     EventsWrk,
+    /// Each client takes a single-task workflow through in turn: start it, poll a task,
+    /// complete it; an operation is the whole cycle. What one user with one worker waits for a
+    /// workflow, where in `tasks` a workflow also waits behind the one its worker is on (the
+    /// starters keep two per worker). raftflow only.
+    TaskLoop,
     /// An HTTP round trip that touches neither Raft nor the disk (raftflow: `GET /healthz`;
     /// etcd: `GET /version`): what this machine, this generator and each server's HTTP stack
     /// allow before any replication work. Not a workload users run; a ceiling to read the others
@@ -49,11 +54,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Create,
         Workload::Transitions,
         Workload::ReadMix,
         Workload::Tasks,
+        Workload::TaskLoop,
         Workload::Ping,
         Workload::Events,
         Workload::EventsOneNode,
@@ -66,6 +72,7 @@ impl Workload {
             Workload::Transitions => "transitions",
             Workload::ReadMix => "read-mix",
             Workload::Tasks => "tasks",
+            Workload::TaskLoop => "task-loop",
             Workload::Ping => "ping",
             Workload::Events => "events",
             Workload::EventsOneNode => "events-one-node",
@@ -87,7 +94,7 @@ impl Workload {
 
     /// Whether etcd has an equivalent.
     pub fn on_etcd(self) -> bool {
-        self != Workload::Tasks
+        !matches!(self, Workload::Tasks | Workload::TaskLoop)
     }
 }
 
@@ -488,6 +495,50 @@ impl Conn {
         Ok(())
     }
 
+    /// A single-task workflow on raftflow, by one client: start it, poll until a task is
+    /// leased, complete it. Alone, the client gets its own task; beside others, a poll may
+    /// lease another client's, and each cycle still starts one workflow and completes one.
+    pub async fn task_cycle(&mut self, id: &str) -> Result<(), Failed> {
+        let Conn::Raftflow { client, .. } = self else {
+            return Err(Failed::bad_response("not raftflow".into()));
+        };
+        let req = CreateWorkflow {
+            id: Some(id.to_string()),
+            definition: "bench-task".into(),
+            version: None,
+            context: Some(serde_json::json!({"id": id})),
+        };
+        client
+            .create_workflow(&req)
+            .await
+            .map_err(|e| Failed::from(e).during("start"))?;
+        let poll = PollTasks {
+            types: vec!["bench".into()],
+            worker: format!("{id}-worker"),
+            max: Some(1),
+            wait_ms: Some(1000),
+            lease_ms: None,
+        };
+        for _ in 0..5 {
+            let list = client
+                .poll_tasks(&poll)
+                .await
+                .map_err(|e| Failed::from(e).during("poll"))?;
+            if let Some(task) = list.tasks.into_iter().next() {
+                let done = CompleteTask {
+                    lease_token: task.lease_token,
+                    output: None,
+                };
+                return client
+                    .complete_task(&task.id, &done)
+                    .await
+                    .map(drop)
+                    .map_err(|e| Failed::from(e).during("complete"));
+            }
+        }
+        Err(Failed::bad_response(format!("{id}: no task leased in five 1 s polls")).during("poll"))
+    }
+
     /// A request the server answers without Raft or disk.
     pub async fn ping(&mut self) -> Result<(), Failed> {
         let (wire, path) = match self {
@@ -747,7 +798,7 @@ async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64,
     let mut revision = 0;
     if !matches!(
         workload,
-        Workload::Create | Workload::Ping | Workload::Tasks
+        Workload::Create | Workload::Ping | Workload::Tasks | Workload::TaskLoop
     ) {
         // The client's own workflow, made before the clock starts.
         match conn.create(&key).await {
@@ -769,6 +820,10 @@ async fn closed_loop(mut conn: Conn, workload: Workload, key: String, seed: u64,
             Workload::Create => {
                 n += 1;
                 conn.create(&format!("{key}-{n}")).await.map(drop)
+            }
+            Workload::TaskLoop => {
+                n += 1;
+                conn.task_cycle(&format!("{key}-{n}")).await
             }
             Workload::Ping => conn.ping().await,
             Workload::ReadMix if rng.gen_ratio(9, 10) => conn.read(&key).await.map(drop),

@@ -507,6 +507,7 @@ const WORKLOAD_COLORS: [RGBColor; Workload::ALL.len()] = [
     RGBColor(255, 127, 14),
     RGBColor(140, 86, 75),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
 ];
 
 /// Throughput (top) and p99 latency (bottom) against clients, one line per system and

@@ -17,11 +17,11 @@ use raftflow_cluster_tests::bench::{
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Comma-separated: create, transitions, read-mix, tasks, ping, events, events-one-node,
-    /// events-wrk (empty: none).
+    /// Comma-separated: create, transitions, read-mix, tasks, task-loop, ping, events,
+    /// events-one-node, events-wrk (empty: none).
     #[arg(
         long,
-        default_value = "create,transitions,read-mix,tasks,ping,events,events-one-node,events-wrk"
+        default_value = "create,transitions,read-mix,tasks,task-loop,ping,events,events-one-node,events-wrk"
     )]
     workloads: String,
     /// Orders with 1 KiB contexts that the events workloads pick from at random.
