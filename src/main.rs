@@ -204,7 +204,7 @@ async fn serve(mut cfg: config::Config) -> anyhow::Result<()> {
     tokio::spawn(reload_tokens_on_sighup(state.clone()));
     let app = raftflow_api::router(state);
     raftflow_api::serve::raise_open_files_limit(&cfg.serve_limits);
-    let listener = tokio::net::TcpListener::bind(&cfg.client_listen)
+    let listener = raftflow_api::serve::bind(&cfg.client_listen)
         .await
         .with_context(|| format!("binding the client address {}", cfg.client_listen))?;
     tracing::info!(

@@ -48,6 +48,36 @@ impl Default for ServeLimits {
     }
 }
 
+/// Connections the kernel completes and queues before the node accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default; Go's servers ask for that much too). Tokio's default of
+/// 1024 overflowed under a burst of 2,000 connections while the node was busy: the kernel
+/// dropped the handshakes past it and the clients retried them seconds later.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (an `ip:port` or `host:port`) with [`ACCEPT_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restarted node rebinds at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(ACCEPT_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Lifts this process's soft limit on open files to its hard limit (many systems start
 /// services at 1,024), and warns when even that leaves too little room for `limits`' connections
 /// beside the data files and peer connections. Returns the limit in force.
