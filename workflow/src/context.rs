@@ -65,30 +65,13 @@ impl Context {
     }
 
     /// Sets each of `payload`'s top-level keys to its value, as `JsonObject::insert` would:
-    /// the two sorted key lists are merged, the context's values copied as the text they are.
-    pub fn merge(&mut self, payload: &JsonObject) {
-        self.merge_fields(payload.iter().map(|(k, v)| {
-            let value = serde_json::to_string(v).expect("a JSON value serializes");
-            (k.as_str(), std::borrow::Cow::Owned(value))
-        }));
-    }
-
-    /// [`Context::merge`] of a payload that is itself a context: both sides' values are copied
-    /// as text, nothing is parsed or serialized.
+    /// the two sorted key lists are merged and both sides' values copied as the text they are,
+    /// nothing parsed or serialized.
     pub fn merge_context(&mut self, payload: &Context) {
-        self.merge_fields(payload.fields.iter().map(|(k, span)| {
-            (
-                k.as_str(),
-                std::borrow::Cow::Borrowed(&payload.text[span.clone()]),
-            )
-        }));
-    }
-
-    /// Merges `new`, top-level keys in sorted order with their values' canonical text.
-    fn merge_fields<'a>(
-        &mut self,
-        new: impl ExactSizeIterator<Item = (&'a str, std::borrow::Cow<'a, str>)>,
-    ) {
+        let new = payload
+            .fields
+            .iter()
+            .map(|(k, span)| (k.as_str(), &payload.text[span.clone()]));
         if new.len() == 0 {
             return;
         }
@@ -117,12 +100,12 @@ impl Context {
                 (k.to_string(), v)
             } else {
                 let (k, span) = old.next().expect("peeked");
-                (k, std::borrow::Cow::Borrowed(&self.text[span]))
+                (k, &self.text[span])
             };
             write_key(&mut text, &key);
             text.push(':');
             let start = text.len();
-            text.push_str(&value);
+            text.push_str(value);
             fields.push((key, start..text.len()));
         }
         text.push('}');
@@ -169,9 +152,14 @@ impl fmt::Debug for Context {
 /// The top-level keys of the object `text`, each with the span of its value's text. Sorted as
 /// a `JsonObject` sorts them; a key given twice keeps its last value, as a `JsonObject` would.
 fn top_level(text: &str) -> serde_json::Result<Vec<(String, Range<usize>)>> {
-    if let Some(fields) = scan_canonical(text) {
-        return Ok(fields);
+    match scan_canonical(text) {
+        Some(fields) => Ok(fields),
+        None => parsed_fields(text),
     }
+}
+
+/// [`top_level`] by a full parse: any JSON object, in any shape.
+fn parsed_fields(text: &str) -> serde_json::Result<Vec<(String, Range<usize>)>> {
     let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
     let base = text.as_ptr() as usize;
     Ok(map
@@ -354,7 +342,7 @@ mod tests {
                                  "": [], "zz": "\u{1F600}"}),
         );
         let mut c = Context::from_object(&context);
-        c.merge(&payload);
+        c.merge_context(&Context::from_object(&payload));
         assert_eq!(c.as_str(), merged_as_tree(&context, &payload));
         // A payload given as its text merges to the same bytes.
         let mut t = Context::from_object(&context);
@@ -365,7 +353,7 @@ mod tests {
         assert_eq!(c.to_object()["amount"], json!(31.25));
         // An empty payload leaves the text as it was.
         let before = c.clone();
-        c.merge(&JsonObject::new());
+        c.merge_context(&Context::default());
         assert_eq!(c, before);
     }
 
@@ -411,27 +399,13 @@ mod tests {
             .prop_map(|m| m.into_iter().collect())
     }
 
-    /// What the full parse finds: the fields `top_level` falls back to.
-    fn parsed_fields(text: &str) -> Option<Vec<(String, Range<usize>)>> {
-        let map: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
-        let base = text.as_ptr() as usize;
-        Some(
-            map.into_iter()
-                .map(|(k, v)| {
-                    let start = v.get().as_ptr() as usize - base;
-                    (k, start..start + v.get().len())
-                })
-                .collect(),
-        )
-    }
-
     #[test]
     fn the_scan_takes_only_what_serde_json_writes() {
         let canonical = serde_json::to_string(&obj(json!({
             "a\"b": {"x": [1, "]}\\\"", {"y": "{"}]}, "n": -1.5e3, "t": true, "z": null, "é": "\u{1}"
         })))
         .unwrap();
-        assert_eq!(scan_canonical(&canonical), parsed_fields(&canonical));
+        assert_eq!(scan_canonical(&canonical), parsed_fields(&canonical).ok());
         assert!(scan_canonical("{}").is_some_and(|f| f.is_empty()));
         // Valid JSON in another shape goes to the full parse, which still reads it.
         for other in [
@@ -468,7 +442,7 @@ mod tests {
         #[test]
         fn the_scan_finds_the_fields_the_parse_finds(object in json_object()) {
             let text = serde_json::to_string(&object).unwrap();
-            prop_assert_eq!(scan_canonical(&text), parsed_fields(&text));
+            prop_assert_eq!(scan_canonical(&text), parsed_fields(&text).ok());
         }
 
         /// On damaged text the scan never panics, and what it accepts the parse reads alike
@@ -488,7 +462,7 @@ mod tests {
             }
             if let Ok(text) = String::from_utf8(bytes) {
                 let scanned = scan_canonical(&text);
-                if let (Some(scanned), Some(parsed)) = (&scanned, parsed_fields(&text)) {
+                if let (Some(scanned), Ok(parsed)) = (&scanned, parsed_fields(&text)) {
                     prop_assert_eq!(scanned, &parsed);
                 }
             }
@@ -512,7 +486,7 @@ mod tests {
                     let payload = Context::from_canonical(serde_json::to_string(p).unwrap()).unwrap();
                     text.merge_context(&payload);
                 } else {
-                    text.merge(p);
+                    text.merge_context(&Context::from_object(p));
                 }
                 tree = serde_json::from_str(&merged_as_tree(&tree, p)).unwrap();
                 prop_assert_eq!(text.as_str(), serde_json::to_string(&tree).unwrap());
