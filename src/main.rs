@@ -69,6 +69,15 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve(_) | Cmd::Worker(_)) {
+        // A command whose output goes to `head` ends when the reader goes, as Unix tools do,
+        // not with a panic on the broken pipe. Rust ignores SIGPIPE; the node and the worker
+        // keep that, so a peer that goes away is an error to handle, not the end.
+        // SAFETY: sets a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let client_cmd = match cli.command {
         Cmd::Serve(args) => {
             let mut cfg = config::resolve(*args)?;

@@ -1,6 +1,6 @@
 //! The `raftflow` CLI against a real three-node cluster: what it prints for people, that
 //! `-o json` is the API's JSON, its exit codes, fail-over between addresses, `--wait`, and
-//! shell completions that load in bash.
+//! shell completions that load in bash, and output into a closed pipe.
 
 use std::path::Path;
 use std::process::Command;
@@ -492,4 +492,21 @@ fn bash_completions_load_and_complete_subcommands() {
         flags.contains(&"--expect-revision".to_string()),
         "{flags:?}"
     );
+}
+
+/// Output into a pipe whose reader has gone (`| head` that has read enough) ends the command
+/// by SIGPIPE, as with other Unix tools, not with a panic about a broken pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(binary())
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
