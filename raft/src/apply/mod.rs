@@ -128,7 +128,7 @@ impl Applier {
                     step: None,
                 };
                 tasks::open_step(tx, &mut rec, &def, at);
-                tx.put_encoded(tables::workflow_key(id), &rec);
+                tx.put_workflow(tables::workflow_key(id), &rec);
                 Outcome::Workflow {
                     workflow: rec.workflow,
                     created: true,
@@ -280,7 +280,7 @@ impl Applier {
         if let Some(moved) = self.moved(tx, id) {
             return moved;
         }
-        let Some(mut rec) = tx.get_decoded::<WorkflowRecord>(&tables::workflow_key(id)) else {
+        let Some(mut rec) = tx.take_workflow(&tables::workflow_key(id)) else {
             return Outcome::Refused(Refusal::WorkflowNotFound { id: id.to_string() });
         };
         let dedup = request_id

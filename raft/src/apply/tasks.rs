@@ -94,7 +94,7 @@ impl Applier {
         } else {
             rec.workflow = next;
         }
-        tx.put_encoded(tables::workflow_key(&rec.workflow.id), rec);
+        tx.put_workflow(tables::workflow_key(&rec.workflow.id), rec);
     }
 
     pub(crate) fn lease_tasks(

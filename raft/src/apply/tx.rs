@@ -6,13 +6,13 @@
 //! apply logic's unit tests. What a transaction wrote comes back from [`Tx::finish`] as
 //! [`Writes`], for the caller to persist in one batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use raftflow_storage::codec;
 use serde::Serialize;
 
-use crate::tables;
+use crate::tables::{self, WorkflowRecord};
 
 /// A group's stored state rows, as apply reads them. Reads cannot fail: a replica that cannot
 /// read its own rows cannot apply the log, and panics with context instead of going on wrong.
@@ -54,8 +54,18 @@ const ROW_CACHE_MAX_ROW: usize = 64 << 10;
 /// rows, so a cached row stays current until the state machine writes that row again, which
 /// updates it here too; an installed snapshot empties it. A hit saves a RocksDB point lookup,
 /// whose memtable search is the dearest step of applying a transition.
+///
+/// A workflow row written through [`Tx::put_workflow`] is also kept decoded, so that the next
+/// event on the workflow does not decode (and check) its record and context again: that was
+/// half of applying an event with a 1 KiB context. The decoded record is dropped whenever its
+/// row changes or leaves the cache, and is handed out once ([`Tx::take_workflow`]); the bytes
+/// stay the truth.
 pub(crate) struct RowCache {
     rows: lru::LruCache<Vec<u8>, Vec<u8>>,
+    /// Decoded forms of some cached `w/` rows; each equals its row's bytes decoded.
+    records: HashMap<Vec<u8>, WorkflowRecord>,
+    /// Records a finished transaction wrote, for [`RowCache::absorb`] to keep beside its writes.
+    staged: HashMap<Vec<u8>, WorkflowRecord>,
     bytes: usize,
     limit: usize,
 }
@@ -64,6 +74,8 @@ impl RowCache {
     pub(crate) fn new(limit: usize) -> Self {
         RowCache {
             rows: lru::LruCache::unbounded(),
+            records: HashMap::new(),
+            staged: HashMap::new(),
             bytes: 0,
             limit,
         }
@@ -77,14 +89,33 @@ impl RowCache {
         self.rows.peek(key)
     }
 
+    /// What a cached row costs against the limit: its key and bytes, twice the bytes while it
+    /// is also kept decoded (a decoded record holds about as much, in a few allocations).
+    fn cost(key: &[u8], value: &[u8], decoded: bool) -> usize {
+        key.len() + value.len() * if decoded { 2 } else { 1 }
+    }
+
+    /// Hands out `key`'s decoded record, if kept; its row stays cached as bytes.
+    fn take_record(&mut self, key: &[u8]) -> Option<WorkflowRecord> {
+        let record = self.records.remove(key)?;
+        let row = self
+            .rows
+            .peek(key)
+            .expect("a decoded record's row is cached");
+        self.bytes -= row.len();
+        Some(record)
+    }
+
     fn remove(&mut self, key: &[u8]) {
         if let Some(old) = self.rows.pop(key) {
-            self.bytes -= key.len() + old.len();
+            let decoded = self.records.remove(key).is_some();
+            self.bytes -= Self::cost(key, &old, decoded);
         }
     }
 
     /// Records what a written transaction left in the rows it touched.
     pub(crate) fn absorb(&mut self, overlay: Writes) {
+        let mut staged = std::mem::take(&mut self.staged);
         for (key, value) in overlay {
             if !Self::cached(&key) {
                 continue;
@@ -92,7 +123,11 @@ impl RowCache {
             self.remove(&key);
             match value {
                 Some(v) if v.len() <= ROW_CACHE_MAX_ROW => {
-                    self.bytes += key.len() + v.len();
+                    let record = staged.remove(&key);
+                    self.bytes += Self::cost(&key, &v, record.is_some());
+                    if let Some(record) = record {
+                        self.records.insert(key.clone(), record);
+                    }
                     self.rows.put(key, v);
                 }
                 _ => {}
@@ -102,7 +137,8 @@ impl RowCache {
             let Some((k, v)) = self.rows.pop_lru() else {
                 break;
             };
-            self.bytes -= k.len() + v.len();
+            let decoded = self.records.remove(&k).is_some();
+            self.bytes -= Self::cost(&k, &v, decoded);
         }
     }
 
@@ -130,6 +166,9 @@ pub(crate) struct Tx<'a> {
     pub(crate) deadlines_touched: bool,
     /// The smallest deadline-index key this transaction wrote.
     pub(crate) lowest_deadline: Option<Vec<u8>>,
+    /// The decoded form of each workflow row this transaction wrote by
+    /// [`Tx::put_workflow`] and has not overwritten since.
+    written_records: HashMap<Vec<u8>, WorkflowRecord>,
 }
 
 impl<'a> Tx<'a> {
@@ -144,7 +183,28 @@ impl<'a> Tx<'a> {
             made_ready: false,
             deadlines_touched: false,
             lowest_deadline: None,
+            written_records: HashMap::new(),
         }
+    }
+
+    /// Workflow `key`'s record, as [`Tx::get_decoded`] reads it, but without decoding a record
+    /// that this transaction or an earlier one wrote and the cache still holds decoded. The
+    /// cache hands its decoded form out once: callers write the record back when it changes.
+    pub(crate) fn take_workflow(&mut self, key: &[u8]) -> Option<WorkflowRecord> {
+        if self.overlay.contains_key(key) {
+            if let Some(rec) = self.written_records.get(key) {
+                return Some(rec.clone());
+            }
+        } else if let Some(rec) = self.cache.take_record(key) {
+            return Some(rec);
+        }
+        self.get_decoded(key)
+    }
+
+    /// Writes workflow `key`'s record, and keeps it decoded for the next command on it.
+    pub(crate) fn put_workflow(&mut self, key: Vec<u8>, rec: &WorkflowRecord) {
+        self.put_encoded(key.clone(), rec);
+        self.written_records.insert(key, rec.clone());
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -178,7 +238,17 @@ impl<'a> Tx<'a> {
             self.lowest_deadline = Some(key.clone());
         }
         let bytes = codec::encode(value).expect("state rows encode");
+        self.forget_record(&key);
         self.overlay.insert(key, Some(bytes));
+    }
+
+    /// `key`'s row is about to change other than by [`Tx::put_workflow`]: its decoded form
+    /// from before is no longer its value.
+    fn forget_record(&mut self, key: &[u8]) {
+        if key.starts_with(tables::WORKFLOWS) {
+            self.written_records.remove(key);
+            self.cache.take_record(key);
+        }
     }
 
     /// Writes a row whose value is already encoded (rows a slot move copies).
@@ -188,16 +258,19 @@ impl<'a> Tx<'a> {
         {
             self.lowest_deadline = Some(key.clone());
         }
+        self.forget_record(&key);
         self.overlay.insert(key, Some(bytes));
     }
 
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.forget_record(&key);
         self.overlay.insert(key, None);
     }
 
     /// What this transaction wrote, and the cache it read through. The caller persists the
     /// writes and then gives them to [`RowCache::absorb`].
-    pub(crate) fn finish(self) -> (Writes, RowCache) {
+    pub(crate) fn finish(mut self) -> (Writes, RowCache) {
+        self.cache.staged = self.written_records;
         (self.overlay, self.cache)
     }
 
@@ -312,6 +385,90 @@ mod tests {
             .map(|k| String::from_utf8(k).unwrap())
             .collect();
         assert_eq!(after, ["q/bb", "q/c", "q/d"]);
+    }
+
+    fn record(id: &str, revision: u64) -> WorkflowRecord {
+        let def: raftflow_workflow::Definition = serde_json::from_str(
+            r#"{"name": "pp", "initial": "ping", "states": {"ping": {"on": {"flip": "ping"}}}}"#,
+        )
+        .unwrap();
+        let context = serde_json::json!({"order": id, "items": [1, 2, 3]});
+        let (mut workflow, _) =
+            raftflow_workflow::create(&def, 1, id, context.as_object().unwrap().clone(), 1_000);
+        workflow.revision = revision;
+        WorkflowRecord {
+            workflow,
+            fingerprint: format!("fp-{id}"),
+            step: None,
+        }
+    }
+
+    /// The cache's byte count, recomputed from what it holds.
+    fn held(cache: &RowCache) -> usize {
+        cache
+            .rows
+            .iter()
+            .map(|(k, v)| RowCache::cost(k, v, cache.records.contains_key(k)))
+            .sum()
+    }
+
+    #[test]
+    fn a_decoded_workflow_record_is_its_rows_value_and_is_handed_out_once() {
+        let mut rows = Rows::new();
+        let (a, b) = (tables::workflow_key("a"), tables::workflow_key("b"));
+        let mut tx = Tx::new(1, &rows, RowCache::default());
+        tx.put_workflow(a.clone(), &record("a", 1));
+        tx.put_workflow(b.clone(), &record("b", 1));
+        // Rewritten in the same transaction by a plain put: the decoded form is dropped.
+        tx.put_encoded(b.clone(), &record("b", 2));
+        assert_eq!(tx.take_workflow(&b), Some(record("b", 2)));
+        let (writes, mut cache) = tx.finish();
+        persist(&mut rows, &writes);
+        cache.absorb(writes);
+        assert!(cache.records.contains_key(&a) && !cache.records.contains_key(&b));
+        assert_eq!(cache.bytes, held(&cache));
+
+        let mut tx = Tx::new(1, &rows, cache);
+        assert_eq!(tx.take_workflow(&a), Some(record("a", 1)), "from the cache");
+        assert!(!tx.cache.records.contains_key(&a), "handed out once");
+        assert_eq!(tx.cache.bytes, held(&tx.cache));
+        assert_eq!(
+            tx.take_workflow(&a),
+            Some(record("a", 1)),
+            "then from its bytes"
+        );
+        tx.put_workflow(a.clone(), &record("a", 2));
+        assert_eq!(
+            tx.take_workflow(&a),
+            Some(record("a", 2)),
+            "as this transaction wrote it"
+        );
+        tx.delete(a.clone());
+        assert_eq!(tx.take_workflow(&a), None);
+        tx.put_bytes(
+            a.clone(),
+            codec::encode(&record("a", 3)).expect("a record encodes"),
+        );
+        assert_eq!(tx.take_workflow(&a), Some(record("a", 3)));
+        let (writes, mut cache) = tx.finish();
+        persist(&mut rows, &writes);
+        cache.absorb(writes);
+        assert!(
+            !cache.records.contains_key(&a),
+            "a copied row is kept as bytes only"
+        );
+
+        // What the cache hands out decoded is what the stored row decodes to.
+        let mut tx = Tx::new(1, &rows, cache);
+        tx.put_workflow(b.clone(), &record("b", 3));
+        let (writes, mut cache) = tx.finish();
+        persist(&mut rows, &writes);
+        cache.absorb(writes);
+        let mut tx = Tx::new(1, &rows, cache);
+        let stored: WorkflowRecord = codec::decode(&rows[&b]).unwrap();
+        assert_eq!(tx.take_workflow(&b), Some(stored));
+        let (_, cache) = tx.finish();
+        assert_eq!(cache.bytes, held(&cache));
     }
 
     #[test]
